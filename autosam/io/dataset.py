@@ -1,0 +1,151 @@
+"""nnU-Net v2 raw dataset format: locating datasets, reading dataset.json, listing cases."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autosam import paths
+from autosam.utils.files import read_json
+
+DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
+
+
+class DatasetError(ValueError):
+    """A problem with a dataset; the message names the file and the problem."""
+
+
+def dataset_name_from_id(dataset: str | int, search_in: list[Path] | None = None) -> str:
+    """Resolve ``17``, ``"17"`` or ``"Dataset017_Liver"`` to ``"Dataset017_Liver"``.
+
+    Looks in the raw, preprocessed and results folders (in that order) for a matching name.
+    """
+    text = str(dataset)
+    if DATASET_RE.match(text):
+        return text
+    if not text.isdigit():
+        raise DatasetError(f"dataset {text!r}: give an integer id (17) or a full name (Dataset017_Name)")
+    prefix = f"Dataset{int(text):03d}_"
+    folders = search_in if search_in is not None else [paths.raw_dir(), paths.preprocessed_dir(), paths.results_dir()]
+    found = set()
+    for folder in folders:
+        if Path(folder).is_dir():
+            found.update(p.name for p in Path(folder).iterdir() if p.name.startswith(prefix) and p.is_dir())
+    if not found:
+        raise DatasetError(f"no dataset with id {int(text)} ({prefix}*) in {', '.join(str(f) for f in folders)}")
+    if len(found) > 1:
+        raise DatasetError(f"dataset id {int(text)} is ambiguous: {sorted(found)}")
+    return found.pop()
+
+
+@dataclass
+class RawCase:
+    identifier: str
+    images: list[Path]  # one per channel, in channel order
+    label: Path | None
+
+
+@dataclass
+class RawDataset:
+    """A raw dataset folder with its parsed ``dataset.json``."""
+
+    folder: Path
+    dataset_json: dict
+    cases: list[RawCase] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def file_ending(self) -> str:
+        return self.dataset_json["file_ending"]
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.dataset_json["channel_names"])
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return labels_of(self.dataset_json)
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        return sorted(v for v in self.labels.values() if v != 0)
+
+
+REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+
+
+def labels_of(dataset_json: dict) -> dict[str, int]:
+    """Label name -> integer value (region-based label lists are not supported)."""
+    out = {}
+    for name, value in dataset_json["labels"].items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise DatasetError(f"dataset.json: label {name!r} has value {value!r}; autosam supports integer labels only")
+        out[name] = value
+    return out
+
+
+def load_dataset_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset.json is missing")
+    dj = read_json(path)
+    missing = [k for k in REQUIRED_KEYS if k not in dj]
+    if missing:
+        raise DatasetError(f"{path}: missing required key(s) {missing}")
+    labels = labels_of(dj)
+    if labels.get("background", None) != 0 and 0 not in labels.values():
+        raise DatasetError(f"{path}: 'labels' must map a name (usually 'background') to 0")
+    return dj
+
+
+def open_raw_dataset(dataset: str | int, raw_root: Path | None = None) -> RawDataset:
+    """Find a raw dataset by id or name and list its training cases (imagesTr + labelsTr)."""
+    root = Path(raw_root) if raw_root else paths.raw_dir()
+    name = dataset_name_from_id(dataset, [root])
+    folder = root / name
+    dj = load_dataset_json(folder / "dataset.json")
+    ds = RawDataset(folder, dj)
+    ds.cases = list_cases(folder / "imagesTr", dj, folder / "labelsTr")
+    return ds
+
+
+def list_cases(images_dir: Path, dataset_json: dict, labels_dir: Path | None = None) -> list[RawCase]:
+    """Group ``<case>_<CCCC><ending>`` files into cases. Missing channels raise ``DatasetError``."""
+    ending = dataset_json["file_ending"]
+    n_channels = len(dataset_json["channel_names"])
+    if not images_dir.is_dir():
+        raise DatasetError(f"{images_dir}: folder is missing")
+    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
+    by_case: dict[str, dict[int, Path]] = {}
+    for p in sorted(images_dir.iterdir()):
+        if p.name.startswith("."):
+            continue
+        m = pattern.match(p.name)
+        if not m:
+            continue
+        by_case.setdefault(m.group(1), {})[int(m.group(2))] = p
+    cases = []
+    for ident, channels in sorted(by_case.items()):
+        missing = [c for c in range(n_channels) if c not in channels]
+        if missing:
+            raise DatasetError(
+                f"{images_dir}: case {ident!r} is missing channel(s) "
+                + ", ".join(f"{ident}_{c:04d}{ending}" for c in missing)
+            )
+        extra = sorted(set(channels) - set(range(n_channels)))
+        if extra:
+            raise DatasetError(f"{channels[extra[0]]}: channel {extra[0]} not declared in dataset.json channel_names")
+        label = None
+        if labels_dir is not None:
+            label = labels_dir / f"{ident}{ending}"
+            if not label.is_file():
+                raise DatasetError(f"{label}: label file for case {ident!r} is missing")
+        cases.append(RawCase(ident, [channels[c] for c in range(n_channels)], label))
+    return cases
+
+
+def list_prediction_inputs(folder: Path, dataset_json: dict) -> list[RawCase]:
+    """Cases of an inference input folder (same naming as imagesTr, no labels)."""
+    return list_cases(Path(folder), dataset_json, None)

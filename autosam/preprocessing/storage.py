@@ -1,0 +1,58 @@
+"""On-disk layout of one preprocessed case.
+
+``<folder>/<case>.npy``      image, float32, C x Z x Y x X (memory-mappable)
+``<folder>/<case>_seg.npy``  segmentation, int16, 1 x Z x Y x X (-1 outside the non-zero crop is not used)
+``<folder>/<case>.json``     properties (written last: a case without it is incomplete and redone)
+
+Properties: ``geometry`` (the original image's :class:`~autosam.io.image.ImageGeometry` as dict),
+``shape_before_cropping``, ``bbox_used_for_cropping`` ([[z0, z1], [y0, y1], [x0, x1]], half-open),
+``shape_after_cropping_and_before_resampling``, ``spacing`` (after resampling, z y x),
+``class_locations`` ({label: [[z, y, x], ...]} sampled foreground voxels for oversampling).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from autosam.utils.files import read_json, save_npy, write_json
+
+
+def case_paths(folder: Path, key: str) -> tuple[Path, Path, Path]:
+    folder = Path(folder)
+    return folder / f"{key}.npy", folder / f"{key}_seg.npy", folder / f"{key}.json"
+
+
+def save_case(folder: Path, key: str, data: np.ndarray, seg: np.ndarray | None, properties: dict) -> None:
+    """Write one case atomically; the properties file is written last and marks completion."""
+    img_p, seg_p, prop_p = case_paths(folder, key)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    prop_p.unlink(missing_ok=True)  # a re-write invalidates the case until it is complete again
+    save_npy(img_p, np.ascontiguousarray(data, dtype=np.float32))
+    if seg is not None:
+        save_npy(seg_p, np.ascontiguousarray(seg, dtype=np.int16))
+    write_json(prop_p, properties)
+
+
+def is_complete(folder: Path, key: str, needs_seg: bool = True) -> bool:
+    img_p, seg_p, prop_p = case_paths(folder, key)
+    return prop_p.is_file() and img_p.is_file() and (seg_p.is_file() or not needs_seg)
+
+
+def load_case(folder: Path, key: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    img_p, seg_p, prop_p = case_paths(folder, key)
+    if not prop_p.is_file():
+        raise FileNotFoundError(f"{prop_p}: preprocessed case {key!r} is missing or incomplete; re-run autosam_preprocess")
+    mode = "r" if mmap else None
+    data = np.load(img_p, mmap_mode=mode)
+    seg = np.load(seg_p, mmap_mode=mode) if seg_p.is_file() else None
+    return data, seg, read_json(prop_p)
+
+
+def list_cases(folder: Path) -> list[str]:
+    """Identifiers of the complete cases in a preprocessed folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    keys = [p.name[: -len(".json")] for p in folder.glob("*.json") if not p.name.startswith(".")]
+    return sorted(k for k in keys if (folder / f"{k}.npy").is_file())

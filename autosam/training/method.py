@@ -1,0 +1,186 @@
+"""The trainer contract a method plugin fulfils.
+
+A method plugin registers an instance of a :class:`Method` subclass through the
+``register_methods`` hook. The *core* owns the training loop, data loading, checkpoints, logging,
+validation and export; the method provides:
+
+- ``name``, ``configurations`` (which plans configurations it supports), ``description``;
+- ``Options``: a dataclass of its hyperparameters. Values come, in increasing priority, from the
+  dataclass defaults, the method's section in the plans (``plan_method_section`` hook), and
+  command-line flags (``autosam_train ... --backbone litemedsam --lr 3e-4``). Never subclass to
+  change a number;
+- :meth:`build_network`, :meth:`build_loss`, :meth:`configure_optimizers`, :meth:`train_step`;
+- :meth:`predict_volume` (default: sliding window with Gaussian weighting and mirroring around
+  :meth:`predict_logits`).
+
+Everything a method needs from the core arrives in a :class:`MethodContext`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from autosam.experiment_planning.plans import ConfigurationPlan, Plans
+
+
+@dataclass
+class MethodContext:
+    """What the core hands to a method."""
+
+    plans: Plans
+    configuration: ConfigurationPlan
+    dataset_json: dict
+    options: Any  # an instance of the method's Options dataclass
+    device: torch.device
+    num_input_channels: int
+    num_classes: int  # including background
+    num_epochs: int = 1
+    iterations_per_epoch: int = 1
+    fold: int | str = 0
+    output_folder: Any = None  # pathlib.Path of fold_N (None outside training)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def patch_size(self) -> list[int]:
+        return list(self.configuration.patch_size)
+
+
+@dataclass
+class StepResult:
+    """What one training step returns: the loss to back-propagate and scalars to log."""
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Method:
+    """Base class of method plugins. Subclasses set the class attributes and override hooks."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    configurations: ClassVar[tuple[str, ...]] = ("3d",)
+    Options: ClassVar[type] = dataclass(type("EmptyOptions", (), {}))
+
+    # ------------------------------------------------------------------ options
+    def make_options(self, plans_section: dict | None = None, overrides: dict | None = None):
+        """Options from defaults <- plans section <- overrides (e.g. command-line flags)."""
+        return build_options(self.Options, plans_section or {}, overrides or {}, self.name)
+
+    # ------------------------------------------------------------------ training
+    def build_network(self, ctx: MethodContext) -> nn.Module:
+        raise NotImplementedError(f"method {self.name!r} must implement build_network")
+
+    def build_loss(self, ctx: MethodContext):
+        raise NotImplementedError(f"method {self.name!r} must implement build_loss")
+
+    def configure_optimizers(self, network: nn.Module, ctx: MethodContext):
+        """Return ``(optimizer, scheduler)``; the core calls ``scheduler.step()`` once per epoch."""
+        raise NotImplementedError(f"method {self.name!r} must implement configure_optimizers")
+
+    def train_patch_size(self, ctx: MethodContext) -> list[int]:
+        """Spatial size of the training patches the core's data loader produces."""
+        return ctx.patch_size
+
+    def deep_supervision_scales(self, ctx: MethodContext) -> list[list[float]] | None:
+        """Downsampling factors of the targets for deep supervision (None: one full-res target)."""
+        return None
+
+    def train_step(self, network: nn.Module, batch: dict, loss_fn, ctx: MethodContext) -> StepResult:
+        """One forward pass on ``batch`` (``data``: B x C x *patch, ``target``: B x 1 x *patch or a
+        list for deep supervision, already on ``ctx.device``). The core does backward, gradient
+        clipping (``grad_clip`` option when present) and the optimiser step, under AMP on CUDA."""
+        output = network(batch["data"])
+        return StepResult(loss_fn(output, batch["target"]))
+
+    def make_train_loader(self, ctx: MethodContext, dataset, train_keys: list[str]):
+        """Return an iterable of batches, or None to use the core's nnU-Net-style loader."""
+        return None
+
+    def after_training(self, network: nn.Module, ctx: MethodContext, dataset, train_keys: list[str]) -> None:
+        """Called once after the last epoch (e.g. to compute support embeddings)."""
+
+    def extra_state(self) -> dict:
+        """Extra state saved in checkpoints (restored by :meth:`load_extra_state`)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    # ------------------------------------------------------------------ inference
+    def predict_logits(self, network: nn.Module, x: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
+        """Logits (B x K x *patch) for one batch of patches; deep-supervision lists give the first."""
+        out = network(x)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        return out
+
+    def predict_volume(self, network: nn.Module, data: torch.Tensor, ctx: MethodContext, *, use_mirroring: bool = True,
+                       progress: bool = False) -> torch.Tensor:
+        """Class probabilities (K x Z x Y x X, float32, on the CPU) of a whole preprocessed volume
+        ``data`` (C x Z x Y x X). Must never read a label."""
+        from autosam.inference.sliding_window import sliding_window_predict
+
+        return sliding_window_predict(
+            lambda x: self.predict_logits(network, x, ctx),
+            data,
+            patch_size=self.train_patch_size(ctx),
+            num_classes=ctx.num_classes,
+            device=ctx.device,
+            use_mirroring=use_mirroring,
+            progress=progress,
+        )
+
+
+def build_options(options_cls: type, plans_section: dict, overrides: dict, method_name: str = ""):
+    """Instantiate an options dataclass, converting string overrides to the field types."""
+    hints = typing.get_type_hints(options_cls)
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    values: dict[str, Any] = {}
+    for source, mapping in (("plans", plans_section), ("command line", overrides)):
+        for key, value in mapping.items():
+            key = key.replace("-", "_")
+            if key not in fields:
+                if source == "plans":
+                    continue  # plans may hold informational entries
+                raise ValueError(
+                    f"method {method_name!r} has no option {key!r}; options: "
+                    + ", ".join(f"--{n.replace('_', '-')}" for n in fields)
+                )
+            values[key] = coerce(hints[key], value, key)
+    return options_cls(**values)
+
+
+def coerce(tp: Any, value: Any, key: str = "") -> Any:
+    """Convert a string from the command line (or a JSON value) to the annotated type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return coerce(non_none[0], value, key)
+    if not isinstance(value, str):
+        if origin in (list, tuple) and isinstance(value, (list, tuple)):
+            inner = args[0] if args else str
+            return origin(coerce(inner, v, key) for v in value)
+        return value
+    try:
+        if tp is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp in (int, float, str):
+            return tp(value)
+        if origin in (list, tuple):
+            inner = args[0] if args else str
+            return origin(coerce(inner, v, key) for v in value.replace(",", " ").split())
+    except ValueError:
+        raise ValueError(f"option --{key.replace('_', '-')}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
+    return value
