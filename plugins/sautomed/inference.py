@@ -1,0 +1,88 @@
+"""Whole-volume inference of 3D-SAutoMed: every slice, middle slice outward to both ends.
+
+Slices larger than the trained in-plane size are cut into overlapping tiles (half-tile steps);
+every tile is its own slice sequence (history and boxes are per tile), tiles and both directions
+are batched together, and tile probabilities are blended with Gaussian weights. Smaller slices
+are zero-padded as the training loader pads them.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+
+def tile_starts(size: int, tile: int) -> list[int]:
+    """Start positions of tiles of ``tile`` covering ``size`` with about half-tile overlap."""
+    if size <= tile:
+        return [0]
+    n = int(np.ceil((size - tile) / (tile / 2))) + 1
+    return [int(round(v)) for v in np.linspace(0, size - tile, n)]
+
+
+def gaussian_weights(tile: tuple[int, int], sigma_scale: float = 1.0 / 8) -> torch.Tensor:
+    """nnU-Net-style importance map of a tile (centre 1, borders small but non-zero)."""
+    axes = []
+    for n in tile:
+        x = torch.arange(n, dtype=torch.float32) - (n - 1) / 2
+        axes.append(torch.exp(-0.5 * (x / max(n * sigma_scale, 1e-3)) ** 2))
+    w = axes[0][:, None] * axes[1][None, :]
+    return (w / w.max()).clamp_min(1e-3)
+
+
+@torch.no_grad()
+def predict_volume_middle_out(network, data: torch.Tensor, slice_size, num_classes: int, device, *,
+                              tile_batch: int = 4, use_mirroring: bool = True, progress: bool = False) -> torch.Tensor:
+    """Class probabilities ``K x Z x Y x X`` (float32, CPU) of ``data`` (``C x Z x Y x X``)."""
+    if data.dim() != 4:
+        raise ValueError(f"predict_volume expects C x Z x Y x X, got shape {tuple(data.shape)}")
+    was_training = network.training
+    network.eval()
+    try:
+        probs = _predict(network, data, slice_size, num_classes, device, tile_batch, progress)
+        if use_mirroring:
+            flipped = _predict(network, data.flip(-1), slice_size, num_classes, device, tile_batch, progress)
+            probs = (probs + flipped.flip(-1)) / 2
+    finally:
+        network.train(was_training)
+    return probs
+
+
+def _predict(network, data, slice_size, num_classes, device, tile_batch, progress) -> torch.Tensor:
+    c, z_len, y, x = data.shape
+    ty, tx = int(slice_size[0]), int(slice_size[1])
+    py, px = max(y, ty), max(x, tx)
+    padded = torch.zeros((c, z_len, py, px), dtype=torch.float32)
+    padded[:, :, :y, :x] = data.float()
+    tiles = list(itertools.product(tile_starts(py, ty), tile_starts(px, tx)))
+    weight = gaussian_weights((ty, tx)) if len(tiles) > 1 else torch.ones((ty, tx))
+    out = torch.zeros((num_classes, z_len, py, px), dtype=torch.float32)
+    norm = torch.zeros((py, px), dtype=torch.float32)
+    for sy, sx in tiles:
+        norm[sy:sy + ty, sx:sx + tx] += weight
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tiles) * z_len, desc="sautomed slices", leave=False)
+    for group_start in range(0, len(tiles), max(1, tile_batch)):
+        group = tiles[group_start:group_start + tile_batch]
+        vol = torch.stack([padded[:, :, sy:sy + ty, sx:sx + tx] for sy, sx in group]).to(device)
+
+        def on_slice(z: int, logits: torch.Tensor, w: float, group=group) -> None:
+            p = F.interpolate(logits, size=(ty, tx), mode="bilinear", align_corners=False).softmax(1).float().cpu()
+            for i, (sy, sx) in enumerate(group):
+                out[:, z, sy:sy + ty, sx:sx + tx] += (w * p[i]) * weight
+            if bar is not None:
+                bar.update(w * len(group))
+
+        network.segment(vol, on_slice)
+    if bar is not None:
+        bar.close()
+    out /= norm
+    return out[:, :, :y, :x].contiguous()
