@@ -2,10 +2,16 @@
 
 Built-in methods and planners are registered exactly the way a third-party package does it:
 through an entry point of the group ``autosam`` naming a module that implements hooks from
-:mod:`autosam.hookspecs`. A plugin whose import fails is reported with a warning and skipped.
+:mod:`autosam.hookspecs`. A plugin whose import fails is reported with a warning and skipped;
+the others still load.
+
+Plugins of the ``autosam`` distribution load first, then the others sorted by distribution and
+entry-point name, so a third-party plugin that registers an existing name replaces the built-in
+one (with a warning).
 """
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as md
 import logging
 import warnings
@@ -19,7 +25,11 @@ from autosam import hookspecs
 
 logger = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "autosam"
+HOST_DISTRIBUTION = "autosam"
 T = TypeVar("T")
+
+#: The hooks that fill a registry, and the registry attribute of :class:`PluginSystem` they fill.
+REGISTRATION_HOOKS = (("register_methods", "methods"), ("register_planners", "planners"), ("register_backbones", "backbones"))
 
 
 class UnknownNameError(KeyError):
@@ -31,17 +41,20 @@ class UnknownNameError(KeyError):
 
 @dataclass
 class PluginInfo:
-    """One loaded plugin: its entry-point name, module, distribution and hooks."""
+    """One plugin: its entry-point name, module, distribution, hooks, and its error if it failed."""
 
     name: str
     module: str
     distribution: str
     version: str
     hooks: list[str] = field(default_factory=list)
+    error: str | None = None
 
 
 @dataclass
 class Entry(Generic[T]):
+    """A registered object and the plugin (and distribution) that registered it."""
+
     obj: T
     plugin: str
     distribution: str
@@ -51,19 +64,25 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """A plain name -> object registry filled by ``register(obj)`` callbacks."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, failed: dict[str, str] | None = None):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        # Plugins that failed to load (shared with the PluginSystem): named in the unknown-name error,
+        # since the missing name may be one of theirs.
+        self._failed = failed if failed is not None else {}
 
     def make_register(self, plugin: PluginInfo):
+        """The ``register`` callback handed to ``plugin``'s registration hook."""
+
         def register(obj: T) -> None:
             name = getattr(obj, "name", None)
             if not isinstance(name, str) or not name:
-                raise TypeError(f"{self.kind} registered by plugin {plugin.name!r} has no string 'name' attribute")
+                raise TypeError(f"{self.kind} registered by plugin {plugin.name!r} has no string 'name' attribute: {obj!r}")
             if name in self._entries:
                 other = self._entries[name]
                 warnings.warn(
-                    f"{self.kind} {name!r} from {plugin.distribution} replaces the one from {other.distribution}",
+                    f"{self.kind} {name!r} from {plugin.distribution} (plugin {plugin.name!r}) replaces "
+                    f"the one from {other.distribution} (plugin {other.plugin!r})",
                     stacklevel=2,
                 )
             self._entries[name] = Entry(obj, plugin.name, plugin.distribution, plugin.version)
@@ -77,34 +96,64 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            known = ", ".join(f"{n} (from {e.distribution})" for n, e in sorted(self._entries.items())) or "none"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; available {self.kind}s: {known}") from None
+            raise UnknownNameError(self._unknown_message(name)) from None
+
+    def _unknown_message(self, name: str) -> str:
+        known = ", ".join(f"{n} (from {e.distribution})" for n, e in sorted(self._entries.items())) or "none"
+        msg = f"unknown {self.kind} {name!r}; available {self.kind}s: {known}"
+        close = difflib.get_close_matches(name, list(self._entries), n=1)
+        if close:
+            msg += f". Did you mean {close[0]!r}?"
+        if self._failed:
+            broken = "; ".join(f"{p}: {err}" for p, err in sorted(self._failed.items()))
+            msg += f". These plugins failed to load and may provide it: {broken} (run autosam_plugins for details)"
+        return msg
 
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def __contains__(self, name: str) -> bool:
+    def registered_by(self, plugin_name: str) -> list[str]:
+        """Names registered by the plugin ``plugin_name``."""
+        return sorted(n for n, e in self._entries.items() if e.plugin == plugin_name)
+
+    def __contains__(self, name: object) -> bool:
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
-    def items(self):
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def items(self) -> list[tuple[str, Entry[T]]]:
         return sorted(self._entries.items())
 
 
 @dataclass
 class PluginSystem:
+    """The plugin manager plus the filled registries.
+
+    ``plugins`` lists the plugins that loaded (``error`` is set on one whose registration hook
+    raised); ``failed_plugins`` those whose import or registration failed; ``failed`` maps the
+    name of every plugin with a problem to its error message.
+    """
+
     pm: pluggy.PluginManager
     plugins: list[PluginInfo]
     methods: Registry
     planners: Registry
     backbones: Registry
     failed: dict[str, str]
+    failed_plugins: list[PluginInfo] = field(default_factory=list)
 
     @property
     def hook(self):
+        """``pm.hook``: call hooks with keyword arguments, e.g. ``hook.method_suitability(fingerprint=..., dataset_json=...)``."""
         return self.pm.hook
+
+    def registered_by(self, plugin_name: str) -> dict[str, list[str]]:
+        """``{"methods": [...], "planners": [...], "backbones": [...]}`` registered by one plugin."""
+        return {attr: getattr(self, attr).registered_by(plugin_name) for _, attr in REGISTRATION_HOOKS}
 
 
 def _distribution_of(ep: md.EntryPoint) -> tuple[str, str]:
@@ -114,53 +163,85 @@ def _distribution_of(ep: md.EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"], dist.version
 
 
-def _hooks_of(module: Any) -> list[str]:
-    names = [n for n in dir(hookspecs) if not n.startswith("_") and callable(getattr(hookspecs, n))]
-    return sorted(n for n in names if n != "hookspec" and hasattr(getattr(module, n, None), "autosam_impl"))
+def _load_order(ep_and_dist: tuple[md.EntryPoint, str, str]) -> tuple:
+    ep, dist, _ = ep_and_dist
+    return (dist.lower() != HOST_DISTRIBUTION, dist.lower(), ep.name)
 
 
-def build_plugin_system(extra_plugins: list[tuple[str, Any]] | None = None) -> PluginSystem:
+def _register_module(pm: pluggy.PluginManager, info: PluginInfo, module: Any) -> None:
+    """Register ``module`` with ``pm``; fill ``info.hooks`` and warn about unknown hook names."""
+    pm.register(module, name=info.name)
+    hooks = []
+    for caller in pm.get_hookcallers(module) or []:
+        if caller.spec is None:  # pluggy accepts it silently; almost always a typo
+            warnings.warn(
+                f"autosam plugin {info.name!r} ({info.distribution}) implements {caller.name!r}, which is not an "
+                f"autosam hook; known hooks: {', '.join(hook_names())}",
+                stacklevel=3,
+            )
+        hooks.append(caller.name)
+    info.hooks = sorted(hooks)
+
+
+def hook_names() -> list[str]:
+    """Names of all hooks in :mod:`autosam.hookspecs`."""
+    return sorted(n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "autosam_spec"))
+
+
+def build_plugin_system(extra_plugins: list[tuple[str, Any]] | None = None, *, load_entry_points: bool = True) -> PluginSystem:
     """Create a plugin manager, load every ``autosam`` entry point and fill the registries.
 
-    :param extra_plugins: ``(name, module_or_object)`` pairs registered in addition (used by tests).
+    :param extra_plugins: ``(name, module_or_object)`` pairs registered after the entry points
+        (distribution ``local``); used by tests and by scripts that define a plugin inline.
+    :param load_entry_points: ``False`` loads only ``extra_plugins``.
     """
-    pm = pluggy.PluginManager("autosam")
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     infos: list[PluginInfo] = []
+    failed_infos: list[PluginInfo] = []
     failed: dict[str, str] = {}
-    for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        dist, version = _distribution_of(ep)
-        try:
-            module = ep.load()
-            pm.register(module, name=ep.name)
-        except Exception as exc:  # a broken plugin must not break the others
-            msg = f"{type(exc).__name__}: {exc}"
-            failed[ep.name] = msg
-            warnings.warn(f"autosam plugin {ep.name!r} ({dist} {version}, {ep.value}) failed to load: {msg}", stacklevel=2)
-            continue
-        infos.append(PluginInfo(ep.name, ep.value, dist, version, _hooks_of(module)))
-    for name, module in extra_plugins or []:
-        pm.register(module, name=name)
-        infos.append(PluginInfo(name, getattr(module, "__name__", repr(module)), "local", "0", _hooks_of(module)))
 
-    methods: Registry = Registry("method")
-    planners: Registry = Registry("planner")
-    backbones: Registry = Registry("backbone")
+    candidates: list[tuple[PluginInfo, Any]] = []
+    if load_entry_points:
+        eps = [(ep, *_distribution_of(ep)) for ep in md.entry_points(group=ENTRY_POINT_GROUP)]
+        for ep, dist, version in sorted(eps, key=_load_order):
+            candidates.append((PluginInfo(ep.name, ep.value, dist, version), ep))
+    for name, module in extra_plugins or []:
+        candidates.append((PluginInfo(name, getattr(module, "__name__", repr(module)), "local", "0"), module))
+
+    for info, source in candidates:
+        try:
+            module = source.load() if isinstance(source, md.EntryPoint) else source
+            _register_module(pm, info, module)
+        except Exception as exc:  # a broken plugin must not break the others
+            info.error = f"{type(exc).__name__}: {exc}"
+            failed[info.name] = info.error
+            failed_infos.append(info)
+            warnings.warn(
+                f"autosam plugin {info.name!r} ({info.distribution} {info.version}, {info.module}) failed to load: {info.error}",
+                stacklevel=2,
+            )
+            continue
+        infos.append(info)
+
+    registries = {attr: Registry(attr[:-1], failed) for _, attr in REGISTRATION_HOOKS}
     for info in infos:
-        plugin = pm.get_plugin(info.name)
-        for hookname, registry in (
-            ("register_methods", methods),
-            ("register_planners", planners),
-            ("register_backbones", backbones),
-        ):
-            impl = getattr(plugin, hookname, None)
-            if impl is not None and hasattr(impl, "autosam_impl"):
+        for hookname, attr in REGISTRATION_HOOKS:
+            for impl in getattr(pm.hook, hookname).get_hookimpls():
+                if impl.plugin_name != info.name or impl.wrapper or impl.hookwrapper:
+                    continue
+                kwargs = {"register": registries[attr].make_register(info)}
                 try:
-                    impl(register=registry.make_register(info))
+                    impl.function(*[kwargs[a] for a in impl.argnames])
                 except Exception as exc:
-                    failed[info.name] = f"{hookname}: {type(exc).__name__}: {exc}"
-                    warnings.warn(f"autosam plugin {info.name!r} failed in {hookname}: {exc}", stacklevel=2)
-    return PluginSystem(pm, infos, methods, planners, backbones, failed)
+                    info.error = f"{hookname}: {type(exc).__name__}: {exc}"
+                    failed[info.name] = info.error
+                    if info not in failed_infos:
+                        failed_infos.append(info)
+                    warnings.warn(f"autosam plugin {info.name!r} ({info.distribution}) failed in {hookname}: {exc}", stacklevel=2)
+    for info in infos:
+        logger.debug("plugin %s (%s %s): hooks %s", info.name, info.distribution, info.version, info.hooks)
+    return PluginSystem(pm, infos, registries["methods"], registries["planners"], registries["backbones"], failed, failed_infos)
 
 
 @lru_cache(maxsize=1)
@@ -169,13 +250,21 @@ def get_plugin_system() -> PluginSystem:
     return build_plugin_system()
 
 
+def reset_plugin_system() -> None:
+    """Forget the process-wide plugin system; the next use loads the entry points again."""
+    get_plugin_system.cache_clear()
+
+
 def get_method(name: str):
+    """The registered method called ``name`` (:class:`UnknownNameError` lists the others)."""
     return get_plugin_system().methods.get(name)
 
 
 def get_planner(name: str):
+    """The registered planner called ``name``."""
     return get_plugin_system().planners.get(name)
 
 
 def get_backbone(name: str):
+    """The registered backbone spec called ``name``."""
     return get_plugin_system().backbones.get(name)

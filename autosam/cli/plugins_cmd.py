@@ -1,0 +1,86 @@
+"""``autosam_plugins``: list every plugin, its distribution and version, its hooks and what it registers."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+from autosam.plugins import PluginInfo, PluginSystem, get_plugin_system, hook_names
+
+
+def describe(system: PluginSystem) -> dict:
+    """A JSON-serialisable description of all plugins (loaded and failed)."""
+    rows = []
+    seen = set()
+    for info in [*system.plugins, *system.failed_plugins]:
+        if info.name in seen:
+            continue
+        seen.add(info.name)
+        loaded = any(p is info for p in system.plugins)
+        rows.append(_row(system, info, loaded))
+    rows.sort(key=lambda r: (r["status"] == "failed", r["distribution"].lower() != "autosam", r["distribution"].lower(), r["name"]))
+    return {"hooks": hook_names(), "plugins": rows}
+
+
+def _row(system: PluginSystem, info: PluginInfo, loaded: bool) -> dict:
+    registered = system.registered_by(info.name) if loaded else {"methods": [], "planners": [], "backbones": []}
+    return {
+        "name": info.name,
+        "module": info.module,
+        "distribution": info.distribution,
+        "version": info.version,
+        "status": "failed" if not loaded else ("error" if info.error else "loaded"),
+        "error": info.error,
+        "hooks": list(info.hooks),
+        **registered,
+    }
+
+
+def format_text(description: dict) -> str:
+    lines = []
+    for row in description["plugins"]:
+        status = {"loaded": "", "error": "  [ERROR]", "failed": "  [FAILED TO LOAD]"}[row["status"]]
+        lines.append(f"{row['name']}  ({row['distribution']} {row['version']}, {row['module']}){status}")
+        if row["hooks"]:
+            lines.append(f"    hooks:     {', '.join(row['hooks'])}")
+        for kind in ("methods", "planners", "backbones"):
+            if row[kind]:
+                lines.append(f"    {kind + ':':<10} {', '.join(row[kind])}")
+        if row["error"]:
+            lines.append(f"    error:     {row['error']}")
+    if not description["plugins"]:
+        lines.append("no autosam plugins installed (entry point group 'autosam')")
+    n_failed = sum(r["status"] != "loaded" for r in description["plugins"])
+    lines.append(f"{len(description['plugins'])} plugins, {n_failed} with errors")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="autosam_plugins",
+        description="List every autosam plugin (entry point group 'autosam'): its distribution and version, the "
+        "hooks it implements and the methods, planners and backbones it registers. Plugins that failed to "
+        "load are listed with their error.",
+    )
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when any plugin failed to load or register")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # failures are part of the listing below
+        description = describe(get_plugin_system())
+    if args.json:
+        print(json.dumps(description, indent=2))
+    else:
+        print(format_text(description))
+    if args.strict and any(r["status"] != "loaded" for r in description["plugins"]):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
