@@ -1,0 +1,241 @@
+"""Sliding-window prediction of a whole volume with Gaussian importance weighting and mirroring.
+
+The volume (C x Z x Y x X) is covered by overlapping patches (``step_size`` 0.5 of the patch by
+default, nnU-Net's rule for the step positions). Each patch's logits (averaged over all mirrorings
+of its spatial axes when ``use_mirroring``) are weighted with a Gaussian (sigma = patch / 8,
+maximum 1) and accumulated; the weighted average of the logits is turned into probabilities with a
+softmax over the classes. A 2D patch size (``len(patch_size) == 2``) predicts slice by slice along
+the first spatial axis (z), the network then receiving B x C x Y x X patches.
+
+Memory: the accumulators (K + 1 floats per voxel) live on the prediction device when they fit
+there and on the CPU otherwise; the division and the softmax run in place, in chunks of slices, so
+the peak is about one copy of the K x Z x Y x X float32 result.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+ProgressFn = Callable[[int, int], None]
+
+
+def compute_steps(image_size: Sequence[int], patch_size: Sequence[int], step_size: float) -> list[list[int]]:
+    """Start positions of the patches along each axis.
+
+    The patches overlap by at least ``1 - step_size`` of their size and the last one ends exactly at
+    the image border; the positions are spread evenly between 0 and ``image - patch``.
+    """
+    if not 0 < step_size <= 1:
+        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+    steps = []
+    for size, patch in zip(image_size, patch_size):
+        if size < patch:
+            raise ValueError(f"image size {tuple(image_size)} is smaller than the patch {tuple(patch_size)}; pad first")
+        n = int(math.ceil((size - patch) / (patch * step_size))) + 1
+        if n == 1:
+            steps.append([0])
+            continue
+        stride = (size - patch) / (n - 1)
+        steps.append([int(round(stride * i)) for i in range(n)])
+    return steps
+
+
+@lru_cache(maxsize=8)
+def _gaussian_cpu(patch_size: tuple[int, ...], sigma_scale: float) -> torch.Tensor:
+    weights = None
+    for size in patch_size:
+        sigma = max(size * sigma_scale, 1e-6)
+        coords = np.arange(size, dtype=np.float64) - size // 2
+        g = np.exp(-0.5 * (coords / sigma) ** 2)
+        weights = g if weights is None else np.multiply.outer(weights, g)
+    weights = np.asarray(weights, dtype=np.float64)
+    weights /= weights.max()
+    # Never exactly zero (a voxel covered only by patch borders must not divide by 0).
+    weights = np.maximum(weights, max(float(weights[weights > 0].min()), 1e-8))
+    return torch.from_numpy(weights.astype(np.float32))
+
+
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8,
+                            device: torch.device | str = "cpu") -> torch.Tensor:
+    """Gaussian weights of one patch: centred, sigma = ``patch * sigma_scale`` per axis, maximum 1,
+    strictly positive everywhere."""
+    return _gaussian_cpu(tuple(int(p) for p in patch_size), float(sigma_scale)).to(device)
+
+
+def mirror_combinations(n_spatial: int) -> list[tuple[int, ...]]:
+    """All non-empty subsets of the spatial axes of a B x C x *spatial tensor (dims 2..)."""
+    axes = list(range(2, 2 + n_spatial))
+    return [c for r in range(1, n_spatial + 1) for c in itertools.combinations(axes, r)]
+
+
+def _pad_to_patch(data: torch.Tensor, patch3: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad (centred) every spatial axis shorter than the patch; return the crop that undoes it."""
+    spatial = data.shape[1:]
+    target = [max(s, p) for s, p in zip(spatial, patch3)]
+    if list(spatial) == target:
+        return data, tuple(slice(0, s) for s in spatial)
+    before = [(t - s) // 2 for s, t in zip(spatial, target)]
+    after = [t - s - b for s, t, b in zip(spatial, target, before)]
+    pad = []
+    for b, a in zip(reversed(before), reversed(after)):
+        pad += [b, a]
+    padded = F.pad(data, pad, mode="constant", value=0.0)
+    return padded, tuple(slice(b, b + s) for b, s in zip(before, spatial))
+
+
+def _allocate(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.device]:
+    """A float32 zero tensor on ``device``, falling back to the CPU when the device is out of memory."""
+    if device.type != "cpu":
+        try:
+            return torch.zeros(shape, dtype=torch.float32, device=device), device
+        except torch.OutOfMemoryError:
+            logger.info("accumulators of shape %s do not fit on %s; accumulating on the CPU", shape, device)
+            torch.cuda.empty_cache()
+    return torch.zeros(shape, dtype=torch.float32), torch.device("cpu")
+
+
+def _as_tensor(data) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        t = data.detach()
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(np.asarray(data)))
+    if t.ndim != 4:
+        raise ValueError(f"sliding_window_predict expects data of shape C x Z x Y x X, got {tuple(t.shape)}")
+    return t.to(dtype=torch.float32, device="cpu")
+
+
+@torch.inference_mode()
+def sliding_window_predict(
+    logits_fn: LogitsFn,
+    data,
+    patch_size: Sequence[int],
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    use_mirroring: bool = True,
+    progress: bool | ProgressFn = False,
+    step_size: float = 0.5,
+    batch_size: int = 1,
+    mirror_axes: Sequence[int] | None = None,
+    use_gaussian: bool = True,
+) -> torch.Tensor:
+    """Class probabilities (K x Z x Y x X, float32, CPU) of a whole volume.
+
+    :param logits_fn: maps a batch of patches (B x C x *patch, on ``device``) to logits
+        (B x K x *patch); called in inference mode (and under autocast on CUDA).
+    :param data: C x Z x Y x X tensor or array (a memory map is fine).
+    :param patch_size: 3 values (3D patches) or 2 values (2D patches on the z slices).
+    :param num_classes: K, including background.
+    :param use_mirroring: average the logits over all mirrorings of the patch's spatial axes.
+    :param progress: ``True`` shows a tqdm bar; a callable receives ``(done, total)`` patches.
+    :param step_size: patch step as a fraction of the patch size (0.5 = nnU-Net's default).
+    :param batch_size: patches per call of ``logits_fn``.
+    :param mirror_axes: spatial axes (0-based, in the patch) to mirror; default all.
+    """
+    device = torch.device(device)
+    tensor = _as_tensor(data)
+    patch_size = [int(p) for p in patch_size]
+    if len(patch_size) not in (2, 3):
+        raise ValueError(f"patch_size must have 2 or 3 entries, got {patch_size}")
+    is_2d = len(patch_size) == 2
+    patch3 = [1, *patch_size] if is_2d else patch_size
+    n_spatial = len(patch_size)
+
+    padded, unpad = _pad_to_patch(tensor, patch3)
+    spatial = tuple(padded.shape[1:])
+    if is_2d:  # every slice once, the in-plane axes with overlap
+        steps = [list(range(spatial[0])), *compute_steps(spatial[1:], patch_size, step_size)]
+    else:
+        steps = compute_steps(spatial, patch3, step_size)
+    tiles = [tuple(slice(s, s + p) for s, p in zip(start, patch3)) for start in itertools.product(*steps)]
+
+    if use_mirroring:
+        combos = mirror_combinations(n_spatial)
+        if mirror_axes is not None:
+            allowed = {a + 2 for a in mirror_axes}
+            combos = [c for c in combos if set(c) <= allowed]
+    else:
+        combos = []
+
+    logits_sum, acc_device = _allocate((num_classes, *spatial), device)
+    weight_sum = torch.zeros(spatial, dtype=torch.float32, device=acc_device)
+    gaussian = gaussian_importance_map(patch3, device=acc_device) if use_gaussian else torch.ones(patch3, device=acc_device)
+    source = padded.to(acc_device) if acc_device.type != "cpu" else padded
+    amp = torch.autocast(device.type) if device.type == "cuda" else contextlib.nullcontext()
+
+    callback = _progress_callback(progress, len(tiles))
+    logger.debug("sliding window: %d patches of %s on %s, mirrorings %d", len(tiles), patch3, tuple(spatial), len(combos))
+    done = 0
+    for first in range(0, len(tiles), max(1, int(batch_size))):
+        batch_tiles = tiles[first: first + max(1, int(batch_size))]
+        patches = torch.stack([source[(slice(None), *t)] for t in batch_tiles]).to(device, non_blocking=True)
+        if is_2d:
+            patches = patches[:, :, 0]
+        with amp:
+            logits = _predict_mirrored(logits_fn, patches, combos, num_classes)
+        if is_2d:
+            logits = logits.unsqueeze(2)
+        logits = logits.to(acc_device, non_blocking=True)
+        for b, tile in enumerate(batch_tiles):
+            logits_sum[(slice(None), *tile)].addcmul_(logits[b], gaussian)
+            weight_sum[tile] += gaussian
+        done += len(batch_tiles)
+        if callback:
+            callback(done, len(tiles))
+
+    del source
+    result = _normalise_and_softmax(logits_sum, weight_sum)
+    result = result[(slice(None), *unpad)]
+    return result.to("cpu").contiguous()
+
+
+def _predict_mirrored(logits_fn: LogitsFn, x: torch.Tensor, combos: list[tuple[int, ...]], num_classes: int) -> torch.Tensor:
+    out = logits_fn(x).float()
+    expected = (x.shape[0], num_classes, *x.shape[2:])
+    if tuple(out.shape) != expected:
+        raise ValueError(f"logits_fn returned shape {tuple(out.shape)} for patches {tuple(x.shape)}; expected {expected}")
+    if combos:
+        out = out.clone()  # the network may return a view of a buffer it reuses
+        for axes in combos:
+            out += torch.flip(logits_fn(torch.flip(x, axes)).float(), axes)
+        out /= len(combos) + 1
+    return out
+
+
+def _normalise_and_softmax(logits_sum: torch.Tensor, weight_sum: torch.Tensor, chunk_voxels: int = 1 << 22) -> torch.Tensor:
+    """In place: divide by the weights and apply the softmax over classes, a few slices at a time."""
+    n_slices = logits_sum.shape[1]
+    per_slice = max(1, int(np.prod(logits_sum.shape[2:])) * logits_sum.shape[0])
+    step = max(1, chunk_voxels // per_slice)
+    for z0 in range(0, n_slices, step):
+        block = logits_sum[:, z0: z0 + step]
+        block /= weight_sum[z0: z0 + step]
+        block.copy_(torch.softmax(block, dim=0))
+    return logits_sum
+
+
+def _progress_callback(progress, total: int) -> ProgressFn | None:
+    if callable(progress):
+        return progress
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="patches", leave=False, unit="patch")
+
+    def update(done: int, total_: int) -> None:
+        bar.update(done - bar.n)
+        if done >= total_:
+            bar.close()
+
+    return update
