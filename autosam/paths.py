@@ -2,7 +2,8 @@
 
 ``AUTOSAM_RAW``, ``AUTOSAM_PREPROCESSED`` and ``AUTOSAM_RESULTS`` choose the three folders. When
 one is unset, ``$AUTOSAM_HOME/<raw|preprocessed|results>`` is used (``AUTOSAM_HOME`` defaults to
-``~/autosam_data``), and the fallback is printed once per process.
+``~/autosam_data``), and the fallback is printed once per process and variable (to stderr).
+A leading ``~`` is expanded. See ``documentation/paths.md``.
 """
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ _announced: set[str] = set()
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("AUTOSAM_HOME", Path.home() / "autosam_data"))
+    value = os.environ.get("AUTOSAM_HOME")
+    return Path(value).expanduser() if value else Path.home() / "autosam_data"
 
 
 def _folder(kind: str) -> Path:
     var = _ENV[kind]
     value = os.environ.get(var)
     if value:
-        return Path(value)
+        return Path(value).expanduser()
     path = default_home() / kind
     if var not in _announced:
         _announced.add(var)
