@@ -1,0 +1,167 @@
+"""Evaluate a folder of predicted label maps against reference label maps (``summary.json``).
+
+The layout is nnU-Net's ``summary.json``::
+
+    {"metric_per_case": [{"reference_file": ..., "prediction_file": ...,
+                          "metrics": {"1": {"Dice": ..., "IoU": ..., "HD95": ..., "TP": ..., ...}}}],
+     "mean": {"1": {...}, "2": {...}},
+     "foreground_mean": {"Dice": ..., ...},
+     ...}
+
+Every prediction file (named like its reference, ending with the dataset's ``file_ending``) is
+evaluated; a prediction without reference is an error. References without prediction are listed
+under ``"references_without_prediction"`` (an error with ``strict=True``).
+
+Undefined values: Dice/IoU of a label absent from both masks are NaN (written as ``NaN`` like
+nnU-Net does) and left out of the means. An infinite HD95 (label in exactly one of the two masks)
+is written as ``null`` with ``"HD95_infinite": true``; the means of HD95 are over the finite values
+and ``"HD95_n_infinite"`` counts the cases (the case-label pairs in ``foreground_mean``) left out.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from autosam.evaluation.metrics import case_metrics
+from autosam.io.dataset import labels_of
+from autosam.io.image import read_image
+from autosam.utils.files import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+COUNT_METRICS = ("TP", "FP", "FN", "TN", "n_ref", "n_pred")
+
+
+def foreground_labels(dataset_json: dict) -> list[int]:
+    """Label values to evaluate: all but background (0) and an ``ignore`` label."""
+    labels = labels_of(dataset_json)
+    return sorted(v for k, v in labels.items() if v != 0 and k != "ignore")
+
+
+def evaluate_case(reference_file: str | Path, prediction_file: str | Path, labels: Sequence[int],
+                  compute_hd95: bool = True) -> dict:
+    """Metrics of one case; checks that both images have the same shape and spacing."""
+    ref, ref_geom = read_image(reference_file)
+    pred, pred_geom = read_image(prediction_file)
+    if ref.shape != pred.shape:
+        raise ValueError(f"{prediction_file}: shape {pred.shape} differs from the reference {reference_file} {ref.shape}")
+    if not np.allclose(ref_geom.spacing, pred_geom.spacing, rtol=1e-3, atol=1e-4):
+        raise ValueError(f"{prediction_file}: spacing {pred_geom.spacing} differs from the reference {reference_file} {ref_geom.spacing}")
+    metrics = case_metrics(ref, pred, labels, ref_geom.spacing, compute_hd95)
+    return {"reference_file": str(reference_file), "prediction_file": str(prediction_file), "metrics": metrics}
+
+
+def _evaluate_case_args(args: tuple) -> dict:
+    return evaluate_case(*args)
+
+
+def aggregate(per_case: list[dict], labels: Sequence[int]) -> tuple[dict, dict]:
+    """``mean`` per label (NaN Dice/IoU and infinite HD95 left out) and ``foreground_mean``."""
+    keys = [str(int(lab)) for lab in labels]
+    mean: dict[str, dict] = {}
+    for key in keys:
+        values = [case["metrics"][key] for case in per_case]
+        entry: dict = {}
+        for metric in ("Dice", "IoU"):
+            entry[metric] = _nanmean([v[metric] for v in values])
+        if values and "HD95" in values[0]:
+            hd = [v["HD95"] for v in values]
+            entry["HD95"] = _nanmean([h for h in hd if math.isfinite(h)])
+            entry["HD95_n_infinite"] = sum(1 for h in hd if not math.isfinite(h))
+        for metric in COUNT_METRICS:
+            entry[metric] = float(np.mean([v[metric] for v in values])) if values else math.nan
+        mean[key] = entry
+    foreground: dict = {}
+    if mean:
+        metrics = list(next(iter(mean.values())))
+        for metric in metrics:
+            if metric == "HD95_n_infinite":
+                continue
+            vals = [mean[k][metric] for k in keys]
+            if metric == "HD95":
+                foreground["HD95"] = _nanmean([v for v in vals if math.isfinite(v)])
+                foreground["HD95_n_infinite"] = sum(mean[k]["HD95_n_infinite"] for k in keys)
+            else:
+                foreground[metric] = _nanmean(vals)
+    return mean, foreground
+
+
+def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path: str | Path,
+                    output_file: str | Path | None = None, num_processes: int = 1, *, strict: bool = False,
+                    compute_hd95: bool = True, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; return the summary dict and
+    write it atomically to ``output_file`` when given (JSON; infinite HD95 as ``null`` + flag)."""
+    ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    dataset_json = read_json(dataset_json_path)
+    if "labels" not in dataset_json or "file_ending" not in dataset_json:
+        raise ValueError(f"{dataset_json_path}: needs 'labels' and 'file_ending'")
+    ending = dataset_json["file_ending"]
+    labels = foreground_labels(dataset_json)
+    for folder, what in ((ref_dir, "reference"), (pred_dir, "prediction")):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: {what} folder does not exist")
+    predictions = sorted(p for p in pred_dir.iterdir() if p.name.endswith(ending) and not p.name.startswith("."))
+    if not predictions:
+        raise ValueError(f"{pred_dir}: no prediction files ending with {ending!r}")
+    references = {p.name for p in ref_dir.iterdir() if p.name.endswith(ending) and not p.name.startswith(".")}
+    missing_ref = [p for p in predictions if p.name not in references]
+    if missing_ref:
+        raise FileNotFoundError(f"{missing_ref[0]}: no reference {ref_dir / missing_ref[0].name}"
+                                + (f" (and {len(missing_ref) - 1} more)" if len(missing_ref) > 1 else ""))
+    unpredicted = sorted(references - {p.name for p in predictions})
+    if unpredicted:
+        if strict:
+            raise FileNotFoundError(f"{pred_dir}: no prediction for {len(unpredicted)} reference(s), e.g. {unpredicted[0]}")
+        logger.info("%d reference(s) in %s have no prediction in %s", len(unpredicted), ref_dir, pred_dir)
+
+    jobs = [(ref_dir / p.name, p, labels, compute_hd95) for p in predictions]
+    per_case: list[dict] = []
+    if num_processes > 1 and len(jobs) > 1:
+        ctx = multiprocessing.get_context("spawn")  # safe inside processes that hold threads (training)
+        with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=ctx) as pool:
+            for result in pool.map(_evaluate_case_args, jobs):
+                per_case.append(result)
+                if progress:
+                    progress(len(per_case), len(jobs))
+    else:
+        for job in jobs:
+            per_case.append(evaluate_case(*job))
+            if progress:
+                progress(len(per_case), len(jobs))
+
+    mean, foreground = aggregate(per_case, labels)
+    summary = {
+        "metric_per_case": [_jsonable_case(c) for c in per_case],
+        "mean": {k: _jsonable_metrics(v) for k, v in mean.items()},
+        "foreground_mean": _jsonable_metrics(foreground),
+        "labels": {str(lab): name for name, lab in labels_of(dataset_json).items() if lab in labels},
+        "references_without_prediction": unpredicted,
+        "hd95_definition": "symmetric 95th percentile surface distance in mm; null + HD95_infinite=true "
+                           "when the label is in exactly one of the two masks",
+    }
+    if output_file is not None:
+        write_json(output_file, summary, indent=2)
+    return summary
+
+
+def _nanmean(values: list[float]) -> float:
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def _jsonable_metrics(metrics: dict) -> dict:
+    out = dict(metrics)
+    if "HD95" in out and isinstance(out["HD95"], float) and math.isinf(out["HD95"]):
+        out["HD95"] = None
+        out["HD95_infinite"] = True
+    return out
+
+
+def _jsonable_case(case: dict) -> dict:
+    return {**case, "metrics": {k: _jsonable_metrics(v) for k, v in case["metrics"].items()}}
