@@ -27,8 +27,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def system():
+    """The process-wide plugin system (the one get_method/get_planner use), fetched per test."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # other plugins' problems are not this file's subject
         return get_plugin_system()
@@ -68,7 +69,7 @@ def test_method_selected_by_name_trains_and_predicts(system):
     entry = system.methods.entry("example_tiny")
     assert (entry.distribution, entry.version) == ("autosam-example-plugin", DIST.version)
 
-    plans = _plans([8, 16, 16])
+    plans = _plans([4, 12, 12])
     options = method.make_options({"features": 8}, {"learning-rate": "0.05"})
     assert (options.features, options.learning_rate) == (8, 0.05)
     ctx = MethodContext(plans=plans, configuration=plans.configurations["3d"], dataset_json={}, options=options,
@@ -78,7 +79,7 @@ def test_method_selected_by_name_trains_and_predicts(system):
     loss_fn = method.build_loss(ctx)
     opt, sched = method.configure_optimizers(net, ctx)
     # a learnable toy problem: the class is given by the intensity band
-    data = torch.rand(2, 1, 8, 16, 16)
+    data = torch.rand(2, 1, 4, 12, 12)
     target = (data * 3).floor().clamp(max=2)
     losses = []
     for _ in range(15):
@@ -90,7 +91,7 @@ def test_method_selected_by_name_trains_and_predicts(system):
     sched.step()
     assert losses[-1] < 0.7 * losses[0]
     assert opt.param_groups[0]["lr"] < 0.05  # the schedule decays
-    assert method.predict_logits(net, data, ctx).shape == (2, 3, 8, 16, 16)
+    assert method.predict_logits(net, data, ctx).shape == (2, 3, 4, 12, 12)
 
 
 def test_plan_method_section_and_vote(system):
