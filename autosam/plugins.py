@@ -170,6 +170,8 @@ def _load_order(ep_and_dist: tuple[md.EntryPoint, str, str]) -> tuple:
 
 def _register_module(pm: pluggy.PluginManager, info: PluginInfo, module: Any) -> None:
     """Register ``module`` with ``pm``; fill ``info.hooks`` and warn about unknown hook names."""
+    if pm.has_plugin(info.name):  # two distributions use the same entry-point name: keep both
+        info.name = f"{info.distribution}:{info.name}"
     pm.register(module, name=info.name)
     hooks = []
     for caller in pm.get_hookcallers(module) or []:

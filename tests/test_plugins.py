@@ -104,6 +104,14 @@ def test_hook_with_argument_not_in_spec_fails_only_that_plugin():
     assert [p.name for p in system.plugins] == ["good"]
 
 
+def test_same_plugin_name_from_two_sources_keeps_both():
+    a = _plugin(register_methods=lambda register: register(_Named("from_a")))
+    b = _plugin(register_methods=lambda register: register(_Named("from_b")))
+    system = _local_system(("same", a), ("same", b))
+    assert [p.name for p in system.plugins] == ["same", "local:same"]
+    assert system.methods.names() == ["from_a", "from_b"]
+
+
 def test_misspelt_hook_is_reported():
     p = _plugin(register_method=lambda register: None)
     with pytest.warns(UserWarning, match="'register_method', which is not an autosam hook"):
