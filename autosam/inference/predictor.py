@@ -1,0 +1,270 @@
+"""Prediction with trained models: loading folds, the fold ensemble, whole-folder prediction.
+
+A trained model lives in ``<results>/DatasetXXX_Name/<method>__<plans>__<config>/`` with
+``fold_N/checkpoint_{final,best,latest}.pth`` (written by :mod:`autosam.training.checkpoint`) and,
+ideally, copies of ``plans.json`` and ``dataset.json`` (otherwise they are read from the
+preprocessed folder). The method is looked up by the name recorded in the checkpoint; a missing
+plugin is reported with the package to install.
+
+The fold ensemble is the mean of each fold's class probabilities. Input images go through the
+same preprocessing as training (:func:`autosam.preprocessing.preprocessor.preprocess_case`, never
+a label); predictions are exported in the input's exact geometry (:mod:`autosam.inference.export`).
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from autosam import paths
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, Plans
+from autosam.inference.export import export_prediction
+from autosam.io.dataset import dataset_name_from_id, list_prediction_inputs
+from autosam.training.method import Method, MethodContext
+from autosam.utils.files import read_json, write_json
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_CHOICES = ("final", "best", "latest")
+
+
+@dataclass
+class FoldModel:
+    """One fold's network and the method state saved with it."""
+
+    fold: int | str
+    network: nn.Module
+    method_state: dict = field(default_factory=dict)
+    checkpoint: Path | None = None
+    epoch: int | None = None
+
+
+@dataclass
+class TrainedModel:
+    """Everything needed to predict with the folds of one trained model."""
+
+    method: Method
+    ctx: MethodContext
+    folds: list[FoldModel]
+    plans: Plans
+    configuration: ConfigurationPlan
+    dataset_json: dict
+    model_folder: Path
+
+
+def model_folder_name(method: str, plans_name: str, configuration: str) -> str:
+    return f"{method}__{plans_name}__{configuration}"
+
+
+def find_model_folder(dataset: str | int, method: str, configuration: str, plans_name: str = DEFAULT_PLANS_NAME) -> Path:
+    """``<results>/DatasetXXX_Name/<method>__<plans>__<config>``; the error lists the trained models."""
+    name = dataset_name_from_id(dataset)
+    folder = paths.results_dir() / name / model_folder_name(method, plans_name, configuration)
+    if not folder.is_dir():
+        parent = paths.results_dir() / name
+        found = sorted(p.name for p in parent.iterdir() if p.is_dir() and "__" in p.name) if parent.is_dir() else []
+        raise FileNotFoundError(f"{folder}: no trained model here; trained models of {name}: {', '.join(found) or 'none'}")
+    return folder
+
+
+def _first_existing(candidates: Sequence[Path]) -> Path | None:
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def load_plans_and_dataset_json(model_folder: Path, plans_name: str) -> tuple[Plans, dict]:
+    dataset_name = model_folder.parent.name
+    plans_path = _first_existing([model_folder / "plans.json", paths.preprocessed_dir() / dataset_name / f"{plans_name}.json"])
+    if plans_path is None:
+        raise FileNotFoundError(f"{model_folder}: no plans.json, and no {plans_name}.json in the preprocessed folder of {dataset_name}")
+    dj_path = _first_existing([model_folder / "dataset.json", paths.preprocessed_dir() / dataset_name / "dataset.json",
+                               paths.raw_dir() / dataset_name / "dataset.json"])
+    if dj_path is None:
+        raise FileNotFoundError(f"{model_folder}: no dataset.json here nor in the preprocessed/raw folders of {dataset_name}")
+    return Plans.load(plans_path), read_json(dj_path)
+
+
+def _parse_folder_name(model_folder: Path) -> tuple[str, str, str]:
+    parts = model_folder.name.split("__")
+    if len(parts) != 3:
+        raise ValueError(f"{model_folder}: model folders are named <method>__<plans>__<configuration>")
+    return parts[0], parts[1], parts[2]
+
+
+def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0,), checkpoint: str = "final",
+                       device: str | torch.device = "cpu", method_overrides: dict | None = None) -> TrainedModel:
+    """Load the networks of ``folds`` (``0``.. or ``"all"``) from ``checkpoint_<checkpoint>.pth``."""
+    from autosam.training.checkpoint import load_checkpoint, method_entry_for_checkpoint
+
+    model_folder = Path(model_folder)
+    if checkpoint not in CHECKPOINT_CHOICES:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINT_CHOICES}, got {checkpoint!r}")
+    if not folds:
+        raise ValueError("give at least one fold")
+    _, plans_name, configuration_name = _parse_folder_name(model_folder)
+    device = torch.device(device)
+    plans, dataset_json = load_plans_and_dataset_json(model_folder, plans_name)
+    configuration = plans.configuration(configuration_name)
+
+    method: Method | None = None
+    ctx: MethodContext | None = None
+    fold_models: list[FoldModel] = []
+    for fold in folds:
+        fold_dir = model_folder / f"fold_{fold}"
+        path = fold_dir / f"checkpoint_{checkpoint}.pth"
+        if not path.is_file():
+            available = sorted(p.name for p in fold_dir.glob("checkpoint_*.pth")) if fold_dir.is_dir() else []
+            raise FileNotFoundError(f"{path}: checkpoint not found" + (f"; available: {', '.join(available)}" if available
+                                                                        else f" (is fold {fold} trained?)"))
+        ckpt = load_checkpoint(path, map_location="cpu")
+        entry = method_entry_for_checkpoint(ckpt, path)
+        if method is None:
+            method = entry.obj
+            # the checkpoint's options are what was trained; command-line overrides go on top
+            options = method.make_options(ckpt.get("options") or {}, method_overrides or {})
+            ctx = MethodContext(plans=plans, configuration=configuration, dataset_json=dataset_json, options=options,
+                                device=device, num_input_channels=plans.num_channels, num_classes=plans.num_classes,
+                                fold=fold, output_folder=None)
+        elif entry.obj.name != method.name:
+            raise ValueError(f"{path}: fold {fold} was trained with method {entry.obj.name!r}, fold {fold_models[0].fold} "
+                             f"with {method.name!r}")
+        network = method.build_network(ctx)
+        try:
+            network.load_state_dict(ckpt["network"])
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: weights do not fit the network built from the plans and options ({exc})") from None
+        network.to(device).eval()
+        fold_models.append(FoldModel(fold, network, ckpt.get("method_state") or {}, path, ckpt.get("epoch")))
+        del ckpt
+    assert method is not None and ctx is not None
+    return TrainedModel(method, ctx, fold_models, plans, configuration, dataset_json, model_folder)
+
+
+def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | FoldModel], data, properties: dict | None,
+                              ctx: MethodContext, use_mirroring: bool = True, progress: bool | Callable = False) -> torch.Tensor:
+    """Fold-ensemble probabilities (K x Z x Y x X, float32, CPU) of one preprocessed case.
+
+    ``data`` is the preprocessed image (C x Z x Y x X). Each network predicts through
+    ``method.predict_volume``; the result is the mean of the folds' probabilities. The case's
+    properties are visible to the method as ``ctx.extra["case_properties"]`` while it predicts.
+    """
+    if not networks:
+        raise ValueError("predict_preprocessed_case needs at least one network")
+    tensor = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(data, dtype=np.float32)))
+    if tensor.ndim != 4:
+        raise ValueError(f"preprocessed data must be C x Z x Y x X, got shape {tuple(tensor.shape)}")
+    expected = (ctx.num_classes, *tensor.shape[1:])
+    previous = ctx.extra.get("case_properties")
+    ctx.extra["case_properties"] = properties
+    total: torch.Tensor | None = None
+    try:
+        for item in networks:
+            network = item.network if isinstance(item, FoldModel) else item
+            if isinstance(item, FoldModel):
+                method.load_extra_state(item.method_state)
+            network.eval()
+            probs = method.predict_volume(network, tensor, ctx, use_mirroring=use_mirroring, progress=progress)
+            probs = probs.detach().to("cpu", torch.float32)
+            if tuple(probs.shape) != expected:
+                raise ValueError(f"method {method.name!r} predicted shape {tuple(probs.shape)}; expected {expected}")
+            if total is None:
+                total = probs if len(networks) == 1 else probs.clone()
+            else:
+                total += probs
+    finally:
+        ctx.extra["case_properties"] = previous
+    if len(networks) > 1:
+        total /= len(networks)
+    return total
+
+
+def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_id: str | int, configuration: str,
+                   method: str, folds: Sequence[int | str] = (0,), checkpoint: str = "final", use_mirroring: bool = True,
+                   save_probabilities: bool = False, device: str | torch.device = "cpu", num_processes: int = 2,
+                   plans_name: str = DEFAULT_PLANS_NAME, method_overrides: dict | None = None,
+                   progress: Callable[[str, int, int], None] | None = None,
+                   patch_progress: bool | Callable = False) -> list[Path]:
+    """Predict every case of ``input_folder`` (``<case>_0000<ending>``...) into ``output_folder``.
+
+    ``method="auto"`` uses the plans' default method. While one case is predicted, the next one is
+    preprocessed and the previous one exported in background threads (``num_processes > 1``).
+    Returns the written label files.
+    """
+    from autosam.preprocessing.preprocessor import preprocess_case
+
+    input_folder, output_folder = Path(input_folder), Path(output_folder)
+    if not input_folder.is_dir():
+        raise FileNotFoundError(f"{input_folder}: input folder does not exist")
+    if method == "auto":
+        method = default_method_of(dataset_id, plans_name)
+        logger.info("method 'auto': the plans' default method is %r", method)
+    model = load_trained_model(find_model_folder(dataset_id, method, configuration, plans_name), folds, checkpoint,
+                               device, method_overrides)
+    cases = list_prediction_inputs(input_folder, model.dataset_json)
+    if not cases:
+        raise FileNotFoundError(f"{input_folder}: no images named <case>_0000{model.dataset_json['file_ending']}")
+    ending = model.dataset_json["file_ending"]
+    output_folder.mkdir(parents=True, exist_ok=True)
+    write_json(output_folder / "dataset.json", model.dataset_json)
+    model.plans.save(output_folder / "plans.json")
+    write_json(output_folder / "predict_args.json", {
+        "input_folder": str(input_folder), "model_folder": str(model.model_folder), "method": model.method.name,
+        "configuration": configuration, "folds": [str(f) for f in folds], "checkpoint": checkpoint,
+        "use_mirroring": use_mirroring, "save_probabilities": save_probabilities, "device": str(device),
+        "options": _options_dict(model.ctx.options),
+        "checkpoint_epochs": {str(f.fold): f.epoch for f in model.folds},
+    })
+
+    def load(case):
+        return preprocess_case([str(p) for p in case.images], model.plans, configuration)
+
+    background = ThreadPoolExecutor(max_workers=2) if num_processes > 1 else None
+    written: list[Path] = []
+    pending_exports: list[Future] = []
+    try:
+        next_case: Future | Any = background.submit(load, cases[0]) if background else None
+        for i, case in enumerate(cases):
+            data, _seg, properties = next_case.result() if background else load(case)
+            if background and i + 1 < len(cases):
+                next_case = background.submit(load, cases[i + 1])
+            if progress:
+                progress(case.identifier, i, len(cases))
+            probs = predict_preprocessed_case(model.method, model.folds, data, properties, model.ctx, use_mirroring,
+                                              progress=patch_progress)
+            del data
+            out = output_folder / f"{case.identifier}{ending}"
+            if background:
+                # at most one export in flight: bounds memory to ~2 cases of probabilities
+                for f in pending_exports:
+                    f.result()
+                pending_exports = [background.submit(export_prediction, probs, properties, model.configuration, out,
+                                                     save_probabilities)]
+            else:
+                export_prediction(probs, properties, model.configuration, out, save_probabilities)
+            written.append(out)
+        for f in pending_exports:
+            f.result()
+        if progress:
+            progress("", len(cases), len(cases))
+    finally:
+        if background:
+            background.shutdown(wait=True, cancel_futures=True)
+    return written
+
+
+def default_method_of(dataset_id: str | int, plans_name: str = DEFAULT_PLANS_NAME) -> str:
+    name = dataset_name_from_id(dataset_id)
+    path = paths.preprocessed_dir() / name / f"{plans_name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: plans not found; '-m auto' reads the default method from the plans")
+    return Plans.load(path).default_method
+
+
+def _options_dict(options: Any) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(vars(options))
