@@ -1,0 +1,34 @@
+"""Options of the ``medlsam`` method (defaults from the paper / official code; see README)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class MedLSAMOptions:
+    # --- MedLAM localiser
+    coarse_spacing: list[float] = field(default_factory=lambda: [3.0, 3.0, 3.0])  # mm (z, y, x), paper: 3 mm
+    patch: int = 64  # coarse patch side (paper: 64); the planner shrinks it for small images
+    r_mm: list[float] = field(default_factory=lambda: [1500.0, 600.0, 600.0])  # tanh range (paper); planned from the dataset extent
+    base_width: int = 24  # code: 24
+    num_pool: int = 4  # code: 4 poolings
+    feature_dim: int = 32  # channels of each MSS feature map
+    mss_weight: float = 1.0
+    lr: float = 1e-3  # paper: 1e-3 (code: 1e-4)
+    weight_decay: float = 0.0
+    batch_size: int = 4  # code: 4 (paper: 8)
+    agent_moves: int = 3
+    mss_refine: bool = True
+    # --- few-shot support
+    num_support: int = 5
+    box_margin: list[int] = field(default_factory=lambda: [2, 10, 10])  # voxels (z, y, x) at the configuration's spacing
+    # --- SAM segmentation stage
+    backbone: str = "litemedsam"
+    sam_checkpoint: str | None = None
+    sam_input_size: int | None = None  # None: the backbone's default
+    finetune_sam: bool = False  # fine-tune the mask decoder on label boxes with 0-20 px perturbation
+    finetune_steps: int = 200
+    finetune_lr: float = 1e-5
+    box_jitter_px: int = 20
+    window: list[float] | None = None  # clip window in normalised units before the backbone (None: per slice range)
+    seed: int = 0

@@ -1,0 +1,206 @@
+"""``medlsam``: MedLSAM (MedLAM few-shot localiser + box-prompted SAM), as an autosam method plugin."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from autosam import hookimpl
+from autosam.training.method import Method, MethodContext, StepResult
+
+from .localize import box_iou_3d, build_prototypes, extend_box, localize_box
+from .localizer import mss_loss, rdr_loss
+from .network import MedLSAMNetwork
+from .options import MedLSAMOptions
+from .sampling import make_batch, to_coarse
+from .segment import finetune_decoder, segment_boxes
+
+logger = logging.getLogger(__name__)
+
+
+class MedLSAM(Method):
+    name = "medlsam"
+    description = "MedLSAM: self-supervised MedLAM localiser + few-shot extreme points + box-prompted 2D SAM (Lei et al.)"
+    configurations = ("3d",)
+    Options = MedLSAMOptions
+
+    # ------------------------------------------------------------------ build
+    def build_network(self, ctx: MethodContext) -> MedLSAMNetwork:
+        net = MedLSAMNetwork(ctx.options, ctx.num_input_channels, ctx.num_classes)
+        if ctx.options.finetune_sam:
+            import copy
+
+            net.sam_mask_decoder = copy.deepcopy(self._backbone(ctx).mask_decoder)
+        return net
+
+    def build_loss(self, ctx: MethodContext):
+        opts = ctx.options
+
+        def loss_fn(net: MedLSAMNetwork, batch: dict) -> tuple[torch.Tensor, dict]:
+            p_q, _ = net.localizer(batch["query"], with_features=False)
+            p_s, f_s = net.localizer(batch["support"])
+            _, f_aug = net.localizer(batch["support_aug"])
+            l_rdr = rdr_loss(p_q, p_s, batch["offset_mm"], net.r_mm)
+            l_mss = mss_loss(f_s, f_aug, batch["points"], opts.patch)
+            return l_rdr + opts.mss_weight * l_mss, {"rdr": float(l_rdr), "mss": float(l_mss)}
+
+        return loss_fn
+
+    def configure_optimizers(self, network, ctx: MethodContext):
+        params = [p for n, p in network.named_parameters() if n.startswith("localizer.")]
+        opt = torch.optim.Adam(params, lr=ctx.options.lr, weight_decay=ctx.options.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: (1 - e / max(ctx.num_epochs, 1)) ** 0.9)
+        return opt, sched
+
+    # ------------------------------------------------------------------ self-supervised data
+    def _coarse_volumes(self, ctx: MethodContext, dataset, keys: list[str], with_labels: bool = False):
+        out = []
+        spacing = ctx.configuration.spacing
+        for key in keys:
+            data, seg, _ = dataset.load(key)
+            vol = to_coarse(torch.from_numpy(np.asarray(data[:1])), spacing, ctx.options.coarse_spacing)
+            if with_labels:
+                lab = to_coarse(torch.from_numpy(np.asarray(seg[:1]).astype(np.float32)), spacing, ctx.options.coarse_spacing, "nearest")
+                out.append((vol, lab[0].numpy().astype(np.int16)))
+            else:
+                out.append(vol)
+        return out
+
+    def make_train_loader(self, ctx: MethodContext, dataset, train_keys: list[str]):
+        """Endless pairs of crops of the fold's training images (labels unused)."""
+        volumes = self._coarse_volumes(ctx, dataset, train_keys)
+        rng = np.random.default_rng(ctx.options.seed + 1000 * int(ctx.fold if str(ctx.fold).isdigit() else 0))
+
+        def batches():
+            while True:
+                yield make_batch(volumes, ctx.options.batch_size, ctx.options.patch, ctx.options.coarse_spacing, rng)
+
+        return batches()
+
+    def train_step(self, network, batch: dict, loss_fn, ctx: MethodContext) -> StepResult:
+        batch = {k: v.to(ctx.device) for k, v in batch.items() if torch.is_tensor(v)}
+        loss, logs = loss_fn(network, batch)
+        return StepResult(loss, logs)
+
+    def validation_step(self, network, batch: dict, loss_fn, ctx: MethodContext) -> StepResult:
+        """Localiser loss on pairs cropped from the validation patches (resampled to the coarse grid);
+        no segmentation output (the pseudo Dice of a patch means nothing for a box-prompted method)."""
+        data = batch["data"]
+        rng = np.random.default_rng(ctx.options.seed)
+        vols = [to_coarse(d[:1].float().cpu(), ctx.configuration.spacing, ctx.options.coarse_spacing) for d in data]
+        pairs = make_batch(vols, len(vols), ctx.options.patch, ctx.options.coarse_spacing, rng)
+        pairs = {k: v.to(ctx.device) for k, v in pairs.items()}
+        loss, logs = loss_fn(network, pairs)
+        return StepResult(loss, logs)
+
+    # ------------------------------------------------------------------ support + fine-tuning
+    def after_training(self, network: MedLSAMNetwork, ctx: MethodContext, dataset, train_keys: list[str]) -> None:
+        """Pick the support cases among the fold's labelled training cases and store the averaged
+        latent coordinates / MSS features of each class's six extreme points in the network."""
+        opts = ctx.options
+        rng = np.random.default_rng(opts.seed)
+        keys = sorted(train_keys)
+        support = [keys[i] for i in sorted(rng.choice(len(keys), size=min(opts.num_support, len(keys)), replace=False))]
+        network.eval()
+        with torch.no_grad():
+            pairs = self._coarse_volumes(ctx, dataset, support, with_labels=True)
+            pairs = [(v.to(ctx.device), s) for v, s in pairs]
+            labels = [v for v in ctx.plans.labels.values() if v != 0]
+            protos = build_prototypes(network.localizer, pairs, labels, opts.patch)
+        network.set_prototypes(protos)
+        missing = [lab for lab in labels if lab not in protos]
+        logger.info("medlsam: support cases %s; prototypes for labels %s%s", support, sorted(protos),
+                    f" (absent from all supports: {missing})" if missing else "")
+        if opts.finetune_sam and network.sam_mask_decoder is not None:
+            finetune_decoder(self._backbone(ctx), network.sam_mask_decoder, dataset, keys, ctx)
+
+    # ------------------------------------------------------------------ inference
+    def _backbone(self, ctx: MethodContext):
+        cache = ctx.extra.setdefault("_medlsam_backbone", {})
+        key = (ctx.options.backbone, ctx.options.sam_input_size, ctx.options.sam_checkpoint, str(ctx.device))
+        if key not in cache:
+            from autosam.sam.backbones import build_backbone
+
+            bb = build_backbone(ctx.options.backbone, input_size=ctx.options.sam_input_size, checkpoint=ctx.options.sam_checkpoint)
+            cache[key] = bb.to(ctx.device).eval()
+        return cache[key]
+
+    @torch.no_grad()
+    def localize(self, network: MedLSAMNetwork, data: torch.Tensor, ctx: MethodContext) -> dict[int, np.ndarray]:
+        """Extended inclusive boxes [z0, y0, x0, z1, y1, x1] on the configuration's voxel grid, per label.
+        Reads only the image."""
+        opts = ctx.options
+        spacing = np.asarray(ctx.configuration.spacing, float)
+        coarse = np.asarray(opts.coarse_spacing, float)
+        vol = to_coarse(data[:1].float().cpu(), spacing, coarse).to(ctx.device)
+        network.eval()
+        boxes = {}
+        for label in range(1, ctx.num_classes):
+            protos = network.prototypes(label)
+            if protos is None:
+                continue
+            cbox = localize_box(network.localizer, vol, protos, opts.patch, coarse, network.r_mm.cpu(), refine=opts.mss_refine)
+            # coarse voxel index -> fine voxel index (voxel centres)
+            lo = (cbox[:3] + 0.5) * coarse / spacing - 0.5
+            hi = (cbox[3:] + 0.5) * coarse / spacing - 0.5
+            boxes[label] = extend_box(np.concatenate([lo, hi]), opts.box_margin, data.shape[1:])
+        return boxes
+
+    def predict_volume(self, network, data: torch.Tensor, ctx: MethodContext, *, use_mirroring: bool = True,
+                       progress: bool = False, boxes: dict[int, np.ndarray] | None = None) -> torch.Tensor:
+        """Localise each class (unless ``boxes`` are given: the paper's manual-box mode), then
+        segment every slice of each box with the box prompt; classes are merged by probability."""
+        data = torch.as_tensor(data)
+        if boxes is None:
+            boxes = self.localize(network, data, ctx)
+        ctx.extra["medlsam_last_boxes"] = {int(k): [int(v) for v in b] for k, b in boxes.items()}
+        decoder = network.sam_mask_decoder if getattr(network, "sam_mask_decoder", None) is not None else None
+        return segment_boxes(self._backbone(ctx), data, boxes, ctx.num_classes, window=ctx.options.window,
+                             mask_decoder=decoder, progress=progress)
+
+    def validation_report(self, network, ctx: MethodContext, dataset, val_keys: list[str]) -> dict:
+        """Localisation quality (3D IoU of localised vs true boxes, before extension) per class."""
+        from .localize import extreme_points, box_from_extremes
+
+        per_class: dict[int, list[float]] = {}
+        saved_margin = ctx.options.box_margin
+        ctx.options.box_margin = [0, 0, 0]
+        try:
+            for key in val_keys:
+                data, seg, _ = dataset.load(key)
+                boxes = self.localize(network, torch.from_numpy(np.asarray(data)), ctx)
+                for label, box in boxes.items():
+                    pts = extreme_points(np.asarray(seg[0]) == label)
+                    if pts is not None:
+                        per_class.setdefault(label, []).append(box_iou_3d(box, box_from_extremes(pts)))
+        finally:
+            ctx.options.box_margin = saved_margin
+        return {"localization_iou": {str(k): float(np.mean(v)) for k, v in sorted(per_class.items())},
+                "localization_iou_mean": float(np.mean([np.mean(v) for v in per_class.values()])) if per_class else float("nan")}
+
+
+@hookimpl
+def register_methods(register):
+    register(MedLSAM())
+
+
+@hookimpl
+def plan_method_section(method_name, configuration_name, configuration, fingerprint):
+    """Coarse patch and tanh range from the dataset's physical extent (paper: 64^3 at 3 mm, r = [1500, 600, 600] mm)."""
+    if method_name != "medlsam" or configuration_name != "3d":
+        return None
+    coarse = [3.0, 3.0, 3.0]
+    extent = np.median(np.asarray(fingerprint.shapes_after_crop, float) * np.asarray(fingerprint.spacings, float), axis=0)
+    coarse_shape = extent / np.asarray(coarse)
+    patch = int(min(64, max(16, 16 * round(0.5 * float(coarse_shape.min()) / 16))))
+    r = [float(min(cap, max(1.5 * e, 4 * patch * c))) for cap, e, c in zip((1500.0, 600.0, 600.0), extent, coarse)]
+    return {"coarse_spacing": coarse, "patch": patch, "r_mm": r}
+
+
+@hookimpl
+def method_suitability(fingerprint):
+    n = fingerprint.num_labelled_cases
+    if n <= 5:
+        return [("medlsam", 0.8, f"only {n} labelled cases: few-shot localisation + pretrained SAM (MedLSAM)")]
+    return [("medlsam", 0.2, "few-shot method; enough labelled cases for a trained method")]

@@ -1,0 +1,102 @@
+"""medlsam plugin: support prototypes, localisation, box-prompted segmentation, no label at prediction."""
+import numpy as np
+import pytest
+import torch
+
+from autosam.experiment_planning.plans import ConfigurationPlan, Plans
+from autosam.plugins import get_method
+from autosam.training.method import MethodContext
+
+
+class FakeDataset:
+    """Preprocessed-dataset stand-in: two box-shaped organs at slightly varying positions."""
+
+    def __init__(self, n=4, shape=(24, 40, 40), seed=0):
+        rng = np.random.default_rng(seed)
+        self.cases = {}
+        for i in range(n):
+            img = rng.normal(0, 0.1, (1, *shape)).astype(np.float32)
+            seg = np.zeros((1, *shape), np.int16)
+            dz, dy, dx = rng.integers(-2, 3, 3)
+            seg[0, 6 + dz:14 + dz, 8 + dy:20 + dy, 6 + dx:16 + dx] = 1
+            seg[0, 10 + dz:18 + dz, 22 + dy:32 + dy, 24 + dx:34 + dx] = 2
+            img[seg == 1] += 2.0
+            img[seg == 2] -= 1.5
+            self.cases[f"case_{i}"] = (img, seg)
+        self.loads = 0
+
+    def load(self, key):
+        self.loads += 1
+        img, seg = self.cases[key]
+        return img, seg, {}
+
+
+def make_ctx(method, **overrides):
+    cfg = ConfigurationPlan(name="3d", data_identifier="d", spacing=[3.0, 1.5, 1.5], patch_size=[16, 32, 32], batch_size=2,
+                            median_image_size_in_voxels=[24, 40, 40], normalization_schemes=["ZScoreNormalization"],
+                            use_mask_for_norm=[False])
+    plans = Plans(schema_version=1, dataset_name="Dataset998_T", plans_name="p", planner="default", gpu_memory_target_gb=8,
+                  original_median_spacing=[3, 1.5, 1.5], original_median_shape=[24, 40, 40], num_channels=1,
+                  channel_names={"0": "CT"}, labels={"background": 0, "a": 1, "b": 2},
+                  foreground_intensity_properties_per_channel={}, configurations={"3d": cfg}, default_method="unet",
+                  default_method_rationale="")
+    opts = method.make_options({"patch": 16, "base_width": 8, "num_pool": 2, "feature_dim": 8, "r_mm": [120, 120, 120],
+                                "backbone": "tiny", "num_support": 3}, overrides)
+    return MethodContext(plans=plans, configuration=cfg, dataset_json={}, options=opts, device=torch.device("cpu"),
+                         num_input_channels=1, num_classes=3, num_epochs=1, iterations_per_epoch=5)
+
+
+def test_medlsam_is_registered_with_options():
+    m = get_method("medlsam")
+    o = m.make_options({}, {"num-support": "3", "finetune-sam": "true"})
+    assert o.num_support == 3 and o.finetune_sam is True and o.box_margin == [2, 10, 10]
+
+
+def test_support_prototypes_localisation_and_label_free_prediction():
+    torch.manual_seed(0)
+    m = get_method("medlsam")
+    ctx = make_ctx(m)
+    ds = FakeDataset()
+    net = m.build_network(ctx)
+    loss_fn = m.build_loss(ctx)
+    opt, _ = m.configure_optimizers(net, ctx)
+    loader = m.make_train_loader(ctx, ds, ["case_0", "case_1", "case_2"])
+    for _, batch in zip(range(5), loader):
+        res = m.train_step(net, batch, loss_fn, ctx)
+        opt.zero_grad()
+        res.loss.backward()
+        opt.step()
+    assert torch.isfinite(res.loss)
+    assert not net.proto_valid.any()
+    m.after_training(net, ctx, ds, ["case_0", "case_1", "case_2"])
+    assert net.proto_valid.tolist() == [False, True, True]
+    # prototypes survive a state-dict round trip (they are what a fold's checkpoint carries)
+    net2 = m.build_network(ctx)
+    net2.load_state_dict(net.state_dict())
+    torch.testing.assert_close(net2.proto_latent, net.proto_latent)
+
+    img = torch.from_numpy(ds.cases["case_3"][0])
+    loads = ds.loads
+    boxes = m.localize(net, img, ctx)
+    assert set(boxes) == {1, 2}
+    for b in boxes.values():
+        assert (b[:3] >= 0).all() and (b[3:] < np.array(img.shape[1:])).all() and (b[:3] <= b[3:]).all()
+    probs = m.predict_volume(net, img, ctx)
+    assert ds.loads == loads  # prediction read nothing from the dataset (no label)
+    assert probs.shape == (3, *img.shape[1:])
+    torch.testing.assert_close(probs.sum(0), torch.ones(img.shape[1:]))
+    report = m.validation_report(net, ctx, ds, ["case_3"])
+    assert set(report["localization_iou"]) == {"1", "2"}
+    assert 0.0 <= report["localization_iou_mean"] <= 1.0
+
+
+def test_manual_boxes_restrict_foreground_to_box_slices():
+    torch.manual_seed(0)
+    m = get_method("medlsam")
+    ctx = make_ctx(m)
+    net = m.build_network(ctx)
+    img = torch.from_numpy(FakeDataset(1).cases["case_0"][0])
+    box = np.array([6, 8, 6, 13, 19, 15])
+    probs = m.predict_volume(net, img, ctx, boxes={1: box})
+    assert probs[1, :6].max() == 0 and probs[1, 14:].max() == 0 and probs[2].max() == 0
+    assert probs[1, 6:14].max() > 0
