@@ -167,3 +167,135 @@ def test_forward_gives_logits_for_every_slice():
         out = net(vol)
     assert out.shape == (1, NUM_CLASSES, 4, 24, 24) and torch.isfinite(out).all()
     assert (out.abs().sum(dim=(0, 1, 3, 4)) > 0).all()
+
+
+# ----------------------------------------------------------------------------------- method contract
+def make_ctx(num_classes: int = NUM_CLASSES, **overrides):
+    from autosam.experiment_planning.plans import ConfigurationPlan
+    from autosam.training.method import MethodContext
+    from autosam_plugins.sautomed.method import SAutoMedMethod
+
+    method = SAutoMedMethod()
+    cfg = ConfigurationPlan(name="3d", data_identifier="x", spacing=[3.0, 1.5, 1.5], patch_size=[16, 32, 32],
+                            batch_size=2, median_image_size_in_voxels=[20, 32, 32],
+                            normalization_schemes=["CTNormalization"], use_mask_for_norm=[False])
+    opts = method.make_options({"backbone": "tiny", "input_size": 64, "slice_size": [32, 32]},
+                               {"allow_random_init": "true", "attention_heads": "2", "history_tokens": "4", **overrides})
+    ctx = MethodContext(plans=None, configuration=cfg, dataset_json={}, options=opts, device=torch.device("cpu"),
+                        num_input_channels=1, num_classes=num_classes)
+    return method, ctx
+
+
+def synthetic_batch(b: int = 2, z: int = 9, size: int = 32, seed: int = 0):
+    """A bright square (class 1) and a dark disc (class 2) drifting across slices."""
+    g = torch.Generator().manual_seed(seed)
+    data = 0.1 * torch.randn((b, 1, z, size, size), generator=g)
+    target = torch.zeros((b, 1, z, size, size), dtype=torch.long)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for i in range(b):
+        for k in range(z):
+            o = (k + 3 * i) % 6
+            sq = (yy >= 4 + o) & (yy < 14 + o) & (xx >= 5) & (xx < 15)
+            disc = ((yy - 22) ** 2 + (xx - 20 - o // 2) ** 2) < 25
+            target[i, 0, k][sq] = 1
+            target[i, 0, k][disc] = 2
+            data[i, 0, k][sq] += 2.0
+            data[i, 0, k][disc] -= 2.0
+    return {"data": data, "target": target}
+
+
+def test_only_lora_and_new_modules_require_gradients():
+    method, ctx = make_ctx()
+    net = method.build_network(ctx)
+    lora = [n for n, _ in net.backbone.image_encoder.named_parameters() if "lora" in n.lower()]
+    assert lora, "no LoRA parameters in the encoder"
+    for name, p in net.named_parameters():
+        if name.startswith("backbone."):
+            assert p.requires_grad == ("lora" in name.lower()), name
+        else:  # local 3D block, box generator, decoder with class/history tokens and the HIS filter
+            assert p.requires_grad, name
+    trainable, total = ctx.extra["parameters"]["trainable"], ctx.extra["parameters"]["total"]
+    assert 0 < trainable < total
+    net.train()
+    assert not net.backbone.image_encoder.training, "the frozen encoder must keep its inference-mode statistics"
+
+
+def test_train_step_reaches_lora_history_filter_and_generator():
+    method, ctx = make_ctx()
+    net = method.build_network(ctx).train()
+    loss_fn = method.build_loss(ctx)
+    optimizer, _ = method.configure_optimizers(net, ctx)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 1e-4
+    assert optimizer.defaults["weight_decay"] == 1e-4
+    assert method.train_patch_size(ctx) == [9, 32, 32]
+    torch.manual_seed(0)
+    # take two steps: LoRA's B starts at zero, so its A gets gradients from the second step on
+    for _ in range(2):
+        optimizer.zero_grad()
+        result = method.train_step(net, synthetic_batch(), loss_fn, ctx)
+        assert torch.isfinite(result.loss) and {"ce", "dice_loss", "box_l1", "box_giou"} <= set(result.logs)
+        result.loss.backward()
+        optimizer.step()
+
+    def grad_norm(module):
+        return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+    assert grad_norm(net.decoder.history_filter) > 0, "HIS filter gets no gradient: history is not learned"
+    assert grad_norm(net.box_generator) > 0 and grad_norm(net.local3d) > 0
+    lora_grads = [float(p.grad.abs().sum()) for n, p in net.backbone.image_encoder.named_parameters()
+                  if "lora" in n.lower() and p.grad is not None]
+    assert lora_grads and max(lora_grads) > 0
+
+
+def test_predict_volume_tiles_and_never_needs_a_label():
+    method, ctx = make_ctx()
+    net = method.build_network(ctx)
+    data = torch.randn(1, 5, 40, 36)  # larger than the 32 x 32 slices: 2 x 2 tiles
+    probs = method.predict_volume(net, data, ctx, use_mirroring=True)
+    assert probs.shape == (NUM_CLASSES, 5, 40, 36) and probs.dtype == torch.float32
+    assert torch.allclose(probs.sum(0), torch.ones(5, 40, 36), atol=1e-4)
+
+
+def test_validation_step_returns_full_resolution_logits():
+    method, ctx = make_ctx()
+    net = method.build_network(ctx).eval()
+    batch = synthetic_batch()
+    with torch.no_grad():
+        res = method.validation_step(net, batch, method.build_loss(ctx), ctx)
+    assert res.output.shape == (2, NUM_CLASSES, 9, 32, 32) and torch.isfinite(res.loss)
+
+
+def test_ablation_options_reach_the_network():
+    method, ctx = make_ctx(use_history="false", use_inter_slice="0", use_box_generator="no", order="top_to_bottom")
+    net = method.build_network(ctx)
+    assert net.decoder.num_history == 0 and net.box_generator is None and not net.uses_neighbours
+    assert net.visiting_plan(3) == [("down", [0, 1, 2])]
+    with pytest.raises(ValueError, match="order"):
+        method.build_network(make_ctx(order="sideways")[1])
+
+
+def test_plans_section_and_suitability():
+    from types import SimpleNamespace
+
+    from autosam.experiment_planning.plans import ConfigurationPlan
+    from autosam.plugins import get_backbone
+    from autosam_plugins.sautomed import plugin
+
+    cfg = ConfigurationPlan(name="3d", data_identifier="x", spacing=[3.0, 1.5, 1.5], patch_size=[40, 96, 96],
+                            batch_size=2, median_image_size_in_voxels=[50, 110, 106],
+                            normalization_schemes=["CTNormalization"], use_mask_for_norm=[False])
+    section = plugin.plan_method_section(method_name="sautomed", configuration_name="3d", configuration=cfg,
+                                         fingerprint=None, dataset_json={})
+    assert section["slice_size"] == [112, 112] and section["backbone"] == "litemedsam"
+    assert section["input_size"] == 56 and section["input_size"] % get_backbone("litemedsam").vit_patch_size == 0
+    assert plugin.plan_method_section(method_name="unet", configuration_name="3d", configuration=cfg,
+                                      fingerprint=None, dataset_json={}) is None
+
+    def stats(fraction, slices, comps=1):
+        return SimpleNamespace(volume_fraction=fraction, slices_spanned=slices, components_per_case=comps)
+
+    organs = SimpleNamespace(class_statistics={str(i): stats(0.02, 40) for i in range(1, 6)})
+    lesions = SimpleNamespace(class_statistics={"1": stats(0.0005, 4, comps=6)})
+    (name, s_org, _), = plugin.method_suitability(fingerprint=organs, dataset_json={})
+    (_, s_les, _), = plugin.method_suitability(fingerprint=lesions, dataset_json={})
+    assert name == "sautomed" and s_org > 0.5 > s_les

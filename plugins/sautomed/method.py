@@ -126,7 +126,8 @@ class SAutoMedMethod(Method):
         if lo < 0 or hi > data.shape[2]:
             raise ValueError(f"sautomed: patch of {data.shape[2]} slices is too short for {n} context slices")
         window, labels = data[:, :, lo:hi], target[:, 0, lo:hi]
-        outs = network.run_sequence(window, first=1, stop=window.shape[2] - 1)
+        outs = network.run_sequence(window, first=1, stop=window.shape[2] - 1,
+                                    encoder_grad_from=0 if o.context_encoder_grad else n)
         h, w = window.shape[-2:]
         logits = F.interpolate(outs[-1].logits, size=(h, w), mode="bilinear", align_corners=False)
         seg_loss, logs = loss_fn.segmentation(logits, labels[:, n + 1])

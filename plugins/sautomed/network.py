@@ -132,13 +132,16 @@ class SAutoMedNet(nn.Module):
     # ------------------------------------------------------------------ sequences
     def run_sequence(self, volume: torch.Tensor, first: int = 0, stop: int | None = None,
                      state: SequenceState | None = None,
-                     on_step: Callable[[StepOutput], None] | None = None) -> list[StepOutput]:
+                     on_step: Callable[[StepOutput], None] | None = None,
+                     encoder_grad_from: int = 0) -> list[StepOutput]:
         """Segment slices ``first .. stop-1`` of ``volume`` (``B x C x Z x H x W``) in increasing
         order, each step handing its state to the next. Neighbours outside the volume repeat the
         border slice. With ``on_step`` the outputs are handed over one by one and not kept.
 
-        With gradients enabled all slices needed are encoded in one batch; without, they are
-        encoded lazily as the sequence advances (memory stays bounded on long volumes)."""
+        With gradients enabled all slices needed are encoded in one batch (slices before
+        ``encoder_grad_from`` without encoder gradients: they still feed history and boxes, but
+        back-propagation through the encoder is spared); without, they are encoded lazily as the
+        sequence advances (memory stays bounded on long volumes)."""
         b, c, z_len, h, w = volume.shape
         stop = z_len if stop is None else stop
         if not 0 <= first < stop <= z_len:
@@ -155,7 +158,12 @@ class SAutoMedNet(nn.Module):
                 cache[i] = feats[:, i - a]
 
         if torch.is_grad_enabled():
-            encode_range(lo, hi)
+            split = min(max(encoder_grad_from, lo), hi)
+            if split > lo:
+                with torch.no_grad():
+                    encode_range(lo, split)
+            if hi > split:
+                encode_range(split, hi)
         state = state if state is not None else self.initial_state(b)
         outputs: list[StepOutput] = []
         chunk = max(1, self.cfg.encode_batch // max(b, 1))

@@ -25,6 +25,7 @@ class SAutoMedOptions:
     order: str = "mid_to_ends"  #: slice order: mid_to_ends | top_to_bottom (paper's ablation)
     min_context_slices: int = 1  #: training: preceding slices run before the loss slice (random in [min, max])
     max_context_slices: int = 3
+    context_encoder_grad: bool = False  #: back-propagate through the encoder for context slices too (slower)
     generator_layers: int = 3
     attention_heads: int = 8  #: heads of the 3D-awareness block and the box generator
     lr: float = 1e-4
@@ -51,14 +52,13 @@ def default_slice_size(configuration) -> list[int]:
 
 
 def default_input_size(slice_size: list[int], spec) -> int:
-    """SAM input side for slices of ``slice_size`` voxels.
-
-    The embedding should keep about one token per 4 voxels of the slice (the resolution SAM's
-    decoder upsamples from), i.e. ``input = max(slice) / 4 * stride`` where ``stride`` is the
-    encoder's patch size (16 for ViTs, 4 for LiteMedSAM); rounded up to a multiple of the stride,
-    at least 4 tokens, at most the size the weights were trained at."""
+    """SAM input side for slices of ``slice_size`` voxels: one embedding token per 8 voxels of the
+    slice, ``input = max(slice) / 8 * stride`` (``stride``: the encoder's patch size, 16 for the
+    ViTs, 4 for LiteMedSAM), rounded up to a multiple of the stride, at least 4 tokens and at most
+    the size the weights were trained at. This is the regime SAM (512 -> 1024 input, 64 x 64
+    tokens) and MedSAM/LiteMedSAM (512 -> 256 input, 64 x 64 tokens) were trained in on CT."""
     stride = int(spec.vit_patch_size)
-    want = round_up(max(slice_size) / 4 * stride, stride)
+    want = round_up(max(slice_size) / 8 * stride, stride)
     return int(min(max(want, 4 * stride), spec.default_input_size))
 
 
