@@ -19,9 +19,11 @@ logger = logging.getLogger(__name__)
 
 
 def build_sautomed_network(opts: SAutoMedOptions, num_classes: int, slice_size: list[int] | None = None,
-                           configuration=None) -> SAutoMedNet:
+                           configuration=None, weights_follow: bool = False) -> SAutoMedNet:
     """Backbone (+ LoRA on q, v; everything else in the encoder and prompt encoder frozen) and the
-    new modules. ``configuration`` supplies defaults for ``slice_size``/``input_size``."""
+    new modules. ``configuration`` supplies defaults for ``slice_size``/``input_size``.
+    ``weights_follow``: a trained checkpoint will be loaded into the network, so a missing SAM
+    checkpoint file is no error (the backbone's weights are part of the trained checkpoint)."""
     from autosam.plugins import get_backbone
     from autosam.sam.backbones import build_backbone
     from autosam.sam.lora import apply_lora
@@ -32,8 +34,8 @@ def build_sautomed_network(opts: SAutoMedOptions, num_classes: int, slice_size: 
     if slice_size is None:
         slice_size = opts.slice_size or (default_slice_size(configuration) if configuration is not None else None)
     input_size = opts.input_size or (default_input_size(slice_size, spec) if slice_size else None)
-    backbone = build_backbone(opts.backbone, input_size=input_size, checkpoint=opts.checkpoint,
-                              allow_random_init=opts.allow_random_init)
+    backbone = build_backbone(opts.backbone, input_size=input_size, checkpoint=opts.sam_checkpoint,
+                              allow_random_init=opts.allow_random_init or weights_follow)
     for p in backbone.parameters():
         p.requires_grad_(False)
     if opts.lora_rank > 0:
@@ -83,7 +85,10 @@ class SAutoMedMethod(Method):
         opts = ctx.options
         if not 1 <= opts.min_context_slices <= opts.max_context_slices:
             raise ValueError("sautomed: need 1 <= min_context_slices <= max_context_slices")
-        net = build_sautomed_network(opts, ctx.num_classes, self.slice_size(ctx))
+        # outside training (no fold folder) the caller loads a trained checkpoint that holds the
+        # backbone weights too, so predicting does not need the SAM checkpoint file any more
+        net = build_sautomed_network(opts, ctx.num_classes, self.slice_size(ctx),
+                                     weights_follow=ctx.output_folder is None and not ctx.extra.get("training"))
         trainable, total = parameter_counts(net)
         logger.info("sautomed: backbone %s, input %d, slices %s; trainable parameters %d of %d (%.2f%%)",
                     opts.backbone, net.backbone.input_size, self.slice_size(ctx), trainable, total,

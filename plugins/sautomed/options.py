@@ -11,8 +11,8 @@ class SAutoMedOptions:
     :func:`plan_section` <- command-line flags (``--lora-rank 8``, ``--use-history false``)."""
 
     backbone: str = "litemedsam"  #: SAM backbone (litemedsam, sam_vit_b, tiny, ...)
-    checkpoint: str | None = None  #: weights file for sam_vit_* (default: $AUTOSAM_SAM_CHECKPOINT)
-    allow_random_init: bool = False  #: build the backbone without weights (tests, smoke runs)
+    sam_checkpoint: str | None = None  #: weights file for sam_vit_* (default: $AUTOSAM_SAM_CHECKPOINT)
+    allow_random_init: bool = False  #: train from a randomly initialised backbone (tests, smoke runs)
     input_size: int | None = None  #: SAM input side; None: derived from slice_size (see plan_section)
     slice_size: list[int] | None = None  #: in-plane (y, x) size of training slices and inference tiles
     lora_rank: int = 4  #: LoRA rank on q and v of every encoder block (0: encoder fully frozen)
