@@ -1,0 +1,126 @@
+"""``msam``: M-SAM (3D SAM + LoRA + Mask-Enhanced Adapter + iterative refinement) as an autosam method plugin."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from autosam import hookimpl
+from autosam.sam.lora import count_parameters
+from autosam.training.method import Method, MethodContext, StepResult
+
+from .network import MSamNetwork
+from .options import MSamOptions
+from .refinement import dice_ce_loss, refine_with_clicks
+
+logger = logging.getLogger(__name__)
+
+#: cube side of the encoder input the planner records per 3D backbone
+PLANNED_INPUT_SIZE = {"sam_med3d": 128, "tiny3d": 32}
+
+
+class MSam(Method):
+    name = "msam"
+    description = "M-SAM: 3D SAM (SAM-Med3D) with LoRA, Mask-Enhanced Adapter and iterative mask refinement (Shi et al.)"
+    configurations = ("3d",)
+    Options = MSamOptions
+
+    def input_size(self, ctx: MethodContext) -> int:
+        o = ctx.options
+        if o.input_size:
+            return int(o.input_size)
+        planned = (ctx.configuration.methods.get(self.name) or {}).get("input_size_by_backbone", PLANNED_INPUT_SIZE)
+        return int(planned.get(o.backbone, PLANNED_INPUT_SIZE.get(o.backbone, 32)))
+
+    def build_network(self, ctx: MethodContext) -> MSamNetwork:
+        from autosam.sam.backbones import build_backbone
+
+        o = ctx.options
+        backbone = build_backbone(o.backbone, input_size=self.input_size(ctx), checkpoint=o.sam_checkpoint,
+                                  allow_random_init=o.allow_random_init)
+        if backbone.dims != 3:
+            raise ValueError(f"msam needs a 3D backbone (sam_med3d, tiny3d), got {o.backbone!r}")
+        net = MSamNetwork(backbone, ctx.num_classes, lora_rank=o.lora_rank, use_mea=o.use_mea, mea_heads=o.mea_heads)
+        trainable, total = count_parameters(net)
+        logger.info("msam: %s trainable of %s parameters (%.1f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        return net
+
+    def build_loss(self, ctx: MethodContext):
+        o = ctx.options
+        return lambda logits, target: dice_ce_loss(logits, target, o.w_dice, o.w_ce)
+
+    def configure_optimizers(self, network: MSamNetwork, ctx: MethodContext):
+        o = ctx.options
+        dec = [p for n, p in network.named_parameters() if p.requires_grad and
+               (n.startswith("backbone.prompt_encoder") or n.startswith("backbone.mask_decoder"))]
+        dec_ids = {id(p) for p in dec}
+        rest = [p for p in network.parameters() if p.requires_grad and id(p) not in dec_ids]
+        opt = torch.optim.AdamW([{"params": rest, "lr": o.lr}, {"params": dec, "lr": o.decoder_lr}], weight_decay=o.weight_decay)
+        miles = sorted({max(1, int(round(f * ctx.num_epochs))) for f in o.milestones})
+        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=miles, gamma=0.1)
+
+    def train_patch_size(self, ctx: MethodContext) -> list[int]:
+        return [self.input_size(ctx)] * 3
+
+    def train_step(self, network: MSamNetwork, batch: dict, loss_fn, ctx: MethodContext) -> StepResult:
+        x = batch["data"][:, :1]
+        target = batch["target"]
+        target = (target[0] if isinstance(target, (list, tuple)) else target)[:, 0]
+        use_clicks = bool(np.random.random() < ctx.options.click_training_fraction)
+        outs = refine_with_clicks(network, x, target, ctx.options.train_iterations, use_clicks=use_clicks)
+        losses = [loss_fn(o, target) for o in outs]
+        return StepResult(torch.stack(losses).sum(), {"loss_last_iteration": float(losses[-1])})
+
+    def validation_step(self, network: MSamNetwork, batch: dict, loss_fn, ctx: MethodContext) -> StepResult:
+        target = batch["target"]
+        target = (target[0] if isinstance(target, (list, tuple)) else target)[:, 0]
+        logits = network(batch["data"][:, :1], iterations=ctx.options.auto_iterations)
+        return StepResult(loss_fn(logits, target), output=logits)
+
+    def predict_logits(self, network: MSamNetwork, x: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
+        """Automatic mode: no clicks, no label, refinement by mask feedback alone."""
+        return network(x[:, :1], iterations=ctx.options.auto_iterations)
+
+    # ------------------------------------------------------------------ label-reading evaluation mode
+    @torch.no_grad()
+    def predict_with_simulated_clicks(self, network: MSamNetwork, data: torch.Tensor, label: torch.Tensor, ctx: MethodContext,
+                                      iterations: int = 10, use_mirroring: bool = False) -> torch.Tensor:
+        """The paper's protocol (``simulated_clicks`` mode): in every window, ``iterations`` refinement
+        steps with one click per step drawn from the *label* (first from the foreground, then from the
+        error region). Reads the label, so its results must never be reported as automatic ones."""
+        from autosam.inference.sliding_window import sliding_window_predict
+
+        stacked = torch.cat([torch.as_tensor(data)[:1].float(), torch.as_tensor(label).float().reshape(1, *data.shape[1:])])
+
+        def logits_fn(x):
+            img, lab = x[:, :1], x[:, 1].round().long()
+            return refine_with_clicks(network, img, lab, iterations, use_clicks=True)[-1]
+
+        return sliding_window_predict(logits_fn, stacked, patch_size=self.train_patch_size(ctx), num_classes=ctx.num_classes,
+                                      device=ctx.device, use_mirroring=use_mirroring)
+
+
+@hookimpl
+def register_methods(register):
+    register(MSam())
+
+
+@hookimpl
+def plan_method_section(method_name, configuration_name, configuration):
+    if method_name != "msam" or configuration_name != "3d":
+        return None
+    return {"input_size_by_backbone": dict(PLANNED_INPUT_SIZE)}
+
+
+@hookimpl
+def method_suitability(fingerprint):
+    """Lesion-like datasets (many small components per case) -> M-SAM."""
+    stats = list(fingerprint.class_statistics.values())
+    if not stats:
+        return None
+    comps = max(s.components_per_case for s in stats)
+    frac = max(s.volume_fraction for s in stats)
+    if comps >= 3 and frac < 0.01:
+        return [("msam", 0.9, f"lesion-like: up to {comps:g} components per case, largest class {100 * frac:.2f}% of the volume")]
+    return [("msam", 0.1, "not lesion-like (few or large components)")]
