@@ -200,7 +200,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     if not input_folder.is_dir():
         raise FileNotFoundError(f"{input_folder}: input folder does not exist")
     if method == "auto":
-        method = default_method_of(dataset_id, plans_name)
+        method = default_method_of(dataset_id, plans_name, configuration)
         logger.info("method 'auto': the plans' default method is %r", method)
     model = load_trained_model(find_model_folder(dataset_id, method, configuration, plans_name), folds, checkpoint,
                                device, method_overrides)
@@ -256,11 +256,17 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     return written
 
 
-def default_method_of(dataset_id: str | int, plans_name: str = DEFAULT_PLANS_NAME) -> str:
+def default_method_of(dataset_id: str | int, plans_name: str = DEFAULT_PLANS_NAME, configuration: str | None = None) -> str:
+    """The plans' default method: from the preprocessed plans, else from a trained model's plans.json."""
     name = dataset_name_from_id(dataset_id)
-    path = paths.preprocessed_dir() / name / f"{plans_name}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: plans not found; '-m auto' reads the default method from the plans")
+    candidates = [paths.preprocessed_dir() / name / f"{plans_name}.json"]
+    results = paths.results_dir() / name
+    if results.is_dir():
+        suffix = f"__{plans_name}__{configuration}" if configuration else f"__{plans_name}__"
+        candidates += sorted(p / "plans.json" for p in results.iterdir() if suffix in p.name)
+    path = _first_existing(candidates)
+    if path is None:
+        raise FileNotFoundError(f"{candidates[0]}: plans not found; '-m auto' reads the default method from the plans")
     return Plans.load(path).default_method
 
 
