@@ -12,7 +12,7 @@ def _one_step(backbone, x):
     opt.step()
 
 
-@pytest.mark.parametrize("name", ["tiny", "litemedsam"])
+@pytest.mark.parametrize("name", ["tiny", "litemedsam", "tiny3d"])
 def test_lora_identity_at_init_and_trains(name):
     torch.manual_seed(0)
     size = {"litemedsam": 64}.get(name)  # small input keeps the test fast; weights are size-free
