@@ -1,0 +1,1 @@
+"""Ensembling, post-processing and the choice of the best method/configuration."""

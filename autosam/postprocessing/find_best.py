@@ -1,0 +1,176 @@
+"""``autosam_find_best_configuration``: pick the best method/configuration (or pairwise ensemble)
+by cross-validation foreground-mean Dice, determine post-processing, and say how to reproduce it."""
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from autosam import paths
+from autosam.evaluation.evaluate import evaluate_folder
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
+from autosam.io.dataset import dataset_name_from_id
+from autosam.utils.files import read_json, write_json
+
+from .ensemble import ensemble_folders, probability_cases
+from .postprocess import determine_postprocessing
+from .report import write_report
+
+logger = logging.getLogger(__name__)
+RESULT_FILE = "find_best_configuration.json"
+
+
+@dataclass
+class TrainedEntry:
+    method: str
+    plans: str
+    configuration: str
+    folder: Path  # <results>/<dataset>/<method>__<plans>__<config>
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}__{self.plans}__{self.configuration}"
+
+
+def discover(results_ds: Path, methods: Sequence[str] | None, configurations: Sequence[str] | None,
+             plans_name: str, folds: Sequence[int]) -> list[TrainedEntry]:
+    """Trained (method, configuration)s whose every requested fold has validation predictions."""
+    entries = []
+    for d in sorted(p for p in results_ds.iterdir() if p.is_dir() and p.name.count("__") == 2):
+        method, plans, config = d.name.split("__")
+        if plans != plans_name or (methods and method not in methods) or (configurations and config not in configurations):
+            continue
+        incomplete = [f for f in folds if not (d / f"fold_{f}" / "validation" / "summary.json").is_file()]
+        if incomplete:
+            logger.warning("%s: folds %s have no validation results; skipped", d, incomplete)
+            continue
+        entries.append(TrainedEntry(method, plans, config, d))
+    return entries
+
+
+def merge_folds(entry: TrainedEntry, folds: Sequence[int], target: Path, file_ending: str) -> bool:
+    """Copy every fold's validation predictions (and probabilities) into one cross-validation folder.
+    Returns whether probabilities exist for every case."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    has_probs = True
+    for f in folds:
+        val = entry.folder / f"fold_{f}" / "validation"
+        labels = [p for p in val.glob(f"*{file_ending}") if not p.name.startswith(".")]
+        for p in labels:
+            shutil.copy2(p, target / p.name)
+        cases = {p.name[: -len(file_ending)] for p in labels}
+        probs = probability_cases(val)
+        has_probs &= cases <= probs
+        for c in cases & probs:
+            shutil.copy2(val / f"{c}.npz", target / f"{c}.npz")
+            shutil.copy2(val / f"{c}.json", target / f"{c}.json")
+    return has_probs
+
+
+def predict_command(dataset: str, entry_key: str, folds: Sequence[int], probs: bool) -> str:
+    method, plans, config = entry_key.split("__")
+    plans_flag = f" --plans {plans}" if plans != DEFAULT_PLANS_NAME else ""
+    return (f"autosam_predict -i INPUT_FOLDER -o OUTPUT_{method}_{config} -d {dataset} -c {config} -m {method} "
+            f"-f {' '.join(map(str, folds))}{plans_flag}{' --save_probabilities' if probs else ''}")
+
+
+def find_best_configuration(dataset_id, methods: Sequence[str] | None = None, configurations: Sequence[str] | None = None,
+                            folds: Sequence[int] = (0, 1, 2, 3, 4), plans_name: str = DEFAULT_PLANS_NAME,
+                            allow_ensembling: bool = True, num_processes: int = 1) -> dict:
+    dataset = dataset_name_from_id(dataset_id)
+    results_ds = paths.results_dir() / dataset
+    pre_ds = paths.preprocessed_dir() / dataset
+    dj_path = pre_ds / "dataset.json"
+    gt = pre_ds / "gt_segmentations"
+    for p in (results_ds, gt, dj_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: missing; plan/preprocess and train the dataset first")
+    ending = read_json(dj_path)["file_ending"]
+    entries = discover(results_ds, methods, configurations, plans_name, folds)
+    if not entries:
+        raise ValueError(f"{results_ds}: no trained method/configuration with validation results for folds {list(folds)}")
+    cv_root = results_ds / "crossval"
+    candidates: dict[str, dict] = {}
+    prob_ok: dict[str, bool] = {}
+    for e in entries:
+        target = cv_root / e.key
+        prob_ok[e.key] = merge_folds(e, folds, target, ending)
+        summary = evaluate_folder(gt, target, dj_path, target / "summary.json", num_processes=num_processes, strict=True)
+        candidates[e.key] = {"kind": "single", "members": [e.key], "folder": str(target), "summary": summary}
+    if allow_ensembling:
+        for a, b in itertools.combinations(sorted(candidates), 2):
+            if not (prob_ok[a] and prob_ok[b]):
+                logger.info("ensemble %s + %s skipped: probabilities missing (train with --npz)", a, b)
+                continue
+            key = f"ensemble__{a}--{b}"
+            target = cv_root / key
+            if target.exists():
+                shutil.rmtree(target)
+            ensemble_folders([cv_root / a, cv_root / b], target, ending)
+            summary = evaluate_folder(gt, target, dj_path, target / "summary.json", num_processes=num_processes, strict=True)
+            candidates[key] = {"kind": "ensemble", "members": [a, b], "folder": str(target), "summary": summary}
+    ranking = sorted(candidates, key=lambda k: -_fg_dice(candidates[k]))
+    best = ranking[0]
+    pp = determine_postprocessing(candidates[best]["folder"], gt, dj_path, num_processes=num_processes)
+    pp_file = Path(candidates[best]["folder"]) / "postprocessing.json"
+    result = {
+        "dataset": dataset, "folds": list(folds), "plans": plans_name,
+        "ranking": [{"name": k, "kind": candidates[k]["kind"], "members": candidates[k]["members"],
+                     "foreground_mean_dice": _fg_dice(candidates[k]), "folder": candidates[k]["folder"]} for k in ranking],
+        "best": {"name": best, **{k: v for k, v in candidates[best].items() if k != "summary"},
+                 "foreground_mean_dice": _fg_dice(candidates[best]),
+                 "postprocessing": pp, "postprocessing_file": str(pp_file)},
+    }
+    result["commands"] = reproduction_commands(dataset, candidates[best], folds, pp, pp_file, ending, gt, dj_path)
+    write_json(results_ds / RESULT_FILE, result)
+    (results_ds / "inference_instructions.txt").write_text("\n".join(result["commands"]["text"]) + "\n")
+    write_report(results_ds, {k: v["summary"] for k, v in candidates.items()}, ranking)
+    return result
+
+
+def reproduction_commands(dataset: str, best: dict, folds, pp: dict, pp_file: Path, ending: str, gt: Path, dj: Path) -> dict:
+    members = best["members"]
+    lines = [f"# Best for {dataset}: {' + '.join(members)} (cross-validation foreground-mean Dice "
+             f"{_fg_dice(best):.4f}, after post-processing {pp['foreground_mean_dice_after']:.4f})", "",
+             "## Reproduce the reported cross-validation Dice from the fold predictions:"]
+    cv = [str(Path(best["folder"]).parent / m) for m in members]
+    reproduce = []
+    if len(members) == 2:
+        reproduce.append(f"autosam_ensemble -i {cv[0]} {cv[1]} -o CV_ENSEMBLE")
+        src = "CV_ENSEMBLE"
+    else:
+        src = cv[0]
+    reproduce.append(f"autosam_apply_postprocessing -i {src} -o CV_POSTPROCESSED -pp {pp_file}")
+    reproduce.append(f"autosam_evaluate_folder -ref {gt} -pred CV_POSTPROCESSED -djfile {dj}")
+    predict = [predict_command(dataset, m, folds, len(members) == 2) for m in members]
+    if len(members) == 2:
+        a, b = (f"OUTPUT_{m.split('__')[0]}_{m.split('__')[2]}" for m in members)
+        predict.append(f"autosam_ensemble -i {a} {b} -o OUTPUT_ENSEMBLE")
+        last = "OUTPUT_ENSEMBLE"
+    else:
+        last = f"OUTPUT_{members[0].split('__')[0]}_{members[0].split('__')[2]}"
+    predict.append(f"autosam_apply_postprocessing -i {last} -o OUTPUT_FINAL -pp {pp_file}")
+    lines += reproduce + ["", "## Predict new cases (INPUT_FOLDER in imagesTs layout):"] + predict
+    return {"reproduce_crossval": reproduce, "predict": predict, "text": lines}
+
+
+def _fg_dice(candidate: dict) -> float:
+    v = candidate["summary"]["foreground_mean"].get("Dice")
+    return float("-inf") if v is None else float(v)
+
+
+def best_method_of(dataset_id, plans_name: str = DEFAULT_PLANS_NAME) -> tuple[str, str] | None:
+    """(method, configuration) of the single-model winner of find_best_configuration, if it was run.
+    For an ensemble winner, its first member."""
+    dataset = dataset_name_from_id(dataset_id)
+    f = paths.results_dir() / dataset / RESULT_FILE
+    if not f.is_file():
+        return None
+    best = read_json(f)["best"]
+    method, plans, config = best["members"][0].split("__")
+    return (method, config) if plans == plans_name else None
