@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from autosam import hookspecs
-from autosam.experiment_planning.fingerprint_types import FINGERPRINT_SCHEMA_VERSION, ClassStats, DatasetFingerprint
-from autosam.experiment_planning.plans import ConfigurationPlan
 from autosam.plugins import build_plugin_system, hook_names
+from plugin_test_data import DATASET_JSON, synthetic_configuration, synthetic_fingerprint
 
 DOC = Path(__file__).resolve().parents[1] / "documentation" / "plugins.md"
 HEADING = re.compile(r"^(#+)\s+(.*?)\s*$")
@@ -61,25 +60,6 @@ def _run_example(code: str, name: str, monkeypatch) -> types.ModuleType:
     return module
 
 
-def _fingerprint() -> DatasetFingerprint:
-    def cls(label, comps, frac):
-        return ClassStats(label=label, name=f"c{label}", cases_present=3, volume_fraction=frac, components_per_case=comps,
-                          component_volume_mm3=50.0, bbox_extent_mm=[20.0, 30.0, 30.0], slices_spanned=8)
-
-    return DatasetFingerprint(
-        schema_version=FINGERPRINT_SCHEMA_VERSION, case_identifiers=["a", "b", "c"], spacings=[[2.0, 1.0, 1.0]] * 3,
-        shapes_before_crop=[[40, 64, 64]] * 3, shapes_after_crop=[[36, 60, 60]] * 3, median_relative_size_after_crop=0.9,
-        foreground_intensity_properties_per_channel={}, class_statistics={"1": cls(1, 1, 0.05), "2": cls(2, 12, 1e-4)},
-        num_labelled_cases=3,
-    )
-
-
-def _configuration() -> ConfigurationPlan:
-    return ConfigurationPlan(name="3d", data_identifier="x", spacing=[2.0, 1.0, 1.0], patch_size=[32, 64, 64], batch_size=2,
-                             median_image_size_in_voxels=[36, 60, 60], normalization_schemes=["CTNormalization"],
-                             use_mask_for_norm=[False])
-
-
 REGISTRY_OF = {"register_methods": "methods", "register_planners": "planners", "register_backbones": "backbones"}
 
 
@@ -106,11 +86,11 @@ def test_hook_is_documented_with_signature_and_runnable_example(hook, monkeypatc
         assert len(getattr(system, REGISTRY_OF[hook])) >= 1, f"the {hook} example registers nothing"
     elif hook == "plan_method_section":
         results = [r for r in system.hook.plan_method_section(
-            method_name="doc_pixel", configuration_name="3d", configuration=_configuration(),
-            fingerprint=_fingerprint(), dataset_json={"labels": {"background": 0, "c1": 1, "c2": 2}}) if r is not None]
+            method_name="doc_pixel", configuration_name="3d", configuration=synthetic_configuration(),
+            fingerprint=synthetic_fingerprint(), dataset_json=DATASET_JSON) if r is not None]
         assert results and all(isinstance(r, dict) for r in results)
     elif hook == "method_suitability":
-        votes = [v for vs in system.hook.method_suitability(fingerprint=_fingerprint(), dataset_json={}) if vs for v in vs]
+        votes = [v for vs in system.hook.method_suitability(fingerprint=synthetic_fingerprint(), dataset_json=DATASET_JSON) if vs for v in vs]
         assert votes and all(isinstance(n, str) and 0 <= s <= 1 and isinstance(r, str) for n, s, r in votes)
     else:
         pytest.fail(f"hook {hook!r} is new: teach this test how to call its documented example")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from autosam.experiment_planning.plans import PLANS_SCHEMA_VERSION, ConfigurationPlan, Plans
 from autosam.plugins import Entry, get_method, get_plugin_system, get_planner
 from autosam.training.method import Method, MethodContext
+from plugin_test_data import DATASET_JSON, synthetic_fingerprint, synthetic_plans
 
 try:
     DIST = md.distribution("autosam-example-plugin")
@@ -33,21 +33,6 @@ def system():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # other plugins' problems are not this file's subject
         return get_plugin_system()
-
-
-def _plans(patch_size, batch_size=4):
-    cfg = ConfigurationPlan(
-        name="3d" if len(patch_size) == 3 else "2d", data_identifier="x", spacing=[1.0] * len(patch_size),
-        patch_size=list(patch_size), batch_size=batch_size, median_image_size_in_voxels=list(patch_size),
-        normalization_schemes=["ZScoreNormalization"], use_mask_for_norm=[False],
-    )
-    return Plans(
-        schema_version=PLANS_SCHEMA_VERSION, dataset_name="Dataset999_Example", plans_name="autosamPlans",
-        planner="default", gpu_memory_target_gb=8, original_median_spacing=[1.0, 1.0, 1.0],
-        original_median_shape=[8, 16, 16], num_channels=1, channel_names={"0": "CT"},
-        labels={"background": 0, "a": 1, "b": 2}, foreground_intensity_properties_per_channel={},
-        configurations={cfg.name: cfg}, default_method="unet", default_method_rationale="",
-    )
 
 
 def test_listed_by_the_autosam_plugins_command():
@@ -69,7 +54,7 @@ def test_method_selected_by_name_trains_and_predicts(system):
     entry = system.methods.entry("example_tiny")
     assert (entry.distribution, entry.version) == ("autosam-example-plugin", DIST.version)
 
-    plans = _plans([4, 12, 12])
+    plans = synthetic_plans([4, 12, 12])
     options = method.make_options({"features": 8}, {"learning-rate": "0.05"})
     assert (options.features, options.learning_rate) == (8, 0.05)
     ctx = MethodContext(plans=plans, configuration=plans.configurations["3d"], dataset_json={}, options=options,
@@ -96,15 +81,16 @@ def test_method_selected_by_name_trains_and_predicts(system):
 
 def test_plan_method_section_and_vote(system):
     hook = system.hook
+    fingerprint = synthetic_fingerprint()
     for patch, expected in (([8, 16, 16], 8), ([16, 16], 16)):
-        cfg = _plans(patch).configurations["3d" if len(patch) == 3 else "2d"]
+        cfg = synthetic_plans(patch).configurations["3d" if len(patch) == 3 else "2d"]
         sections = hook.plan_method_section(method_name="example_tiny", configuration_name=cfg.name,
-                                            configuration=cfg, fingerprint=None, dataset_json={})
+                                            configuration=cfg, fingerprint=fingerprint, dataset_json=DATASET_JSON)
         assert {"features": expected} in sections
-    cfg = _plans([8, 16, 16]).configurations["3d"]
-    assert {"features": 8} not in hook.plan_method_section(
-        method_name="some_other_method", configuration_name="3d", configuration=cfg, fingerprint=None, dataset_json={})
-    votes = [v for vs in hook.method_suitability(fingerprint=None, dataset_json={}) for v in (vs or [])]
+    cfg = synthetic_plans([8, 16, 16]).configurations["3d"]
+    assert {"features": 8} not in hook.plan_method_section(method_name="some_other_method", configuration_name="3d",
+                                                           configuration=cfg, fingerprint=fingerprint, dataset_json=DATASET_JSON)
+    votes = [v for vs in hook.method_suitability(fingerprint=fingerprint, dataset_json=DATASET_JSON) for v in (vs or [])]
     mine = [v for v in votes if v[0] == "example_tiny"]
     assert len(mine) == 1 and mine[0][1] < 0.5  # never out-votes the unet baseline
 
@@ -118,7 +104,7 @@ def test_planner_selected_by_name_wraps_the_default_at_call_time(system, monkeyp
 
         def plan(self, *args, **kwargs):
             calls.append((args, kwargs))
-            return _plans([8, 16, 16], batch_size=5)
+            return synthetic_plans([8, 16, 16], batch_size=5)
 
     # registered after the example plugin was built: the planner must look "default" up when planning
     monkeypatch.setitem(system.planners._entries, "default", Entry(FakeDefault(), "test", "local", "0"))
