@@ -15,6 +15,7 @@ tiny3d     3    8     32           random (tests)
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -114,8 +115,11 @@ def build_backbone(
     from autosam.plugins import get_backbone
 
     spec = get_backbone(name)
-    backbone = spec.builder(spec=spec, input_size=input_size, checkpoint=checkpoint,
-                            allow_random_init=allow_random_init, **kwargs)
+    params = inspect.signature(spec.builder).parameters
+    if "spec" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs["spec"] = spec  # built-in builders serve several specs
+    backbone = spec.builder(input_size=input_size, checkpoint=checkpoint, allow_random_init=allow_random_init,
+                            **kwargs)
     if device is not None:
         backbone = backbone.to(device)
     return backbone
