@@ -30,5 +30,5 @@ class MedLSAMOptions:
     finetune_steps: int = 200
     finetune_lr: float = 1e-5
     box_jitter_px: int = 20
-    window: list[float] | None = None  # clip window in normalised units before the backbone (None: per slice range)
+    window: list[float] | None = None  # clip window in normalised units before the backbone (None: the volume's 0.5-99.5 percentiles)
     seed: int = 0

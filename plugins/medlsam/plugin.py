@@ -156,8 +156,8 @@ class MedLSAM(Method):
             boxes = self.localize(network, data, ctx)
         ctx.extra["medlsam_last_boxes"] = {int(k): [int(v) for v in b] for k, b in boxes.items()}
         decoder = network.sam_mask_decoder if getattr(network, "sam_mask_decoder", None) is not None else None
-        return segment_boxes(self._backbone(ctx), data, boxes, ctx.num_classes, window=ctx.options.window,
-                             mask_decoder=decoder, progress=progress)
+        return segment_boxes(self._backbone(ctx), data, boxes, ctx.num_classes, spacing=ctx.configuration.spacing,
+                             window=ctx.options.window, mask_decoder=decoder, progress=progress)
 
     def validation_report(self, network, ctx: MethodContext, dataset, val_keys: list[str]) -> dict:
         """Localisation quality (3D IoU of localised vs true boxes, before extension) per class."""

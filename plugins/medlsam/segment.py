@@ -11,42 +11,35 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 
-def _slice_box(box3d, shape_yx, size: int) -> torch.Tensor:
-    """(x0, y0, x1, y1) in the backbone's input pixels for an inclusive voxel box [z0, y0, x0, z1, y1, x1]."""
-    sy, sx = size / shape_yx[0], size / shape_yx[1]
-    return torch.tensor([box3d[2] * sx, box3d[1] * sy, (box3d[5] + 1) * sx, (box3d[4] + 1) * sy], dtype=torch.float32)
-
-
 @torch.no_grad()
-def segment_boxes(backbone, data: torch.Tensor, boxes: dict[int, np.ndarray], num_classes: int, *, window=None,
-                  mask_decoder=None, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
-    """Probabilities K x Z x Y x X from box-prompted 2D SAM on the slices of each box.
+def segment_boxes(backbone, data: torch.Tensor, boxes: dict[int, np.ndarray], num_classes: int, *, spacing,
+                  window=None, mask_decoder=None, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
+    """Probabilities K x Z x Y x X from box-prompted 2D SAM on the slices of each box
+    (:func:`autosam.sam.box_segment.segment_volume_with_boxes` on channel 0).
 
-    Foreground class k gets SAM's sigmoid inside its box's slices (0 elsewhere); background is
+    Foreground class k gets SAM's probability inside its box's slices (0 elsewhere); background is
     ``1 - max_k p_k``; the stack is normalised to sum to one, so an overlap goes to the class
-    with the higher probability.
+    with the higher probability. ``mask_decoder`` replaces the backbone's (fine-tuned decoder).
     """
+    from autosam.sam.box_segment import segment_volume_with_boxes
+
     c, z, y, x = data.shape
     fg = torch.zeros(num_classes, z, y, x)
-    slices = sorted({s for b in boxes.values() for s in range(int(b[0]), int(b[3]) + 1)})
-    decoder = mask_decoder if mask_decoder is not None else backbone.mask_decoder
-    device = backbone.device
-    it = range(0, len(slices), batch_size)
-    for start in tqdm(it, desc="box-prompted SAM", disable=not progress, leave=False):
-        chunk = slices[start : start + batch_size]
-        imgs = data[:, chunk].permute(1, 0, 2, 3).float().to(device)  # n x C x Y x X
-        emb = backbone.encode(backbone.prepare_slices(imgs, window=window, channel=0 if c > 1 else None))
-        for i, s in enumerate(chunk):
-            labels = [k for k, b in boxes.items() if b[0] <= s <= b[3]]
-            if not labels:
-                continue
-            prompt = torch.stack([_slice_box(boxes[k], (y, x), backbone.input_size) for k in labels]).to(device)
-            sparse, dense = backbone.prompt_encoder(points=None, boxes=prompt, masks=None)
-            logits, _ = decoder(image_embeddings=emb[i : i + 1], image_pe=backbone.prompt_encoder.get_dense_pe(),
-                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
-            probs = torch.sigmoid(F.interpolate(logits[:, :1].float(), size=(y, x), mode="bilinear", align_corners=False))[:, 0]
-            for j, k in enumerate(labels):
-                fg[k, s] = probs[j].cpu()
+    if boxes:
+        original = backbone.mask_decoder
+        if mask_decoder is not None:
+            backbone.mask_decoder = mask_decoder
+        bar = tqdm(desc="box-prompted SAM", disable=not progress, leave=False)
+        try:
+            _, probs = segment_volume_with_boxes(
+                data[0].float().numpy(), spacing, {int(k): tuple(int(v) for v in b) for k, b in boxes.items()}, backbone,
+                window=tuple(window) if window is not None else "auto", batch_size=batch_size,
+                progress=lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n)))
+        finally:
+            backbone.mask_decoder = original
+            bar.close()
+        for k, p in probs.items():
+            fg[k] = torch.from_numpy(p)
     fg[0] = (1 - fg[1:].amax(0)).clamp_min(0) if num_classes > 1 else 1
     return fg / fg.sum(0, keepdim=True).clamp_min(1e-6)
 
