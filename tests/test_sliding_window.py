@@ -73,9 +73,13 @@ def test_mirroring_averages_over_all_flips_and_unflips_outputs():
         return torch.cat([torch.zeros_like(x[:, :1]), x[:, :1] + ramp], dim=1)
 
     data = torch.randn(1, *patch)
-    probs = sliding_window_predict(asymmetric, data, patch, 2, "cpu", use_mirroring=True)
+    probs = sliding_window_predict(asymmetric, data, patch, 2, "cpu", use_mirroring=True, mirror_batch=1)
     assert len(seen) == 8  # identity + 7 flips of 3 axes
     assert any(torch.equal(s[0, 0], torch.flip(data[0], (0, 1, 2))) for s in seen)
+    seen.clear()
+    batched = sliding_window_predict(asymmetric, data, patch, 2, "cpu", use_mirroring=True, mirror_batch=3)
+    assert [s.shape[0] for s in seen] == [3, 3, 2]
+    torch.testing.assert_close(batched, probs)
     # mean of (x + r) and unflipped (flip(x) + r) along x is x + mean(r) = x + 3.5
     torch.testing.assert_close(probs[1], torch.sigmoid(data[0] + 3.5), atol=1e-5, rtol=1e-5)
     without = sliding_window_predict(asymmetric, data, patch, 2, "cpu", use_mirroring=False)
@@ -104,7 +108,7 @@ def test_2d_patches_run_on_slices_with_2d_mirroring():
         return two_class_identity(x)
 
     data = torch.randn(1, 3, 10, 12)
-    probs = sliding_window_predict(fn, data, (8, 8), 2, "cpu", use_mirroring=True, batch_size=2)
+    probs = sliding_window_predict(fn, data, (8, 8), 2, "cpu", use_mirroring=True, batch_size=2, mirror_batch=1)
     assert probs.shape == (2, 3, 10, 12)
     assert all(len(s) == 4 and s[1:] == (1, 8, 8) for s in shapes)
     n_tiles = 3 * 2 * 2  # 3 slices x 2 x 2 positions, 2 patches per call, 4 mirrorings per call
