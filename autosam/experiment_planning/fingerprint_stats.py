@@ -110,14 +110,23 @@ def _bbox(mask):
 
 
 def weighted_percentiles(values: np.ndarray, weights: np.ndarray, q) -> np.ndarray:
-    """Weighted percentiles; with equal weights identical to ``np.percentile`` (linear)."""
+    """Percentiles of samples with weights >= 1 (scaled so the smallest is 1).
+
+    Equivalent to ``np.percentile`` (linear) of the samples repeated ``weight`` times, extended to
+    fractional weights: sample ``i`` occupies the positions ``[B_i, B_i + w_i - 1]`` of the expanded
+    sorted array (``B_i`` = total weight before it). Equal weights give ``np.percentile`` exactly.
+    """
     order = np.argsort(values, kind="stable")
-    v, w = values[order].astype(np.float64), weights[order].astype(np.float64)
+    v = values[order].astype(np.float64)
+    w = weights[order].astype(np.float64)
+    w = w / w.min()
     if v.size == 1:
         return np.full(np.shape(q), v[0])
-    before = np.concatenate([[0.0], np.cumsum(w)[:-1]])  # weight strictly before each sample
-    pos = before / before[-1]
-    return np.interp(np.asarray(q, dtype=np.float64) / 100.0, pos, v)
+    before = np.concatenate([[0.0], np.cumsum(w)[:-1]])
+    xp = np.stack([before, before + w - 1.0], axis=1).ravel()
+    fp = np.repeat(v, 2)
+    total = before[-1] + w[-1]
+    return np.interp(np.asarray(q, dtype=np.float64) / 100.0 * (total - 1.0), xp, fp)
 
 
 def intensity_stats(values: np.ndarray, weights: np.ndarray) -> IntensityStats:

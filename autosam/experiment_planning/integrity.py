@@ -9,6 +9,7 @@ ids); ``numTraining`` not matching the cases found. It only reads: nothing is wr
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import multiprocessing
@@ -186,7 +187,8 @@ def _check_case(job) -> tuple[list[str], str | None]:
             problems.append(f"{path}: image is empty (shape {arr.shape})")
             continue
         if np.issubdtype(arr.dtype, np.floating):
-            bad = int(np.count_nonzero(~np.isfinite(arr)))
+            # ITK's NIfTI reader turns NaN/inf into 0, so NIfTI files are also checked byte-wise
+            bad = max(int(np.count_nonzero(~np.isfinite(arr))), _nifti_nonfinite_count(path))
             if bad:
                 problems.append(f"{path}: {bad} voxel(s) are NaN or infinite")
         lo, hi = np.nanmin(arr), np.nanmax(arr)
@@ -202,6 +204,34 @@ def _check_case(job) -> tuple[list[str], str | None]:
     if declared_labels is not None and case.label is not None:
         problems.extend(_check_label(case.label, reference, case.images[0].name, declared_labels))
     return problems, digest
+
+
+def _nifti_nonfinite_count(path: Path) -> int:
+    """Non-finite voxels of a float NIfTI-1 file, read from its bytes (0 for other files)."""
+    name = path.name
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return 0
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        header = f.read(348)
+        if len(header) < 348:
+            return 0
+        for order in ("<", ">"):
+            if np.frombuffer(header[:4], dtype=f"{order}i4")[0] == 348:
+                break
+        else:
+            return 0  # not NIfTI-1 (e.g. NIfTI-2): rely on the decoded array
+        datatype = int(np.frombuffer(header[70:72], dtype=f"{order}i2")[0])
+        dtype = {16: f"{order}f4", 64: f"{order}f8"}.get(datatype)
+        if dtype is None:
+            return 0
+        ndim = int(np.frombuffer(header[40:42], dtype=f"{order}i2")[0])
+        dims = np.frombuffer(header[42:56], dtype=f"{order}i2")[: max(ndim, 0)]
+        count = int(np.prod(dims.astype(np.int64))) if ndim > 0 else 0
+        offset = int(np.frombuffer(header[108:112], dtype=f"{order}f4")[0])
+        f.read(max(offset - 348, 0))
+        data = np.frombuffer(f.read(count * np.dtype(dtype).itemsize), dtype=dtype)
+    return int(np.count_nonzero(~np.isfinite(data)))
 
 
 def _check_label(path: Path, reference: ImageGeometry | None, ref_name: str, declared: set[int]) -> list[str]:
