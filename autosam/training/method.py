@@ -44,6 +44,8 @@ class MethodContext:
     fold: int | str = 0
     output_folder: Any = None  # pathlib.Path of fold_N (None outside training)
     extra: dict = field(default_factory=dict)
+    epoch: int = 0  # the epoch being trained (0-based); the core updates it before each epoch
+    seed: int = 0  # the run's seed (``--seed``)
 
     @property
     def patch_size(self) -> list[int]:
@@ -56,6 +58,9 @@ class StepResult:
 
     loss: torch.Tensor
     logs: dict[str, float] = field(default_factory=dict)
+    #: Logits (B x K x *patch) of the batch; set by :meth:`Method.validation_step` so that the
+    #: core can compute the pseudo Dice. ``None`` in training steps is fine.
+    output: torch.Tensor | None = None
 
 
 class Method:
@@ -96,6 +101,18 @@ class Method:
         clipping (``grad_clip`` option when present) and the optimiser step, under AMP on CUDA."""
         output = network(batch["data"])
         return StepResult(loss_fn(output, batch["target"]))
+
+    def validation_step(self, network: nn.Module, batch: dict, loss_fn, ctx: MethodContext) -> StepResult:
+        """One forward pass on a validation batch (same layout as :meth:`train_step`, no
+        augmentation), called under ``torch.no_grad()``. Return the loss and ``output``: logits
+        B x K x *patch at full resolution, from which the core computes the per-class pseudo Dice."""
+        output = network(batch["data"])
+        loss = loss_fn(output, batch["target"])
+        logits = output[0] if isinstance(output, (list, tuple)) else output
+        return StepResult(loss, output=logits)
+
+    def on_epoch_end(self, network: nn.Module, ctx: MethodContext, logs: dict) -> None:
+        """Called after each epoch's validation, with that epoch's logged values (read-only)."""
 
     def make_train_loader(self, ctx: MethodContext, dataset, train_keys: list[str]):
         """Return an iterable of batches, or None to use the core's nnU-Net-style loader."""

@@ -1,0 +1,140 @@
+"""Checkpoints: everything needed to resume training exactly, or to predict with the model later.
+
+A checkpoint is a dict written atomically with :func:`torch.save`:
+
+``format_version``, ``method`` (name), ``plugin`` (entry-point name), ``distribution`` and
+``version`` (the Python distribution that provided the method, e.g. ``autosam 0.1.0``),
+``options`` (the method's options as a dict), ``epoch`` (number of *completed* epochs),
+``num_epochs``, ``network`` (state dict), ``optimizer``, ``scheduler``, ``grad_scaler`` (state dicts
+or ``None``), ``rng`` (python, numpy, torch, cuda), ``logger`` (the epoch history), ``best_ema``,
+``method_state`` (:meth:`Method.extra_state`), and ``dataset_name``, ``plans_name``,
+``configuration``, ``fold``, ``torch_version``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autosam.plugins import UnknownNameError, get_plugin_system
+from autosam.utils.files import torch_save
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+class MissingPluginError(RuntimeError):
+    """A checkpoint's method is not installed; the message names the package to install."""
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The module behind ``torch.compile`` (whose state dict keys carry an ``_orig_mod.`` prefix)."""
+    return getattr(network, "_orig_mod", network)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def options_dict(options: Any) -> dict:
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(vars(options))
+
+
+def save_checkpoint(path: Path, *, method_entry, options, network, optimizer=None, scheduler=None, grad_scaler=None,
+                    epoch: int, num_epochs: int, history: dict | None = None, best_ema: float | None = None,
+                    method_state: dict | None = None, **info: Any) -> None:
+    """Write a checkpoint atomically. ``method_entry`` is the method's registry entry
+    (:class:`autosam.plugins.Entry`), which knows the plugin and its distribution version."""
+    ckpt = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "method": method_entry.obj.name,
+        "plugin": method_entry.plugin,
+        "distribution": method_entry.distribution,
+        "version": method_entry.version,
+        "options": options_dict(options),
+        "epoch": int(epoch),
+        "num_epochs": int(num_epochs),
+        "network": unwrap(network).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
+        "rng": rng_state(),
+        "logger": history or {},
+        "best_ema": best_ema,
+        "method_state": method_state or {},
+        "torch_version": torch.__version__,
+        **info,
+    }
+    torch_save(path, ckpt)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (a trusted local file: it holds RNG
+    states, so it is loaded with ``weights_only=False``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or "method" not in ckpt or "network" not in ckpt:
+        raise ValueError(f"{path}: not an autosam checkpoint (no 'method'/'network' entries)")
+    if ckpt.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this autosam understands; upgrade autosam")
+    return ckpt
+
+
+def method_entry_for_checkpoint(ckpt: dict, path: Path | str = "checkpoint"):
+    """The registry entry of the checkpoint's method. Raises :class:`MissingPluginError` naming the
+    distribution to install when the method is not registered; warns when versions differ."""
+    methods = get_plugin_system().methods
+    try:
+        entry = methods.entry(ckpt["method"])
+    except UnknownNameError:
+        dist, version = ckpt.get("distribution", "unknown"), ckpt.get("version", "unknown")
+        hint = f"pip install '{dist}=={version}'" if dist not in ("unknown", "local") else "install the plugin that provides it"
+        raise MissingPluginError(
+            f"{path}: trained with method {ckpt['method']!r} from plugin {ckpt.get('plugin')!r} of the package "
+            f"{dist!r} (version {version}), which is not installed; {hint}. Installed methods: "
+            + (", ".join(methods.names()) or "none")
+        ) from None
+    if entry.version != ckpt.get("version") or entry.distribution != ckpt.get("distribution"):
+        warnings.warn(
+            f"{path}: trained with {ckpt.get('distribution')} {ckpt.get('version')}, "
+            f"now using {entry.distribution} {entry.version} for method {ckpt['method']!r}",
+            stacklevel=2,
+        )
+    return entry
+
+
+def restore_training_state(ckpt: dict, *, network, optimizer=None, scheduler=None, grad_scaler=None, method=None) -> None:
+    """Load weights, optimiser/scheduler/scaler state, method state and RNG state."""
+    unwrap(network).load_state_dict(ckpt["network"])
+    if optimizer is not None and ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if grad_scaler is not None and ckpt.get("grad_scaler") is not None:
+        grad_scaler.load_state_dict(ckpt["grad_scaler"])
+    if method is not None:
+        method.load_extra_state(ckpt.get("method_state") or {})
+    if ckpt.get("rng"):
+        set_rng_state(ckpt["rng"])

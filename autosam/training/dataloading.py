@@ -1,0 +1,272 @@
+"""nnU-Net-style patch loading from the preprocessed storage, with batchgenerators augmentation.
+
+A batch is a dict with ``data`` (B x C x *patch float32 tensor), ``target`` (B x 1 x *patch int64
+tensor, or a list of them, full resolution first, when the method asks for deep supervision) and
+``keys`` (the case of each sample). Patches are sampled at random; the last third of every batch
+(``round(B * oversample_foreground)`` samples, at least one when B >= 2) is centred on a
+foreground voxel taken from ``properties["class_locations"]`` (class chosen uniformly among the
+classes present in that case). 3D loaders first cut a larger patch so that rotation and scaling do
+not pull in empty borders, then :class:`~batchgenerators.transforms.spatial_transforms.SpatialTransform`
+cuts the final patch from its centre. 2D configurations sample one axial slice per sample.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+
+from autosam.preprocessing.storage import list_cases, load_case
+
+logger = logging.getLogger(__name__)
+
+
+class PreprocessedDataset:
+    """The preprocessed cases of one configuration (memory-mapped; properties cached)."""
+
+    def __init__(self, folder: Path, keys: list[str] | None = None):
+        self.folder = Path(folder)
+        available = list_cases(self.folder)
+        if keys is None:
+            keys = available
+        missing = sorted(set(keys) - set(available))
+        if missing:
+            raise FileNotFoundError(
+                f"{self.folder}: preprocessed cases missing or incomplete: {', '.join(missing[:10])}"
+                f"{' ...' if len(missing) > 10 else ''}; re-run autosam_preprocess"
+            )
+        self.keys = list(keys)
+        self._properties: dict[str, dict] = {}
+
+    def load(self, key: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        data, seg, props = load_case(self.folder, key, mmap=True)
+        if seg is None:
+            raise FileNotFoundError(f"{self.folder / (key + '_seg.npy')}: case {key!r} has no segmentation")
+        self._properties.setdefault(key, props)
+        return data, seg, props
+
+    def properties(self, key: str) -> dict:
+        if key not in self._properties:
+            self.load(key)
+        return self._properties[key]
+
+    def subset(self, keys: list[str]) -> "PreprocessedDataset":
+        return PreprocessedDataset(self.folder, keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+# ----------------------------------------------------------------------------------- sampling
+def rotation_padded_size(patch_size, rot_range: float, scale_min: float) -> list[int]:
+    """Size of the patch to cut so that rotations up to ``rot_range`` (radians, about every axis
+    in 3D, in-plane in 2D) and zooming out to ``scale_min`` stay inside real data."""
+    p = np.asarray(patch_size, dtype=float)
+    if len(p) == 2 or rot_range == 0:
+        dims = p if len(p) == 2 else p[1:]
+        c, s = abs(np.cos(rot_range)), abs(np.sin(rot_range))
+        inplane = np.array([dims[0] * c + dims[1] * s, dims[0] * s + dims[1] * c]) if rot_range else dims
+        out = inplane if len(p) == 2 else np.concatenate([[p[0]], inplane])
+    else:
+        # the bounding box of a patch rotated about any axis is at most its diagonal in each axis
+        diag = np.linalg.norm(p)
+        bound = p * abs(np.cos(rot_range)) + diag * abs(np.sin(rot_range))
+        out = np.minimum(bound, diag)
+    return [int(np.ceil(v / scale_min)) for v in np.maximum(out, p)]
+
+
+class PatchSampler(SlimDataLoaderBase):
+    """Cuts (larger-than-patch) random patches from preprocessed cases; foreground oversampling.
+
+    Randomness comes from numpy's global generator, which batchgenerators seeds per worker.
+    """
+
+    def __init__(self, dataset: PreprocessedDataset, batch_size: int, patch_size, sample_size=None,
+                 oversample_foreground: float = 0.33):
+        super().__init__(dataset, batch_size)
+        self.BATCH_SIZE = batch_size
+        self.dataset = dataset
+        self.patch_size = [int(v) for v in patch_size]
+        self.is_2d = len(self.patch_size) == 2
+        size = [int(v) for v in (sample_size or self.patch_size)]
+        self.sample_size = [1, *size] if self.is_2d else size  # z, y, x cut from the volume
+        self.oversample_foreground = oversample_foreground
+        if not dataset.keys:
+            raise ValueError(f"{dataset.folder}: no training cases to sample from")
+
+    def force_foreground(self, index: int) -> bool:
+        return index >= round(self.BATCH_SIZE * (1 - self.oversample_foreground))
+
+    def generate_train_batch(self) -> dict:
+        keys = [self.dataset.keys[i] for i in np.random.randint(0, len(self.dataset.keys), self.BATCH_SIZE)]
+        data, seg = [], []
+        for i, key in enumerate(keys):
+            d, s = self.sample_patch(key, self.force_foreground(i))
+            data.append(d)
+            seg.append(s)
+        data_arr, seg_arr = np.stack(data), np.stack(seg)
+        if self.is_2d:
+            data_arr, seg_arr = data_arr[:, :, 0], seg_arr[:, :, 0]
+        return {"data": data_arr, "seg": seg_arr, "keys": keys}
+
+    def sample_patch(self, key: str, force_fg: bool) -> tuple[np.ndarray, np.ndarray]:
+        image, seg, props = self.dataset.load(key)
+        shape = np.array(image.shape[1:])
+        size = np.array(self.sample_size)
+        need = np.maximum(size - shape, 0)
+        lb = -(need // 2)
+        ub = shape + need // 2 + need % 2 - size
+        locations = {k: v for k, v in (props.get("class_locations") or {}).items() if len(v) > 0}
+        if force_fg and locations:
+            cls = list(locations)[np.random.randint(len(locations))]
+            centre = np.asarray(locations[cls][np.random.randint(len(locations[cls]))])[-3:]
+            start = np.clip(centre - size // 2, lb, ub)
+            if self.is_2d:
+                start[0] = centre[0]
+        else:
+            start = np.array([np.random.randint(a, b + 1) for a, b in zip(lb, ub)])
+        return crop_and_pad(image, start, size, 0.0), crop_and_pad(seg, start, size, 0)
+
+
+def crop_and_pad(array: np.ndarray, start, size, fill) -> np.ndarray:
+    """Cut ``array[:, start:start+size]`` (per spatial axis), padding with ``fill`` outside."""
+    start, size = np.asarray(start), np.asarray(size)
+    shape = np.array(array.shape[1:])
+    lo, hi = np.maximum(start, 0), np.minimum(start + size, shape)
+    valid = np.asarray(array[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))])
+    pad = [(0, 0)] + [(int(a - s), int(s + n - b)) for a, b, s, n in zip(lo, hi, start, size)]
+    if any(p != (0, 0) for p in pad):
+        valid = np.pad(valid, pad, mode="constant", constant_values=fill)
+    return valid
+
+
+# ----------------------------------------------------------------------------------- transforms
+class DownsampleTargets(AbstractTransform):
+    """Nearest-neighbour copies of ``seg`` at every deep-supervision scale -> ``target`` list."""
+
+    def __init__(self, scales: list[list[float]] | None):
+        self.scales = scales
+
+    def __call__(self, **batch):
+        seg = batch.pop("seg")
+        if self.scales is None:
+            batch["target"] = seg
+            return batch
+        targets = []
+        for scale in self.scales:
+            if all(s == 1 for s in scale):
+                targets.append(seg)
+                continue
+            index = [slice(None), slice(None)]
+            for n, s in zip(seg.shape[2:], scale):
+                m = max(1, int(round(n * s)))
+                index.append(np.minimum(((np.arange(m) + 0.5) / s).astype(int), n - 1))
+            targets.append(seg[np.ix_(*[np.arange(seg.shape[0]), np.arange(seg.shape[1]), *index[2:]])])
+        batch["target"] = targets
+        return batch
+
+
+class ToTensors(AbstractTransform):
+    """data -> float32 tensor; target(s) -> int64 tensor(s)."""
+
+    def __call__(self, **batch):
+        batch["data"] = torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32))
+        t = batch["target"]
+        conv = lambda a: torch.from_numpy(np.ascontiguousarray(np.rint(a), dtype=np.int64))  # noqa: E731
+        batch["target"] = [conv(a) for a in t] if isinstance(t, list) else conv(t)
+        return batch
+
+
+@dataclass
+class AugmentationParams:
+    """nnU-Net's default augmentation strengths (rotation in radians)."""
+
+    rotation: float = np.pi / 6
+    scale: tuple[float, float] = (0.7, 1.4)
+    p_rotation: float = 0.2
+    p_scale: float = 0.2
+    mirror_axes: tuple[int, ...] | None = None  # None: all spatial axes
+
+
+def training_transforms(patch_size, ds_scales, params: AugmentationParams | None = None) -> Compose:
+    params = params or AugmentationParams()
+    dim = len(patch_size)
+    anisotropic = dim == 3 and max(patch_size) / min(patch_size) > 3
+    rot = (-params.rotation, params.rotation)
+    # with a flat (anisotropic) patch, rotate only in-plane (about the z axis, batchgenerators' angle_x)
+    off = (0.0, 0.0) if anisotropic else rot
+    mirror_axes = params.mirror_axes if params.mirror_axes is not None else tuple(range(dim))
+    return Compose([
+        SpatialTransform(
+            list(patch_size), patch_center_dist_from_border=None, do_elastic_deform=False,
+            do_rotation=True, angle_x=rot, angle_y=off, angle_z=off, p_rot_per_axis=1,
+            do_scale=True, scale=params.scale, border_mode_data="constant", border_cval_data=0, order_data=3,
+            border_mode_seg="constant", border_cval_seg=0, order_seg=1, random_crop=False,
+            p_el_per_sample=0, p_scale_per_sample=params.p_scale, p_rot_per_sample=params.p_rotation,
+        ),
+        GaussianNoiseTransform(p_per_sample=0.1),
+        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
+        BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
+        ContrastAugmentationTransform(p_per_sample=0.15),
+        SimulateLowResolutionTransform(zoom_range=(0.5, 1), per_channel=True, p_per_channel=0.5, order_downsample=0,
+                                       order_upsample=3, p_per_sample=0.25, ignore_axes=(0,) if anisotropic else None),
+        GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
+        GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
+        MirrorTransform(mirror_axes) if mirror_axes else Compose([]),
+        DownsampleTargets(ds_scales),
+        ToTensors(),
+    ])
+
+
+def validation_transforms(ds_scales) -> Compose:
+    return Compose([DownsampleTargets(ds_scales), ToTensors()])
+
+
+# ----------------------------------------------------------------------------------- loaders
+def default_num_workers() -> int:
+    """Background augmentation workers: one per core minus one for the training loop, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def make_loader(dataset: PreprocessedDataset, batch_size: int, patch_size, ds_scales, *, train: bool,
+                num_workers: int = 0, seed: int = 0, oversample_foreground: float = 0.33,
+                augmentation: AugmentationParams | None = None):
+    """An endless iterator of batches; ``num_workers`` > 0 augments in background processes."""
+    if train:
+        params = augmentation or AugmentationParams()
+        sample_size = rotation_padded_size(patch_size, params.rotation, params.scale[0])
+        transforms = training_transforms(patch_size, ds_scales, params)
+    else:
+        sample_size, transforms = patch_size, validation_transforms(ds_scales)
+    sampler = PatchSampler(dataset, batch_size, patch_size, sample_size, oversample_foreground)
+    if num_workers <= 0:
+        np.random.seed(seed % 2**32)
+        return SingleThreadedAugmenter(sampler, transforms)
+    seeds = [(seed * 1000 + i) % 2**32 for i in range(num_workers)]
+    return NonDetMultiThreadedAugmenter(sampler, transforms, num_processes=num_workers, num_cached=max(2, num_workers),
+                                        seeds=seeds, pin_memory=False)
+
+
+def shutdown_loader(loader) -> None:
+    """Stop a loader's worker processes (no-op for in-process loaders)."""
+    stop = getattr(loader, "_finish", None)
+    if callable(stop):
+        try:
+            stop()
+        except Exception as exc:  # never mask the training result because a worker would not stop
+            logger.warning("stopping data loader workers failed: %s", exc)
