@@ -19,7 +19,7 @@ def test_builtin_backbones_registered_through_plugin():
         build_backbone("no_such_backbone")
 
 
-@pytest.mark.parametrize("name,sizes", [("tiny", (64, 96)), ("litemedsam", (256, 96))])
+@pytest.mark.parametrize("name,sizes", [("tiny", (64, 96)), ("litemedsam", (128, 96))])  # 256: slow real-CT test
 def test_2d_forward_at_two_sizes(name, sizes):
     for size in sizes:
         b = build_backbone(name, input_size=size)
@@ -208,3 +208,17 @@ def test_sam_med3d_checkpoint_round_trip(tmp_path, monkeypatch):
     torch.save(bad, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="1 missing keys.*rel_pos_d"):
         build_backbone("sam_med3d", checkpoint=tmp_path / "bad.pth")
+
+
+def test_checkpoint_with_pickled_objects_needs_explicit_trust(tmp_path, monkeypatch):
+    import argparse
+
+    from autosam.sam.checkpoints import read_state_dict
+
+    path = tmp_path / "train_ckpt.pth"
+    torch.save({"model_state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1)}, path)
+    monkeypatch.delenv("AUTOSAM_TRUST_CHECKPOINT_PICKLE", raising=False)
+    with pytest.raises(CheckpointError, match="AUTOSAM_TRUST_CHECKPOINT_PICKLE=1"):
+        read_state_dict(path)
+    monkeypatch.setenv("AUTOSAM_TRUST_CHECKPOINT_PICKLE", "1")
+    assert torch.equal(read_state_dict(path)["w"], torch.ones(2))

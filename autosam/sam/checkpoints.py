@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -20,6 +22,8 @@ logger = logging.getLogger(__name__)
 ENV_SAM_CHECKPOINT = "AUTOSAM_SAM_CHECKPOINT"
 #: Environment variable holding a SAM-Med3D checkpoint file.
 ENV_SAM_MED3D_CHECKPOINT = "AUTOSAM_SAM_MED3D_CHECKPOINT"
+#: Set to 1 to load checkpoints that pickle Python objects besides tensors (trusted files only).
+ENV_TRUST_PICKLE = "AUTOSAM_TRUST_CHECKPOINT_PICKLE"
 
 
 class CheckpointError(RuntimeError):
@@ -73,7 +77,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling/zip errors have many types
+    except pickle.UnpicklingError as exc:
+        # training checkpoints (e.g. SAM-Med3D's) may also pickle Python objects such as argparse args
+        if os.environ.get(ENV_TRUST_PICKLE) != "1":
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+            first = text.splitlines()[0].rstrip(" .") if text else type(exc).__name__
+            raise CheckpointError(
+                f"{path}: holds Python objects besides tensors ({first}); torch.load(weights_only=True) refuses "
+                f"them. If you trust the file, set {ENV_TRUST_PICKLE}=1, or re-save only its state dict"
+            ) from None
+        logger.warning("%s: loading with full unpickling (%s=1)", path, ENV_TRUST_PICKLE)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # zip/format errors have many types
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
     for key in ("model_state_dict", "state_dict", "model", "network_weights"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
