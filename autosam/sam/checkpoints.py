@@ -78,6 +78,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint (UnpicklingError: {exc})") from None
         # training checkpoints (e.g. SAM-Med3D's) may also pickle Python objects such as argparse args
         if os.environ.get(ENV_TRUST_PICKLE) != "1":
             text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
