@@ -84,6 +84,15 @@ class MaskSAMMethod(Method):
         loss, logs = loss_fn(out, target)
         return StepResult(loss, logs)
 
+    def validation_step(self, network: nn.Module, batch: dict, loss_fn, ctx: MethodContext) -> StepResult:
+        target = batch["target"]
+        if isinstance(target, (list, tuple)):
+            target = target[0]
+        x = batch["data"]
+        out = network(x)
+        loss, logs = loss_fn(out, target)
+        return StepResult(loss, logs, output=scores_to_log_probs(semantic_scores(out, tuple(x.shape[-2:]))))
+
     def predict_logits(self, network: nn.Module, x: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
         """Log-probabilities (B x (K+1) x T x H x W) of background + K classes from the semantic
         scores ``sum_q softmax(class_q)[:K] sigmoid(mask_q)`` (see :func:`scores_to_log_probs`);
