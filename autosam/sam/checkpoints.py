@@ -10,6 +10,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -78,7 +79,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
+        if not zipfile.is_zipfile(path):  # torch.save writes zip archives; this is something else
             raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint (UnpicklingError: {exc})") from None
         # training checkpoints (e.g. SAM-Med3D's) may also pickle Python objects such as argparse args
         if os.environ.get(ENV_TRUST_PICKLE) != "1":
