@@ -9,7 +9,7 @@ direction, the anatomy stays at the same place in world coordinates).
 
 ``kind="organs"``: labels liver (1), spleen (2), kidney (3, both kidneys: they look alike, and
 mirroring augmentation would make left/right labels unlearnable), aorta (4).
-``kind="lesions"``: label lesion (1) only: several small hypo- or hyperdense lesions per case
+``kind="lesions"``: label lesion (1) only: 5-14 small hypo- or hyperdense lesions per case
 inside an unlabelled liver.
 
 Volumes are small (48-64 x 96-128 x 96-128 voxels) so that the quick start runs on a laptop CPU.
@@ -238,7 +238,7 @@ def _add_lesions(rng, g: _Grid, hu: np.ndarray, label: np.ndarray, liver: np.nda
     zz, yy, xx = np.nonzero(liver)
     eroded = ndimage.binary_erosion(liver, iterations=2)
     candidates = np.flatnonzero(eroded[zz, yy, xx])
-    n = int(rng.integers(4, 11))
+    n = int(rng.integers(6, 15))
     sz, sy, sx = spacing
     placed = 0
     for idx in rng.permutation(candidates):
