@@ -1,0 +1,130 @@
+"""``autosam_train ID CONFIG METHOD FOLD``: train one fold of a method, then validate it."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+
+from autosam.cli.common import default_device, parse_method_overrides
+
+VALUE_FLAGS = {"--epochs", "--iters-per-epoch", "--device", "--seed", "--plans", "--num-workers"}
+
+
+def build_parser(method=None) -> argparse.ArgumentParser:
+    from autosam.training.trainer import DEFAULT_EPOCHS, DEFAULT_SEED
+
+    p = argparse.ArgumentParser(
+        prog="autosam_train",
+        description="Train fold FOLD of method METHOD on configuration CONFIG of dataset ID, then predict the fold's "
+                    "validation cases in original geometry and write fold_N/validation/summary.json. Results go to "
+                    "$AUTOSAM_RESULTS/DatasetXXX_Name/<method>__<plans>__<config>/fold_N/. Any further --name value "
+                    "flag sets an option of the method (e.g. --backbone litemedsam --lr 3e-4); "
+                    "'autosam_train ID CONFIG METHOD FOLD --help' lists them.",
+        epilog="example: autosam_train 999 3d unet 0 --epochs 10 --device cpu",
+    )
+    p.add_argument("dataset", metavar="ID", help="dataset id (999) or name (Dataset999_Example)")
+    p.add_argument("configuration", metavar="CONFIG", help="plans configuration: 2d, 3d or 3d_lowres")
+    p.add_argument("method", metavar="METHOD", help="method name (see autosam_plugins), or 'auto' for the plans' default")
+    p.add_argument("fold", metavar="FOLD", help="fold 0-4 of splits_final.json, or 'all' (train on every case)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"number of epochs (default {DEFAULT_EPOCHS})")
+    p.add_argument("--iters-per-epoch", type=int, default=None,
+                   help="training iterations per epoch (default: clip(2 x training voxels / voxels per batch, 10, 250), "
+                        "i.e. nnU-Net's 250 on real datasets, fewer on tiny ones)")
+    p.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None,
+                   help="default: cuda when available (else mps, else cpu); AMP is used on cuda only")
+    p.add_argument("--c", dest="resume", action="store_true",
+                   help="continue from the last completed epoch (checkpoint_latest.pth)")
+    p.add_argument("--val", dest="validation_only", action="store_true",
+                   help="only run the validation with checkpoint_final.pth")
+    p.add_argument("--npz", dest="save_npz", action="store_true",
+                   help="also save validation probabilities (<case>.npz + <case>.json) for ensembling")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
+    p.add_argument("--plans", default="autosamPlans", help="plans name (default autosamPlans)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="background augmentation processes (default: CPU cores - 1, at most 8; 0 = in-process)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    if method is not None:
+        add_method_options(p, method)
+    return p
+
+
+def add_method_options(p: argparse.ArgumentParser, method) -> None:
+    """List the method's options in --help (their values are parsed by Method.make_options)."""
+    group = p.add_argument_group(f"options of method {method.name!r}", method.description or None)
+    hints = typing.get_type_hints(method.Options)
+    for f in dataclasses.fields(method.Options):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        tp = getattr(hints.get(f.name), "__name__", str(hints.get(f.name)))
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"method_option_{f.name}", metavar="VALUE",
+                           default=argparse.SUPPRESS, help=f"{tp}, default {default!r}")
+
+
+def _positionals(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+        elif tok in VALUE_FLAGS:
+            skip = True
+        elif not tok.startswith("-"):
+            out.append(tok)
+    return out
+
+
+def _method_for_help(argv: list[str]):
+    """The method named on the command line (for --help), or None."""
+    pos = _positionals(argv)
+    if len(pos) < 3:
+        return None
+    try:
+        from autosam.plugins import get_method
+
+        name = pos[2]
+        if name == "auto":
+            from autosam.inference.predictor import default_method_of
+
+            name = default_method_of(pos[0], configuration=pos[1])
+        return get_method(name)
+    except Exception:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        build_parser(_method_for_help(argv)).parse_args(argv)  # prints help and exits
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        overrides = parse_method_overrides(extra)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from autosam.training.trainer import run_training
+
+    try:
+        fold_dir = run_training(
+            args.dataset, args.configuration, args.method, args.fold, epochs=args.epochs,
+            iters_per_epoch=args.iters_per_epoch, device=args.device or default_device(), resume=args.resume,
+            validation_only=args.validation_only, save_npz=args.save_npz, seed=args.seed, plans_name=args.plans,
+            method_overrides=overrides, num_workers=args.num_workers, progress=not args.quiet,
+        )
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        print(f"autosam_train: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"results: {fold_dir}")
+    print(f"progress plot: {fold_dir / 'progress.png'}")
+    summary = fold_dir / "validation" / "summary.json"
+    if summary.is_file():
+        from autosam.utils.files import read_json
+
+        fg = read_json(summary).get("foreground_mean", {}).get("Dice")
+        print(f"validation: {summary} (foreground mean Dice {fg})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Helpers of the trainer: device choice, the iterations-per-epoch rule, log file, model folder files."""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autosam.utils.files import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+NNUNET_ITERATIONS = 250
+MIN_ITERATIONS = 10
+EPOCH_COVERAGE = 2.0
+
+
+def pick_device(device=None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU. A requested but missing accelerator is an error."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise RuntimeError("--device mps: Apple MPS is not available on this machine")
+    return dev
+
+
+def default_iterations_per_epoch(dataset, batch_size: int, patch_size) -> int:
+    """nnU-Net's 250 iterations, fewer for tiny datasets.
+
+    Rule: ``clip(ceil(2 * training voxels / (batch_size * patch voxels)), 10, 250)``: an epoch
+    draws about twice as many voxels as the training set holds (2D patches count their pixels).
+    Large datasets therefore get nnU-Net's 250; the example dataset gets a few dozen.
+    """
+    total = 0
+    for key in dataset.keys:
+        data, _, _ = dataset.load(key)
+        total += int(np.prod(data.shape[1:]))
+    per_batch = batch_size * int(np.prod(patch_size))
+    n = math.ceil(EPOCH_COVERAGE * total / max(1, per_batch))
+    return int(min(NNUNET_ITERATIONS, max(MIN_ITERATIONS, n)))
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
+def attach_log_file(fold_dir: Path) -> logging.Handler:
+    """Send INFO logs of autosam and its plugins to ``fold_dir/training_log_<timestamp>.txt``."""
+    stamp = datetime.now().strftime("%Y_%m_%d_%H_%M_%S")
+    handler = logging.FileHandler(Path(fold_dir) / f"training_log_{stamp}.txt", encoding="utf-8")
+    handler.setFormatter(_Formatter())
+    handler.setLevel(logging.INFO)
+    for name in ("autosam", "autosam_plugins"):
+        lg = logging.getLogger(name)
+        if lg.level == logging.NOTSET or lg.level > logging.INFO:
+            lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+    return handler
+
+
+def write_model_folder_files(model_folder: Path, plans, dataset_json: dict, preprocessed_folder: Path) -> None:
+    """``plans.json``, ``dataset.json`` and ``dataset_fingerprint.json`` next to the folds (atomic),
+    so that the trained model predicts without the preprocessed folder."""
+    model_folder.mkdir(parents=True, exist_ok=True)
+    plans.save(model_folder / "plans.json")
+    write_json(model_folder / "dataset.json", dataset_json)
+    fp = Path(preprocessed_folder) / "dataset_fingerprint.json"
+    if fp.is_file():
+        with atomic_path(model_folder / "dataset_fingerprint.json", ".json") as tmp:
+            shutil.copyfile(fp, tmp)

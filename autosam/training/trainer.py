@@ -1,0 +1,356 @@
+"""The training loop the core owns: data, epochs, AMP, checkpoints, logging, validation, export.
+
+A method plugin (:class:`autosam.training.method.Method`) provides the network, loss, optimiser and
+one training step; :func:`run_training` does the rest. Results go to
+``<results>/DatasetXXX_Name/<method>__<plans>__<configuration>/fold_N/``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import random
+import time
+from contextlib import nullcontext
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import autosam
+from autosam import paths
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans
+from autosam.experiment_planning.splits import get_or_create_splits
+from autosam.io.dataset import dataset_name_from_id
+from autosam.plugins import get_plugin_system
+from autosam.training import checkpoint as ckpt_io
+from autosam.training.dataloading import (
+    PreprocessedDataset,
+    default_num_workers,
+    make_loader,
+    shutdown_loader,
+)
+from autosam.training.logger import TrainingHistory
+from autosam.training.method import MethodContext
+from autosam.training.setup import (
+    attach_log_file,
+    default_iterations_per_epoch,
+    pick_device,
+    write_model_folder_files,
+)
+from autosam.utils.files import read_json, write_json
+
+logger = logging.getLogger(__name__)
+DEFAULT_EPOCHS = 1000
+DEFAULT_SEED = 12345
+EMA_MOMENTUM = 0.9  # ema = 0.9 * ema + 0.1 * mean pseudo Dice (nnU-Net)
+
+
+def model_folder(dataset_name: str, method: str, plans_name: str, configuration: str) -> Path:
+    return paths.results_dir() / dataset_name / f"{method}__{plans_name}__{configuration}"
+
+
+def run_training(dataset_id, configuration: str, method_name: str, fold, *, epochs: int = DEFAULT_EPOCHS,
+                 iters_per_epoch: int | None = None, device=None, resume: bool = False, validation_only: bool = False,
+                 save_npz: bool = False, seed: int = DEFAULT_SEED, plans_name: str = DEFAULT_PLANS_NAME,
+                 method_overrides: dict | None = None, num_workers: int | None = None, progress: bool = False,
+                 validate: bool = True) -> Path:
+    """Train ``method_name`` on fold ``fold`` (0..4 or ``"all"``) and validate; return the fold folder.
+
+    :param iters_per_epoch: ``None`` applies :func:`default_iterations_per_epoch`.
+    :param resume: continue from ``checkpoint_latest.pth`` (or ``checkpoint_final.pth``).
+    :param validation_only: skip training; predict the validation cases with ``checkpoint_final.pth``.
+    :param save_npz: also save validation probabilities (``<case>.npz`` + ``<case>.json``).
+    :param method_overrides: option values (strings or typed) on top of defaults and the plans.
+    :param progress: show a tqdm bar per epoch (the command line turns it on).
+    :param validate: run the full-volume validation after training (tests may skip it).
+    """
+    dataset_name = dataset_name_from_id(dataset_id)
+    pre_folder = paths.preprocessed_dir() / dataset_name
+    plans_path = pre_folder / f"{plans_name}.json"
+    if not plans_path.is_file():
+        raise FileNotFoundError(f"{plans_path}: plans not found; run autosam_plan_and_preprocess -d {dataset_id} first")
+    plans = Plans.load(plans_path)
+    config = plans.configuration(configuration)
+    dataset_json_path = pre_folder / "dataset.json"
+    if not dataset_json_path.is_file():
+        dataset_json_path = paths.raw_dir() / dataset_name / "dataset.json"
+    dataset_json = read_json(dataset_json_path)
+
+    if method_name == "auto":
+        method_name = plans.default_method
+        logger.info("method 'auto': using the plans' default method %r (%s)", method_name, plans.default_method_rationale)
+    entry = get_plugin_system().methods.entry(method_name)
+    method = entry.obj
+    if configuration not in method.configurations:
+        raise ValueError(f"method {method.name!r} does not support configuration {configuration!r}; "
+                         f"it supports: {', '.join(method.configurations)}")
+    options = method.make_options(config.methods.get(method.name), method_overrides)
+
+    data_folder = pre_folder / config.data_identifier
+    all_keys = PreprocessedDataset(data_folder).keys
+    if not all_keys:
+        raise FileNotFoundError(f"{data_folder}: no preprocessed cases; run autosam_preprocess -d {dataset_id} -c {configuration}")
+    fold = "all" if str(fold) == "all" else int(fold)
+    if fold == "all":
+        train_keys, val_keys = list(all_keys), list(all_keys)
+    else:
+        splits = get_or_create_splits(pre_folder, all_keys)
+        if not 0 <= fold < len(splits):
+            raise ValueError(f"fold {fold} does not exist; {pre_folder / 'splits_final.json'} has {len(splits)} folds")
+        train_keys, val_keys = splits[fold]["train"], splits[fold]["val"]
+    dataset = PreprocessedDataset(data_folder, sorted(set(train_keys) | set(val_keys)))
+
+    out = model_folder(dataset_name, method.name, plans_name, configuration)
+    fold_dir = out / f"fold_{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    write_model_folder_files(out, plans, dataset_json, pre_folder)
+    dev = pick_device(device)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if iters_per_epoch is None:
+        iters_per_epoch = default_iterations_per_epoch(dataset.subset(train_keys), config.batch_size, config.patch_size)
+    ctx = MethodContext(plans=plans, configuration=config, dataset_json=dataset_json, options=options, device=dev,
+                        num_input_channels=plans.num_channels, num_classes=plans.num_classes, num_epochs=epochs,
+                        iterations_per_epoch=iters_per_epoch, fold=fold, output_folder=fold_dir, seed=seed)
+
+    handler = attach_log_file(fold_dir)
+    try:
+        logger.info("training %s fold %s: method %s (%s %s), configuration %s, device %s, %d epochs x %d iterations, "
+                    "%d training / %d validation cases", dataset_name, fold, method.name, entry.distribution,
+                    entry.version, configuration, dev, epochs, iters_per_epoch, len(train_keys), len(val_keys))
+        logger.info("options: %s", ckpt_io.options_dict(options))
+        write_json(fold_dir / "metadata.json", {
+            "method": method.name, "plugin": entry.plugin, "distribution": entry.distribution, "version": entry.version,
+            "options": ckpt_io.options_dict(options), "dataset": dataset_name, "configuration": configuration,
+            "plans_name": plans_name, "fold": fold, "epochs": epochs, "iterations_per_epoch": iters_per_epoch,
+            "seed": seed, "device": str(dev), "torch_version": torch.__version__, "autosam_version": autosam.__version__,
+            "python_version": platform.python_version(), "started": datetime.now().isoformat(timespec="seconds"),
+        })
+        network = method.build_network(ctx).to(dev)
+        if not validation_only:
+            _Loop(method, entry, ctx, network, dataset, train_keys, val_keys, fold_dir, resume,
+                  default_num_workers() if num_workers is None else num_workers, progress,
+                  dict(dataset_name=dataset_name, plans_name=plans_name, configuration=configuration, fold=fold)).run()
+        else:
+            final = fold_dir / "checkpoint_final.pth"
+            ck = ckpt_io.load_checkpoint(final, map_location="cpu")
+            ckpt_io.method_entry_for_checkpoint(ck, final)
+            ckpt_io.restore_training_state(ck, network=network, method=method)
+            logger.info("validation only: loaded %s (epoch %d)", final, ck["epoch"])
+        if validate and val_keys:
+            from autosam.training.validation import validate_fold
+
+            validate_fold(method, network, ctx, dataset, val_keys, fold_dir, pre_folder, dataset_json_path,
+                          save_npz=save_npz, progress=progress)
+    finally:
+        logging.getLogger("autosam").removeHandler(handler)
+        logging.getLogger("autosam_plugins").removeHandler(handler)
+        handler.close()
+    return fold_dir
+
+
+class _Loop:
+    """State of one training run (kept out of run_training to keep both readable)."""
+
+    def __init__(self, method, entry, ctx, network, dataset, train_keys, val_keys, fold_dir, resume, num_workers,
+                 progress, info):
+        self.method, self.entry, self.ctx, self.network = method, entry, ctx, network
+        self.dataset, self.train_keys, self.val_keys = dataset, train_keys, val_keys
+        self.fold_dir, self.resume, self.num_workers, self.progress, self.info = fold_dir, resume, num_workers, progress, info
+        self.loss_fn = method.build_loss(ctx)
+        if isinstance(self.loss_fn, torch.nn.Module):
+            self.loss_fn = self.loss_fn.to(ctx.device)
+        self.optimizer, self.scheduler = method.configure_optimizers(network, ctx)
+        self.amp_dtype = None
+        self.scaler = None
+        if ctx.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if self.amp_dtype == torch.float16:
+                self.scaler = torch.amp.GradScaler("cuda")
+        self.history = TrainingHistory()
+        self.best_ema: float | None = None
+        self.start_epoch = 0
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------ resume / save
+    def try_resume(self) -> None:
+        for name in ("checkpoint_latest.pth", "checkpoint_final.pth"):
+            path = self.fold_dir / name
+            if path.is_file():
+                break
+        else:
+            logger.warning("--c: no checkpoint in %s; starting from scratch", self.fold_dir)
+            return
+        ck = ckpt_io.load_checkpoint(path, map_location="cpu")
+        ckpt_io.method_entry_for_checkpoint(ck, path)
+        if ck["method"] != self.method.name:
+            raise ValueError(f"{path}: checkpoint of method {ck['method']!r}, not {self.method.name!r}")
+        ckpt_io.restore_training_state(ck, network=self.network, optimizer=self.optimizer, scheduler=self.scheduler,
+                                       grad_scaler=self.scaler, method=self.method)
+        self.start_epoch = int(ck["epoch"])
+        self.history = TrainingHistory.from_state(ck.get("logger") or {})
+        self.history.truncate(self.start_epoch)
+        self.best_ema = ck.get("best_ema")
+        logger.info("resuming from epoch %d (%d of %d epochs completed, %s)", self.start_epoch, self.start_epoch,
+                    self.ctx.num_epochs, path.name)
+
+    def save(self, name: str, epoch: int) -> None:
+        ckpt_io.save_checkpoint(
+            self.fold_dir / name, method_entry=self.entry, options=self.ctx.options, network=self.network,
+            optimizer=self.optimizer, scheduler=self.scheduler, grad_scaler=self.scaler, epoch=epoch,
+            num_epochs=self.ctx.num_epochs, history=self.history.state(), best_ema=self.best_ema,
+            method_state=self.method.extra_state(), iterations_per_epoch=self.ctx.iterations_per_epoch, **self.info,
+        )
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        if self.resume:
+            self.try_resume()
+        ctx = self.ctx
+        if self.start_epoch >= ctx.num_epochs:
+            logger.info("training already complete (%d epochs)", self.start_epoch)
+            if not (self.fold_dir / "checkpoint_final.pth").is_file():
+                self.save("checkpoint_final.pth", self.start_epoch)
+            return
+        train_loader, val_loader = self.make_loaders()
+        try:
+            for epoch in range(self.start_epoch, ctx.num_epochs):
+                self.run_epoch(epoch, train_loader, val_loader)
+        finally:
+            for loader in (train_loader, val_loader):
+                shutdown_loader(loader)
+        self.method.after_training(self.network, ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
+        self.save("checkpoint_final.pth", ctx.num_epochs)
+        (self.fold_dir / "checkpoint_latest.pth").unlink(missing_ok=True)  # the final one supersedes it
+        logger.info("training done; best EMA pseudo Dice %.4f", self.best_ema if self.best_ema is not None else math.nan)
+
+    def make_loaders(self):
+        ctx, method = self.ctx, self.method
+        ds_scales = method.deep_supervision_scales(ctx)
+        patch = method.train_patch_size(ctx)
+        bs = ctx.configuration.batch_size
+        # a fresh worker seed per (seed, start epoch): a resumed run does not replay the first batches
+        seed = ctx.seed + 7919 * self.start_epoch
+        custom = method.make_train_loader(ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
+        train = iter(custom) if custom is not None else make_loader(
+            self.dataset.subset(self.train_keys), bs, patch, ds_scales, train=True,
+            num_workers=self.num_workers, seed=seed)
+        val = make_loader(self.dataset.subset(self.val_keys), bs, patch, ds_scales, train=False,
+                          num_workers=min(1, self.num_workers), seed=ctx.seed + 1)
+        return train, val
+
+    def to_device(self, batch: dict) -> dict:
+        dev = self.ctx.device
+        move = lambda t: t.to(dev, non_blocking=True) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        out = dict(batch)
+        for key in ("data", "target"):
+            if key in out:
+                out[key] = [move(t) for t in out[key]] if isinstance(out[key], (list, tuple)) else move(out[key])
+        return out
+
+    def train_iteration(self, batch: dict) -> float | None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            result = self.method.train_step(self.network, self.to_device(batch), self.loss_fn, self.ctx)
+        loss = result.loss
+        if not torch.isfinite(loss):
+            logger.warning("epoch %d: non-finite loss %s; step skipped", self.ctx.epoch, float(loss))
+            return None
+        clip = getattr(self.ctx.options, "grad_clip", None)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if clip and clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate_patches(self, val_loader) -> tuple[float, list[float]]:
+        k = self.ctx.num_classes
+        tp, fp, fn = (torch.zeros(k - 1, dtype=torch.float64) for _ in range(3))
+        losses = []
+        n = max(1, math.ceil(self.ctx.iterations_per_epoch / 5))
+        self.network.eval()
+        for _ in range(n):
+            batch = self.to_device(next(val_loader))
+            with self.autocast():
+                result = self.method.validation_step(self.network, batch, self.loss_fn, self.ctx)
+            losses.append(float(result.loss))
+            if result.output is None:
+                continue
+            target = batch["target"][0] if isinstance(batch["target"], (list, tuple)) else batch["target"]
+            pred = result.output.argmax(1).cpu()
+            ref = target[:, 0].cpu()
+            for c in range(1, k):
+                p, r = pred == c, ref == c
+                tp[c - 1] += (p & r).sum()
+                fp[c - 1] += (p & ~r).sum()
+                fn[c - 1] += (~p & r).sum()
+        self.network.train()
+        denom = 2 * tp + fp + fn
+        dice = [float(2 * t / d) if d > 0 else math.nan for t, d in zip(tp, denom)]
+        return float(np.mean(losses)), dice
+
+    def run_epoch(self, epoch: int, train_loader, val_loader) -> None:
+        ctx = self.ctx
+        ctx.epoch = epoch
+        start = time.time()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.network.train()
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=ctx.iterations_per_epoch, desc=f"epoch {epoch + 1}/{ctx.num_epochs}", unit="it", leave=False)
+        losses = []
+        for _ in range(ctx.iterations_per_epoch):
+            value = self.train_iteration(next(train_loader))
+            if value is not None:
+                losses.append(value)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}" if value is not None else "nan")
+        if bar is not None:
+            bar.close()
+        val_loss, dice = self.validate_patches(val_loader)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        valid = [d for d in dice if not math.isnan(d)]
+        mean_dice = float(np.mean(valid)) if valid else 0.0
+        ema = mean_dice if self.history.last("ema_pseudo_dice") is None else (
+            EMA_MOMENTUM * self.history.last("ema_pseudo_dice") + (1 - EMA_MOMENTUM) * mean_dice)
+        train_loss = float(np.mean(losses)) if losses else math.nan
+        seconds = time.time() - start
+        self.history.log(epoch, train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice, ema_pseudo_dice=ema,
+                         lr=lr, epoch_time=seconds)
+        logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, pseudo Dice %s, EMA %.4f, lr %.3g, %.1f s",
+                    epoch + 1, ctx.num_epochs, train_loss, val_loss, [round(d, 4) for d in dice], ema, lr, seconds)
+        if self.best_ema is None or ema > self.best_ema:
+            self.best_ema = ema
+            self.save("checkpoint_best.pth", epoch + 1)
+            logger.info("new best EMA pseudo Dice %.4f", ema)
+        self.save("checkpoint_latest.pth", epoch + 1)
+        self.method.on_epoch_end(self.network, ctx, dict(train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice,
+                                                         ema_pseudo_dice=ema, lr=lr, epoch_time=seconds))
+        try:
+            names = [n for n, v in sorted(ctx.plans.labels.items(), key=lambda x: x[1]) if v != 0]
+            self.history.plot(self.fold_dir / "progress.png", names)
+        except Exception as exc:  # a plotting problem must not stop training
+            logger.warning("progress.png not written: %s", exc)
+
+
+__all__ = ["run_training", "model_folder", "DEFAULT_EPOCHS", "DEFAULT_SEED"]

@@ -1,0 +1,57 @@
+"""After training: full-volume prediction of a fold's validation cases in original geometry,
+then ``summary.json`` (nnU-Net layout) against the ground truth."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from autosam import paths
+from autosam.evaluation.evaluate import evaluate_folder
+from autosam.inference.export import export_prediction
+from autosam.inference.predictor import predict_preprocessed_case
+
+logger = logging.getLogger(__name__)
+
+
+def reference_folder(preprocessed_dataset_folder: Path) -> Path:
+    """``gt_segmentations/`` of the preprocessed dataset, else the raw ``labelsTr/``."""
+    gt = Path(preprocessed_dataset_folder) / "gt_segmentations"
+    if gt.is_dir():
+        return gt
+    raw = paths.raw_dir() / Path(preprocessed_dataset_folder).name / "labelsTr"
+    if raw.is_dir():
+        return raw
+    raise FileNotFoundError(f"{gt}: no ground-truth segmentations (nor {raw}); re-run autosam_preprocess")
+
+
+def validate_fold(method, network, ctx, dataset, val_keys, fold_dir: Path, preprocessed_dataset_folder: Path,
+                  dataset_json_path: Path, *, save_npz: bool = False, progress: bool = False) -> dict:
+    """Predict each validation case, export ``fold_dir/validation/<case><ending>`` (plus
+    ``<case>.npz``/``<case>.json`` with ``save_npz``), write and return ``validation/summary.json``."""
+    out = Path(fold_dir) / "validation"
+    out.mkdir(parents=True, exist_ok=True)
+    ending = ctx.dataset_json["file_ending"]
+    network.eval()
+    cases = list(val_keys)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cases), desc="validation", unit="case")
+    with torch.no_grad():
+        for key in cases:
+            data, _, props = dataset.load(key)
+            probs = predict_preprocessed_case(method, [network], data, props, ctx, use_mirroring=True)
+            export_prediction(probs, props, ctx.configuration, out / f"{key}{ending}", save_probabilities=save_npz)
+            logger.info("validation: predicted %s", key)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    summary = evaluate_folder(reference_folder(preprocessed_dataset_folder), out, dataset_json_path,
+                              output_file=out / "summary.json")
+    fg = summary.get("foreground_mean", {}).get("Dice")
+    logger.info("validation of %d cases: foreground mean Dice %s (%s)", len(cases), fg, out / "summary.json")
+    return summary

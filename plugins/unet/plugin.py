@@ -1,0 +1,124 @@
+"""The ``unet`` method: nnU-Net's PlainConvUNet baseline, configured entirely from the plans.
+
+Network: :class:`dynamic_network_architectures.architectures.unet.PlainConvUNet` with the topology
+the planner wrote to ``plans.configurations[c].network`` (instance norm, leaky ReLU, He init),
+deep supervision; loss: soft Dice + cross-entropy, weighted over the deep-supervision outputs;
+optimiser: SGD (Nesterov, momentum 0.99, lr 1e-2, weight decay 3e-5) with the poly schedule
+``lr * (1 - epoch / epochs) ** 0.9``; gradient clipping at 12 (done by the core).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from autosam import hookimpl
+from autosam.training.method import Method, MethodContext
+from autosam_plugins.unet.loss import DeepSupervisionLoss, DiceCELoss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class UNetOptions:
+    lr: float = 1e-2
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    nesterov: bool = True
+    poly_exponent: float = 0.9
+    grad_clip: float = 12.0  # the core clips the gradient norm to this (0 or less: no clipping)
+    deep_supervision: bool = True
+    batch_dice: bool = False  # Dice over the whole batch (one per class) instead of per sample
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    compile: bool = False  # torch.compile the network; honoured on CUDA only (never on CPU/MPS)
+
+
+class UNetMethod(Method):
+    name = "unet"
+    description = "nnU-Net baseline: PlainConvUNet from the plans, Dice+CE, deep supervision, SGD + poly"
+    configurations = ("2d", "3d", "3d_lowres")
+    Options = UNetOptions
+
+    # ------------------------------------------------------------------ network
+    def build_network(self, ctx: MethodContext) -> nn.Module:
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+        topo = ctx.configuration.network
+        if topo is None:
+            raise ValueError(
+                f"plans {ctx.plans.plans_name!r}, configuration {ctx.configuration.name!r}: no network topology; "
+                "re-plan the dataset with a planner that writes one (autosam_plan_experiment)"
+            )
+        dim = len(ctx.configuration.patch_size)
+        conv = nn.Conv3d if dim == 3 else nn.Conv2d
+        norm = nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d
+        net = PlainConvUNet(
+            input_channels=ctx.num_input_channels,
+            n_stages=topo.n_stages,
+            features_per_stage=list(topo.features_per_stage),
+            conv_op=conv,
+            kernel_sizes=[list(k) for k in topo.kernel_sizes],
+            strides=[list(s) for s in topo.strides],
+            n_conv_per_stage=list(topo.n_conv_per_stage_encoder),
+            num_classes=ctx.num_classes,
+            n_conv_per_stage_decoder=list(topo.n_conv_per_stage_decoder),
+            conv_bias=True,
+            norm_op=norm,
+            norm_op_kwargs={"eps": 1e-5, "affine": True},
+            nonlin=nn.LeakyReLU,
+            nonlin_kwargs={"inplace": True},
+            deep_supervision=ctx.options.deep_supervision,
+        )
+        net.apply(PlainConvUNet.initialize)
+        if ctx.options.compile:
+            if ctx.device.type == "cuda":
+                logger.info("unet: compiling the network with torch.compile")
+                net = torch.compile(net)
+            else:
+                logger.warning("unet: --compile ignored on %s (torch.compile is used on CUDA only)", ctx.device.type)
+        return net
+
+    def deep_supervision_scales(self, ctx: MethodContext) -> list[list[float]] | None:
+        if not ctx.options.deep_supervision:
+            return None
+        strides = np.array(ctx.configuration.network.strides, dtype=float)
+        scales = 1 / np.cumprod(strides, axis=0)
+        return [list(map(float, s)) for s in scales[:-1]]  # one per decoder output, full resolution first
+
+    def build_loss(self, ctx: MethodContext) -> nn.Module:
+        opts = ctx.options
+        scales = self.deep_supervision_scales(ctx)
+        base = DiceCELoss(opts.dice_weight, opts.ce_weight, opts.batch_dice)
+        return DeepSupervisionLoss(base, len(scales) if scales else 1)
+
+    def configure_optimizers(self, network: nn.Module, ctx: MethodContext):
+        opts = ctx.options
+        optimizer = torch.optim.SGD(network.parameters(), lr=opts.lr, momentum=opts.momentum,
+                                    weight_decay=opts.weight_decay, nesterov=opts.nesterov)
+        epochs, exponent = max(1, ctx.num_epochs), opts.poly_exponent
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: max(0.0, 1 - min(e, epochs) / epochs) ** exponent
+        )
+        return optimizer, scheduler
+
+
+@hookimpl
+def register_methods(register):
+    register(UNetMethod())
+
+
+@hookimpl
+def plan_method_section(method_name, configuration_name, configuration, fingerprint, dataset_json):
+    if method_name != "unet":
+        return None
+    # nnU-Net uses batch Dice for 3D configurations, where batches are small and samples alike
+    return {"deep_supervision": True, "batch_dice": configuration_name != "2d"}
+
+
+@hookimpl
+def method_suitability(fingerprint, dataset_json):
+    return [("unet", 0.5, "baseline: nnU-Net's self-configuring UNet, robust on any dataset")]
