@@ -238,3 +238,14 @@ def test_litemedsam_equals_the_packaged_model(tmp_path):
         emb = ours.encode(x)
         got, _ = ours.decode(emb, boxes=box)
     assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name,dim,depth,globals_", [("sam_vit_l", 1024, 24, (5, 11, 17, 23)),
+                                                     ("sam_vit_h", 1280, 32, (7, 15, 23, 31))])
+def test_vit_l_h_architectures_on_meta_device(name, dim, depth, globals_):
+    with torch.device("meta"):
+        b = build_backbone(name, input_size=512, allow_random_init=True)
+    enc = b.image_encoder
+    assert len(enc.blocks) == depth and enc.pos_embed.shape == (1, 32, 32, dim)
+    assert [i for i, blk in enumerate(enc.blocks) if blk.window_size == 0] == list(globals_)
+    assert b.spec.checkpoint_filename.startswith(name)
