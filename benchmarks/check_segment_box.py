@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from autosam.cli.segment_box import main as segment_box_main
 from autosam.io.image import read_image
