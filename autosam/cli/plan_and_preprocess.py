@@ -1,0 +1,133 @@
+"""``autosam_plan_and_preprocess`` and its three steps as separate commands (nnU-Net-style):
+
+- ``autosam_extract_fingerprint -d ID [-np N] [--verify_dataset_integrity] [--clean]``
+- ``autosam_plan_experiment -d ID [-pl PLANNER] [--gpu_memory_gb G] [-overwrite_plans_name NAME]``
+- ``autosam_preprocess -d ID [-plans_name NAME] [-c CONFIGS...] [-np N]``
+- ``autosam_plan_and_preprocess -d ID [-np N] [-pl PLANNER] [-c CONFIGS...] [--verify_dataset_integrity] [--gpu_memory_gb G]``
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
+
+EPILOG = ("Folders come from AUTOSAM_RAW, AUTOSAM_PREPROCESSED and AUTOSAM_RESULTS. "
+          "See documentation/planning.md for the planning rules and the plans file.")
+
+
+def _add_dataset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--dataset", nargs="+", required=True,
+                   help="dataset id(s) (17) or full name(s) (Dataset017_Liver)")
+
+
+def _add_np(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-np", "--num_processes", type=int, default=2, help="worker processes, one case per task (default 2)")
+
+
+def _add_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify_dataset_integrity", action="store_true",
+                   help="check the raw dataset first (channels, geometry, labels, NaN/inf, duplicates); "
+                   "a problem stops the run before anything is written")
+
+
+def _add_plan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-pl", "--planner", default="default",
+                   help="registered planner plugin (default 'default'); another planner writes <PLANNER>Plans.json")
+    p.add_argument("--gpu_memory_gb", type=float, default=8.0,
+                   help="GPU memory budget in GB for patch and batch size (default 8)")
+    p.add_argument("-overwrite_plans_name", "--plans_name", dest="plans_name", default=None,
+                   help="name of the plans file (default autosamPlans for the default planner, <PLANNER>Plans otherwise)")
+
+
+def _add_configs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--configurations", nargs="+", default=None,
+                   help="configurations to preprocess (default: all planned, i.e. 2d, 3d and 3d_lowres when planned)")
+
+
+def _run(fn, args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        for dataset in args.dataset:
+            fn(dataset)
+    except (ValueError, FileNotFoundError, KeyError, TypeError) as exc:  # DatasetError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=EPILOG)
+
+
+def main_fingerprint(argv: list[str] | None = None) -> int:
+    p = _parser("autosam_extract_fingerprint", "Extract the dataset fingerprint (dataset_fingerprint.json).")
+    _add_dataset(p)
+    _add_np(p)
+    _add_verify(p)
+    p.add_argument("--clean", action="store_true", help="recompute even if an up-to-date fingerprint exists")
+    args = p.parse_args(argv)
+    from autosam.experiment_planning.fingerprint import extract_fingerprint
+
+    return _run(lambda d: extract_fingerprint(d, num_processes=args.num_processes, verify=args.verify_dataset_integrity,
+                                              overwrite=args.clean, progress=True), args)
+
+
+def main_plan(argv: list[str] | None = None) -> int:
+    p = _parser("autosam_plan_experiment", "Plan configurations 2d, 3d (and 3d_lowres when needed) from the fingerprint.")
+    _add_dataset(p)
+    _add_plan(p)
+    args = p.parse_args(argv)
+    from autosam.experiment_planning.planning import plan_experiment
+
+    def plan(d):
+        plans = plan_experiment(d, planner=args.planner, gpu_memory_gb=args.gpu_memory_gb, plans_name=args.plans_name)
+        _summary(plans)
+
+    return _run(plan, args)
+
+
+def main_preprocess(argv: list[str] | None = None) -> int:
+    p = _parser("autosam_preprocess", "Crop, normalise, resample and store the training cases of planned configurations.")
+    _add_dataset(p)
+    p.add_argument("-plans_name", "--plans_name", default=DEFAULT_PLANS_NAME, help=f"plans file to use (default {DEFAULT_PLANS_NAME})")
+    _add_configs(p)
+    _add_np(p)
+    args = p.parse_args(argv)
+    from autosam.preprocessing.preprocessor import preprocess_dataset
+
+    return _run(lambda d: preprocess_dataset(d, plans_name=args.plans_name, configurations=args.configurations,
+                                             num_processes=args.num_processes, progress=True), args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser("autosam_plan_and_preprocess",
+                "Fingerprint, plan and preprocess a raw dataset (nnU-Net v2 format) in one go.")
+    _add_dataset(p)
+    _add_np(p)
+    _add_plan(p)
+    _add_configs(p)
+    _add_verify(p)
+    args = p.parse_args(argv)
+    from autosam.pipeline import plan_and_preprocess
+
+    def run(d):
+        plans = plan_and_preprocess(d, num_processes=args.num_processes, planner=args.planner,
+                                    configurations=args.configurations, verify=args.verify_dataset_integrity,
+                                    gpu_memory_gb=args.gpu_memory_gb, plans_name=args.plans_name, progress=True)
+        _summary(plans)
+
+    return _run(run, args)
+
+
+def _summary(plans) -> None:
+    print(f"{plans.dataset_name}: plans {plans.plans_name} (planner {plans.planner}, {plans.gpu_memory_target_gb:g} GB)")
+    for name, c in plans.configurations.items():
+        print(f"  {name:10s} spacing {[round(s, 3) for s in c.spacing]} patch {c.patch_size} batch {c.batch_size} "
+              f"norm {c.normalization_schemes} data {c.data_identifier}")
+    print(f"  default method: {plans.default_method} ({plans.default_method_rationale})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""What method plugins add to the plans: their per-configuration sections and the default method.
+
+Both steps go through hooks, so every planner (built-in or third-party) can call them:
+
+- :func:`add_method_sections` calls ``plan_method_section`` once per (registered method,
+  configuration) and stores the non-``None`` results in ``configuration.methods[method]``;
+- :func:`choose_default_method` collects ``method_suitability`` votes and picks the highest score
+  (``unet`` with the rationale "baseline" when nobody votes).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from autosam.experiment_planning.plans import Plans
+
+logger = logging.getLogger(__name__)
+
+BASELINE_METHOD = "unet"
+BASELINE_RATIONALE = "baseline"
+
+
+def add_method_sections(plans: Plans, fingerprint: Any, dataset_json: dict, plugin_system) -> None:
+    """Fill ``configuration.methods`` of every configuration of ``plans`` through the hook."""
+    hook = plugin_system.hook.plan_method_section
+    for method_name in plugin_system.methods.names():
+        for cname, conf in plans.configurations.items():
+            results = hook(method_name=method_name, configuration_name=cname, configuration=conf,
+                           fingerprint=fingerprint, dataset_json=dataset_json)
+            section: dict = {}
+            # pluggy returns the last-registered implementation first; apply in registration order
+            for r in reversed([r for r in results if r is not None]):
+                if not isinstance(r, dict):
+                    raise TypeError(f"plan_method_section for method {method_name!r}, configuration {cname!r} returned "
+                                    f"{type(r).__name__}; expected a dict or None")
+                section.update(r)
+            if section:
+                try:
+                    json.dumps(section)
+                except TypeError as exc:
+                    raise TypeError(f"plans section of method {method_name!r} ({cname}) is not JSON-serialisable: {exc}") from None
+                conf.methods[method_name] = section
+                logger.debug("method %s, configuration %s: %s", method_name, cname, section)
+
+
+def collect_votes(fingerprint: Any, dataset_json: dict, plugin_system) -> list[list]:
+    """All ``[method, score, rationale]`` votes, best first (ties: alphabetical)."""
+    votes = []
+    for result in plugin_system.hook.method_suitability(fingerprint=fingerprint, dataset_json=dataset_json):
+        for vote in result or []:
+            try:
+                name, score, rationale = vote
+                score = float(score)
+            except (TypeError, ValueError):
+                raise TypeError(f"method_suitability returned {vote!r}; expected (method_name, score, rationale)") from None
+            if not math.isfinite(score):
+                raise ValueError(f"method_suitability vote for {name!r} has a non-finite score {score}")
+            votes.append([str(name), score, str(rationale)])
+    votes.sort(key=lambda v: (-v[1], v[0]))
+    return votes
+
+
+def choose_default_method(fingerprint: Any, dataset_json: dict, plugin_system) -> tuple[str, str, list[list]]:
+    """``(method, rationale, votes)``: the best-scoring vote for a registered method.
+
+    Votes for methods that are not installed are recorded but cannot win (unless no method is
+    registered at all, e.g. in a bare plugin system).
+    """
+    votes = collect_votes(fingerprint, dataset_json, plugin_system)
+    registered = set(plugin_system.methods.names())
+    eligible = [v for v in votes if not registered or v[0] in registered]
+    if not eligible:
+        return BASELINE_METHOD, BASELINE_RATIONALE, votes
+    name, _score, rationale = eligible[0]
+    return name, rationale, votes

@@ -1,0 +1,89 @@
+"""Plan an experiment: fingerprint + dataset.json -> ``<preprocessed>/DatasetXXX/<plans_name>.json``."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from autosam import paths
+from autosam.experiment_planning.fingerprint_types import DatasetFingerprint
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans
+from autosam.io.dataset import DatasetError, dataset_name_from_id, load_dataset_json
+from autosam.utils.files import write_json
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_FILE = "dataset_fingerprint.json"
+
+
+def default_plans_name(planner: str) -> str:
+    """``autosamPlans`` for the default planner, ``<planner>Plans`` for any other."""
+    return DEFAULT_PLANS_NAME if planner == "default" else f"{planner}Plans"
+
+
+def plans_path(dataset_name: str, plans_name: str = DEFAULT_PLANS_NAME) -> Path:
+    return paths.preprocessed_dir() / dataset_name / f"{plans_name}.json"
+
+
+def load_plans(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NAME) -> Plans:
+    """Load the plans of a dataset; a missing file names the command that writes it."""
+    name = dataset_name_from_id(dataset_id)
+    path = plans_path(name, plans_name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no plans {plans_name!r} for {name}; run autosam_plan_experiment -d {name}")
+    return Plans.load(path)
+
+
+def plan_experiment(
+    dataset_id: int | str,
+    planner: str = "default",
+    gpu_memory_gb: float = 8,
+    plans_name: str | None = None,
+    configurations=None,
+    plugin_system=None,
+) -> Plans:
+    """Run the planner ``planner`` on the dataset's fingerprint and write its plans file.
+
+    Needs ``dataset_fingerprint.json`` in the preprocessed folder (``autosam_extract_fingerprint``).
+    ``-pl NAME`` (``planner``) writes ``<NAME>Plans.json`` unless ``plans_name`` is given, so plans of
+    different planners live side by side.
+    """
+    if plugin_system is None:
+        from autosam.plugins import get_plugin_system
+
+        plugin_system = get_plugin_system()
+    name = dataset_name_from_id(dataset_id, [paths.raw_dir(), paths.preprocessed_dir()])
+    pre = paths.preprocessed_dir() / name
+    fp_file = pre / FINGERPRINT_FILE
+    if not fp_file.is_file():
+        raise DatasetError(f"{fp_file}: fingerprint missing; run autosam_extract_fingerprint -d {name} first")
+    fingerprint = DatasetFingerprint.load(fp_file)
+    raw_json = paths.raw_dir() / name / "dataset.json"
+    dataset_json = load_dataset_json(raw_json if raw_json.is_file() else pre / "dataset.json")
+    planner_obj = plugin_system.planners.get(planner)
+    plans_name = plans_name or default_plans_name(planner)
+    plans = planner_obj.plan(
+        fingerprint=fingerprint, dataset_json=dataset_json, gpu_memory_gb=gpu_memory_gb, plans_name=plans_name,
+        configurations=configurations, **({"plugin_system": plugin_system} if _accepts(planner_obj.plan, "plugin_system") else {}),
+    )
+    if not isinstance(plans, Plans):
+        raise TypeError(f"planner {planner!r} returned {type(plans).__name__}; expected autosam.experiment_planning.plans.Plans")
+    plans.dataset_name = name
+    plans.plans_name = plans_name
+    out = plans_path(name, plans_name)
+    write_json(pre / "dataset.json", dataset_json)
+    plans.save(out)
+    for cname, conf in plans.configurations.items():
+        logger.info("%s: spacing %s, patch %s, batch %d, data %s, methods %s", cname, conf.spacing, conf.patch_size,
+                    conf.batch_size, conf.data_identifier, sorted(conf.methods))
+    logger.info("default method %s (%s); wrote %s", plans.default_method, plans.default_method_rationale, out)
+    return plans
+
+
+def _accepts(fn, arg: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return arg in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
