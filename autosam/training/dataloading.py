@@ -125,21 +125,23 @@ class PatchSampler(SlimDataLoaderBase):
         return {"data": data_arr, "seg": seg_arr, "keys": keys}
 
     def sample_patch(self, key: str, force_fg: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Choose where the *final* patch goes (inside the volume where possible, centred on a
+        foreground voxel when forced), then cut the larger sample around it, padding with zeros."""
         image, seg, props = self.dataset.load(key)
         shape = np.array(image.shape[1:])
         size = np.array(self.sample_size)
-        need = np.maximum(size - shape, 0)
+        patch = np.array([1, *self.patch_size] if self.is_2d else self.patch_size)
+        need = np.maximum(patch - shape, 0)
         lb = -(need // 2)
-        ub = shape + need // 2 + need % 2 - size
+        ub = shape + need // 2 + need % 2 - patch
         locations = {k: v for k, v in (props.get("class_locations") or {}).items() if len(v) > 0}
         if force_fg and locations:
             cls = list(locations)[np.random.randint(len(locations))]
             centre = np.asarray(locations[cls][np.random.randint(len(locations[cls]))])[-3:]
-            start = np.clip(centre - size // 2, lb, ub)
-            if self.is_2d:
-                start[0] = centre[0]
+            start = np.clip(centre - patch // 2, lb, ub)
         else:
             start = np.array([np.random.randint(a, b + 1) for a, b in zip(lb, ub)])
+        start = start - (size - patch) // 2  # the larger sample shares the final patch's centre
         return crop_and_pad(image, start, size, 0.0), crop_and_pad(seg, start, size, 0)
 
 
