@@ -1,7 +1,12 @@
 """Small synthetic fingerprint/plans objects for plugin and documentation tests (not a test module)."""
 from __future__ import annotations
 
-from autosam.experiment_planning.fingerprint_types import FINGERPRINT_SCHEMA_VERSION, ClassStats, DatasetFingerprint
+from autosam.experiment_planning.fingerprint_types import (
+    FINGERPRINT_SCHEMA_VERSION,
+    ClassStats,
+    DatasetFingerprint,
+    IntensityStats,
+)
 from autosam.experiment_planning.plans import PLANS_SCHEMA_VERSION, ConfigurationPlan, Plans
 
 
@@ -16,7 +21,9 @@ def synthetic_fingerprint() -> DatasetFingerprint:
     return DatasetFingerprint(
         schema_version=FINGERPRINT_SCHEMA_VERSION, case_identifiers=["a", "b", "c"], spacings=[[2.0, 1.0, 1.0]] * 3,
         shapes_before_crop=[[40, 64, 64]] * 3, shapes_after_crop=[[36, 60, 60]] * 3, median_relative_size_after_crop=0.9,
-        foreground_intensity_properties_per_channel={}, class_statistics={"1": cls(1, 1, 0.05), "2": cls(2, 12, 1e-4)},
+        foreground_intensity_properties_per_channel={"0": IntensityStats(
+            mean=60.0, median=55.0, std=40.0, min=-200.0, max=400.0, percentile_00_5=-80.0, percentile_99_5=250.0)},
+        class_statistics={"1": cls(1, 1, 0.05), "2": cls(2, 12, 1e-4)},
         num_labelled_cases=3,
     )
 

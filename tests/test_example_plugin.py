@@ -115,6 +115,32 @@ def test_planner_selected_by_name_wraps_the_default_at_call_time(system, monkeyp
     assert plans.configurations["3d"].batch_size == 2
 
 
+def test_planning_with_example_planner_writes_its_own_plans(system, autosam_dirs):
+    """Through autosam's planning entry point, with the real default planner underneath."""
+    from autosam.experiment_planning.planning import plan_experiment
+    from autosam.utils.files import write_json
+
+    name = "Dataset999_Example"
+    (autosam_dirs["raw"] / name).mkdir()
+    write_json(autosam_dirs["raw"] / name / "dataset.json", DATASET_JSON)
+    (autosam_dirs["preprocessed"] / name).mkdir()
+    synthetic_fingerprint().save(autosam_dirs["preprocessed"] / name / "dataset_fingerprint.json")
+
+    default = plan_experiment(999)
+    mine = plan_experiment(999, planner="example_planner")
+    assert (autosam_dirs["preprocessed"] / name / "example_plannerPlans.json").is_file()
+    assert (autosam_dirs["preprocessed"] / name / "autosamPlans.json").is_file()  # untouched, side by side
+    assert mine.planner == "example_planner" and default.planner == "default"
+    assert mine.configurations.keys() == default.configurations.keys()
+    for cname, cfg in mine.configurations.items():
+        ref = default.configurations[cname]
+        assert (cfg.spacing, cfg.patch_size) == (ref.spacing, ref.patch_size)
+        assert cfg.batch_size == min(ref.batch_size, 2)
+        assert cfg.methods["example_tiny"] == {"features": 16 if cname == "2d" else 8}  # our plan_method_section
+    assert ["example_tiny", 0.01, "example plugin; a tiny network for demonstrations only"] in mine.method_votes
+    assert mine.default_method != "example_tiny"
+
+
 def test_the_package_is_really_installed_not_imported_from_the_tree():
     import autosam_example_plugin
 

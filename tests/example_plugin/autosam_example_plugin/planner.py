@@ -16,9 +16,16 @@ class ExamplePlanner:
         self.base = base
         self.max_batch_size = max_batch_size
 
-    def plan(self, *args, **kwargs):
-        """Plan with the ``base`` planner (same arguments), then cap every configuration's batch size."""
-        plans = get_planner(self.base).plan(*args, **kwargs)
+    def plan(self, *args, plugin_system=None, **kwargs):
+        """Plan with the ``base`` planner (same arguments), then cap every configuration's batch size.
+
+        ``plugin_system`` (passed by autosam's planning when it plans with a specific plugin system)
+        is where the base planner is looked up and is handed on to it; by default the global one.
+        """
+        if plugin_system is None:
+            plans = get_planner(self.base).plan(*args, **kwargs)
+        else:
+            plans = plugin_system.planners.get(self.base).plan(*args, plugin_system=plugin_system, **kwargs)
         plans.planner = self.name
         for configuration in plans.configurations.values():
             configuration.batch_size = min(configuration.batch_size, self.max_batch_size)
