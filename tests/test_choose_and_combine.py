@@ -131,3 +131,22 @@ def test_ensemble_cli_averages_and_keeps_geometry(tmp_path):
     seg, geom = read_image(out / "x.nii.gz")
     assert geom.matches(GEOM)
     assert (seg == 2).all()  # mean probabilities 0.3, 0.25, 0.45; input a alone says background
+
+
+def test_auto_method_prefers_find_best_winner(autosam_dirs):
+    from autosam.experiment_planning.plans import Plans
+    from autosam.inference.predictor import resolve_auto_method
+    from test_medlsam_plugin import make_ctx
+    from autosam.plugins import get_method
+
+    ds = "Dataset996_Auto"
+    plans: Plans = make_ctx(get_method("medlsam")).plans
+    plans.default_method = "unet"
+    (autosam_dirs["preprocessed"] / ds).mkdir()
+    plans.save(autosam_dirs["preprocessed"] / ds / "autosamPlans.json")
+    assert resolve_auto_method(996, configuration="3d") == "unet"
+    (autosam_dirs["results"] / ds).mkdir()
+    write_json(autosam_dirs["results"] / ds / "find_best_configuration.json",
+               {"best": {"members": ["masksam__autosamPlans__3d"]}})
+    assert resolve_auto_method(996, configuration="3d") == "masksam"
+    assert resolve_auto_method(996, configuration="2d") == "unet"  # the winner is for another configuration

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", required=True, type=Path, help="output folder (created)")
     p.add_argument("-d", required=True, help="dataset id (999) or name (Dataset999_Example)")
     p.add_argument("-c", required=True, help="configuration: 2d, 3d, 3d_lowres")
-    p.add_argument("-m", default="auto", help="method name, or 'auto' for the plans' default method (default)")
+    p.add_argument("-m", default="auto", help="method name, or 'auto': the winner of autosam_find_best_configuration if it was run, else the plans' default method (default)")
     p.add_argument("-f", nargs="+", default=["0"], help="folds to ensemble (default: 0); 'all' for a fold_all model")
     p.add_argument("--plans", default="autosamPlans", help="plans name (default: autosamPlans)")
     p.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final", help="which checkpoint (default final)")

@@ -190,7 +190,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
                    patch_progress: bool | Callable = False) -> list[Path]:
     """Predict every case of ``input_folder`` (``<case>_0000<ending>``...) into ``output_folder``.
 
-    ``method="auto"`` uses the plans' default method. While one case is predicted, the next one is
+    ``method="auto"``: see :func:`resolve_auto_method`. While one case is predicted, the next one is
     preprocessed and the previous one exported in background threads (``num_processes > 1``).
     Returns the written label files.
     """
@@ -200,8 +200,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     if not input_folder.is_dir():
         raise FileNotFoundError(f"{input_folder}: input folder does not exist")
     if method == "auto":
-        method = default_method_of(dataset_id, plans_name, configuration)
-        logger.info("method 'auto': the plans' default method is %r", method)
+        method = resolve_auto_method(dataset_id, plans_name, configuration)
     model = load_trained_model(find_model_folder(dataset_id, method, configuration, plans_name), folds, checkpoint,
                                device, method_overrides)
     cases = list_prediction_inputs(input_folder, model.dataset_json)
@@ -254,6 +253,20 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
         if background:
             background.shutdown(wait=True, cancel_futures=True)
     return written
+
+
+def resolve_auto_method(dataset_id: str | int, plans_name: str = DEFAULT_PLANS_NAME, configuration: str | None = None) -> str:
+    """``-m auto``: the winner of ``autosam_find_best_configuration`` for this configuration when it
+    has been run (for an ensemble winner, its first member), else the plans' default method."""
+    from autosam.postprocessing.find_best import best_method_of
+
+    best = best_method_of(dataset_id, plans_name)
+    if best is not None and (configuration is None or best[1] == configuration):
+        logger.info("method 'auto': %r, the winner of autosam_find_best_configuration", best[0])
+        return best[0]
+    method = default_method_of(dataset_id, plans_name, configuration)
+    logger.info("method 'auto': the plans' default method is %r", method)
+    return method
 
 
 def default_method_of(dataset_id: str | int, plans_name: str = DEFAULT_PLANS_NAME, configuration: str | None = None) -> str:
