@@ -121,6 +121,12 @@ class Method:
     def after_training(self, network: nn.Module, ctx: MethodContext, dataset, train_keys: list[str]) -> None:
         """Called once after the last epoch (e.g. to compute support embeddings)."""
 
+    def validation_report(self, network: nn.Module, ctx: MethodContext, dataset, val_keys: list[str]) -> dict:
+        """Optional method-specific figures about the validation cases (e.g. localisation quality),
+        computed after the full-volume evaluation and stored in ``validation/summary.json`` under
+        ``"method_report"``. Must be JSON-serialisable. Default: nothing (``{}``)."""
+        return {}
+
     def extra_state(self) -> dict:
         """Extra state saved in checkpoints (restored by :meth:`load_extra_state`)."""
         return {}

@@ -11,6 +11,7 @@ from autosam import paths
 from autosam.evaluation.evaluate import evaluate_folder
 from autosam.inference.export import export_prediction
 from autosam.inference.predictor import predict_preprocessed_case
+from autosam.utils.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ def validate_fold(method, network, ctx, dataset, val_keys, fold_dir: Path, prepr
         bar.close()
     summary = evaluate_folder(reference_folder(preprocessed_dataset_folder), out, dataset_json_path,
                               output_file=out / "summary.json")
+    report = method.validation_report(network, ctx, dataset, cases)
+    if report:
+        summary["method_report"] = report
+        write_json(out / "summary.json", summary)
     fg = summary.get("foreground_mean", {}).get("Dice")
     logger.info("validation of %d cases: foreground mean Dice %s (%s)", len(cases), fg, out / "summary.json")
     return summary
