@@ -31,7 +31,7 @@ from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, G
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
-from autosam.preprocessing.storage import list_cases, load_case
+from autosam.preprocessing.storage import case_paths, list_cases, load_case
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,14 @@ class PreprocessedDataset:
         self._properties: dict[str, dict] = {}
 
     def load(self, key: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Memory-mapped image and segmentation, and the (cached) properties of one case."""
+        if key in self._properties:
+            img_p, seg_p, _ = case_paths(self.folder, key)
+            return np.load(img_p, mmap_mode="r"), np.load(seg_p, mmap_mode="r"), self._properties[key]
         data, seg, props = load_case(self.folder, key, mmap=True)
         if seg is None:
             raise FileNotFoundError(f"{self.folder / (key + '_seg.npy')}: case {key!r} has no segmentation")
-        self._properties.setdefault(key, props)
+        self._properties[key] = props
         return data, seg, props
 
     def properties(self, key: str) -> dict:
@@ -73,21 +77,34 @@ class PreprocessedDataset:
 
 
 # ----------------------------------------------------------------------------------- sampling
-def rotation_padded_size(patch_size, rot_range: float, scale_min: float) -> list[int]:
-    """Size of the patch to cut so that rotations up to ``rot_range`` (radians, about every axis
-    in 3D, in-plane in 2D) and zooming out to ``scale_min`` stay inside real data."""
+def _rotation(angles) -> np.ndarray:
+    ax, ay, az = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+def rotation_padded_size(patch_size, rot_range: float, scale_max: float = 1.0, in_plane_only: bool = False) -> list[int]:
+    """Size of the sample to cut so that the patch rotated by up to ``rot_range`` radians (about
+    every axis in 3D, in-plane for 2D or ``in_plane_only``) and zoomed out by ``scale_max`` (capped
+    at 1.2, as the zoom is applied to only 20% of the samples) stays inside real data: the extent of
+    the patch corners rotated about each axis in turn (as nnU-Net sizes its initial patch)."""
     p = np.asarray(patch_size, dtype=float)
-    if len(p) == 2 or rot_range == 0:
-        dims = p if len(p) == 2 else p[1:]
-        c, s = abs(np.cos(rot_range)), abs(np.sin(rot_range))
-        inplane = np.array([dims[0] * c + dims[1] * s, dims[0] * s + dims[1] * c]) if rot_range else dims
-        out = inplane if len(p) == 2 else np.concatenate([[p[0]], inplane])
-    else:
-        # the bounding box of a patch rotated about any axis is at most its diagonal in each axis
-        diag = np.linalg.norm(p)
-        bound = p * abs(np.cos(rot_range)) + diag * abs(np.sin(rot_range))
-        out = np.minimum(bound, diag)
-    return [int(np.ceil(v / scale_min)) for v in np.maximum(out, p)]
+    p3 = np.concatenate([[1.0], p]) if len(p) == 2 else p
+    corners = np.array([[sz, sy, sx] for sz in (-1, 1) for sy in (-1, 1) for sx in (-1, 1)]) * p3 / 2
+    steps = (-rot_range, 0.0, rot_range)
+    combos = [(a, 0.0, 0.0) for a in steps] if (len(p) == 2 or in_plane_only) else [
+        (a, b, c) for a in steps for b in steps for c in steps if (a != 0) + (b != 0) + (c != 0) <= 1]
+    extent = p3.copy()
+    for angles in combos:
+        rotated = corners @ _rotation(angles).T  # rotation about z (the first axis) is angles[0]
+        extent = np.maximum(extent, 2 * np.abs(rotated).max(0))
+    extent = extent * min(max(scale_max, 1.0), 1.2)
+    out = extent[1:] if len(p) == 2 else extent
+    if len(p) == 3 and in_plane_only:
+        out[0] = p[0]
+    return [int(np.ceil(v - 1e-6)) for v in np.maximum(out, p)]
 
 
 class PatchSampler(SlimDataLoaderBase):
@@ -217,8 +234,8 @@ def training_transforms(patch_size, ds_scales, params: AugmentationParams | None
         SpatialTransform(
             list(patch_size), patch_center_dist_from_border=None, do_elastic_deform=False,
             do_rotation=True, angle_x=rot, angle_y=off, angle_z=off, p_rot_per_axis=1,
-            do_scale=True, scale=params.scale, border_mode_data="constant", border_cval_data=0, order_data=3,
-            border_mode_seg="constant", border_cval_seg=0, order_seg=1, random_crop=False,
+            do_scale=True, scale=params.scale, border_mode_data="constant", border_cval_data=0, order_data=1,
+            border_mode_seg="constant", border_cval_seg=0, order_seg=0, random_crop=False,
             p_el_per_sample=0, p_scale_per_sample=params.p_scale, p_rot_per_sample=params.p_rotation,
         ),
         GaussianNoiseTransform(p_per_sample=0.1),
@@ -251,7 +268,8 @@ def make_loader(dataset: PreprocessedDataset, batch_size: int, patch_size, ds_sc
     """An endless iterator of batches; ``num_workers`` > 0 augments in background processes."""
     if train:
         params = augmentation or AugmentationParams()
-        sample_size = rotation_padded_size(patch_size, params.rotation, params.scale[0])
+        anisotropic = len(patch_size) == 3 and max(patch_size) / min(patch_size) > 3
+        sample_size = rotation_padded_size(patch_size, params.rotation, params.scale[1], in_plane_only=anisotropic)
         transforms = training_transforms(patch_size, ds_scales, params)
     else:
         sample_size, transforms = patch_size, validation_transforms(ds_scales)
