@@ -73,14 +73,16 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str]:
 
 
 # ----------------------------------------------------------------------------- inputs
-def make_inputs(folder: Path) -> list[str]:
-    """Two CT volumes: example_ct_sm (30 slices) and slices 40-80 of example_ct."""
+def make_inputs(folder: Path, cases: tuple[str, ...] = ("ctsm", "ctmid")) -> list[str]:
+    """CT volumes: ``ctsm`` = example_ct_sm (30 slices), ``ctmid`` = slices 40-80 of example_ct."""
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(DATA / "example_ct_sm.nii.gz", folder / "ctsm_0000.nii.gz")
-    big = sitk.ReadImage(str(DATA / "example_ct.nii.gz"))
-    sub = big[:, :, 40:80]  # SimpleITK slicing keeps the physical geometry (origin shifts)
-    sitk.WriteImage(sitk.Cast(sub, sitk.sitkInt16), str(folder / "ctmid_0000.nii.gz"))
-    return ["ctsm", "ctmid"]
+    if "ctsm" in cases:
+        shutil.copy(DATA / "example_ct_sm.nii.gz", folder / "ctsm_0000.nii.gz")
+    if "ctmid" in cases:
+        big = sitk.ReadImage(str(DATA / "example_ct.nii.gz"))
+        sub = big[:, :, 40:80]  # SimpleITK slicing keeps the physical geometry (origin shifts)
+        sitk.WriteImage(sitk.Cast(sub, sitk.sitkInt16), str(folder / "ctmid_0000.nii.gz"))
+    return list(cases)
 
 
 # ----------------------------------------------------------------------------- models
@@ -182,6 +184,7 @@ def main() -> int:
     p.add_argument("--spacing", type=float, nargs=3, default=[3.0, 2.5, 2.5], help="target spacing z y x (mm)")
     p.add_argument("--disable_tta", action="store_true")
     p.add_argument("--only", choices=("autosam", "nnunet"), default=None)
+    p.add_argument("--cases", nargs="+", choices=("ctsm", "ctmid"), default=["ctsm", "ctmid"])
     args = p.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_predict_"))
@@ -192,7 +195,7 @@ def main() -> int:
         env[f"AUTOSAM_{k.upper()}"] = str(work / k)
         env[f"nnUNet_{k}"] = str(work / f"nnunet_{k}")
     os.environ.update({k: v for k, v in env.items() if k.startswith("AUTOSAM_")})
-    cases = make_inputs(work / "imagesTs")
+    cases = make_inputs(work / "imagesTs", tuple(args.cases))
     plans, state, dj = build_autosam_model(work / "results", args.spacing, args.patch)
     build_nnunet_model(work / "nnunet_model", plans, state, dj)
     bindir = Path(sys.executable).parent

@@ -1,7 +1,8 @@
 """End to end: plan + preprocess, a tiny training of the unet method, autosam_predict, evaluation.
 
 Training is one epoch of one iteration: the networks are not useful, the test checks the
-plumbing (fold ensemble, geometry of the outputs, no labels read, summary.json)."""
+plumbing (fold ensemble, geometry of the outputs, no labels read, summary.json). The ensemble
+arithmetic itself is tested in test_predictor.py; here fold 1 is a copy of fold 0 to save time."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,8 @@ pytest.importorskip("autosam.pipeline")
 
 from autosam.cli.evaluate import main as evaluate_main  # noqa: E402
 from autosam.cli.predict import main as predict_main  # noqa: E402
+from autosam.experiment_planning.fingerprint import extract_fingerprint  # noqa: E402
+from autosam.experiment_planning.planning import plan_experiment  # noqa: E402
 from autosam.pipeline import plan_and_preprocess  # noqa: E402
 from autosam.training.trainer import run_training  # noqa: E402
 
@@ -44,10 +47,10 @@ def _same_geometry(a: Path, b: Path) -> None:
 def test_tiny_training_then_fold_ensemble_prediction(autosam_dirs, tmp_path):
     from autosam.data.example import make_example_dataset
 
-    folder = make_example_dataset(autosam_dirs["raw"], 990, num_cases=6, kind="organs", seed=0)
+    folder = make_example_dataset(autosam_dirs["raw"], 990, num_cases=5, kind="organs", seed=0)
     plan_and_preprocess(990, num_processes=1, configurations=("3d",))
-    for fold in (0, 1):
-        _train(990, fold)
+    fold0 = _train(990, 0)
+    shutil.copytree(fold0, fold0.parent / "fold_1")
     images = tmp_path / "images"
     images.mkdir()
     cases = sorted(p for p in (folder / "imagesTr").iterdir() if p.name.endswith(".nii.gz"))[:2]
@@ -65,6 +68,24 @@ def test_tiny_training_then_fold_ensemble_prediction(autosam_dirs, tmp_path):
             assert z["probabilities"].shape[1:] == sitk.GetArrayFromImage(sitk.ReadImage(str(p))).shape
     assert evaluate_main(["-ref", str(folder / "labelsTr"), "-pred", str(out), "-djfile", str(folder / "dataset.json")]) == 0
     assert len(json.loads((out / "summary.json").read_text())["metric_per_case"]) == 2
+
+
+def _random_unet_model(plans, folder: Path) -> None:
+    """A fold_all checkpoint of the unet method with its initial weights (no training needed to
+    check the geometry of the output)."""
+    import torch
+
+    from autosam.plugins import get_plugin_system
+    from autosam.training.checkpoint import save_checkpoint
+    from autosam.training.method import MethodContext
+
+    entry = get_plugin_system().methods.entry("unet")
+    cfg = plans.configuration("3d")
+    options = entry.obj.make_options(cfg.methods.get("unet", {}), {})
+    ctx = MethodContext(plans=plans, configuration=cfg, dataset_json={}, options=options, device=torch.device("cpu"),
+                        num_input_channels=plans.num_channels, num_classes=plans.num_classes)
+    save_checkpoint(folder / "fold_all" / "checkpoint_final.pth", method_entry=entry, options=options,
+                    network=entry.obj.build_network(ctx), epoch=0, num_epochs=0, configuration="3d", plans_name="autosamPlans")
 
 
 def _write_ct_case(raw: Path, name: str, image: sitk.Image, label: sitk.Image) -> None:
@@ -92,8 +113,9 @@ def test_real_ct_prediction_keeps_the_input_geometry(autosam_dirs, tmp_path):
     (raw / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": {"background": 0, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 4},
         "numTraining": 2, "file_ending": ".nii.gz"}))
-    plan_and_preprocess(991, num_processes=1, configurations=("3d",))
-    _train(991, "all")
+    extract_fingerprint(991, num_processes=1)
+    plans = plan_experiment(991, configurations=("3d",))
+    _random_unet_model(plans, autosam_dirs["results"] / "Dataset991_RealCT" / "unet__autosamPlans__3d")
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(DATA / "example_ct_sm.nii.gz", images / "realct_0000.nii.gz")
