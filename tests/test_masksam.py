@@ -248,3 +248,35 @@ def test_plugin_registration_options_and_plans_section():
     votes = [v for vs in hook.method_suitability(fingerprint=synthetic_fingerprint(), dataset_json=DATASET_JSON)
              for v in (vs or []) if v[0] == "masksam"]
     assert len(votes) == 1 and 0 <= votes[0][1] <= 1
+
+
+def test_method_steps_and_prediction_contract():
+    from autosam.plugins import get_method
+    from autosam.training.method import MethodContext
+    from plugin_test_data import DATASET_JSON, synthetic_plans
+
+    method = get_method("masksam")
+    plans = synthetic_plans((T, 32, 32))
+    opts = method.make_options({}, {"backbone": "tiny", "allow_random_init": "true", "patch_size": f"{T} 32 32",
+                                    "input_size": "64", "num_queries": "4", "generator_width": "8"})
+    ctx = MethodContext(plans, plans.configurations["3d"], DATASET_JSON, opts, torch.device("cpu"), 1, 3, num_epochs=4)
+    assert method.train_patch_size(ctx) == [T, 32, 32]
+    net = method.build_network(ctx)
+    loss_fn = method.build_loss(ctx)
+    opt, sched = method.configure_optimizers(net, ctx)
+    assert all(p.requires_grad for g in opt.param_groups for p in g["params"])
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3) and lrs == sorted(lrs, reverse=True)  # poly decay
+    seg = torch.zeros(2, 1, T, 32, 32, dtype=torch.long)
+    seg[:, :, :, 8:20, 8:20] = 2
+    batch = {"data": torch.randn(2, 1, T, 32, 32), "target": seg}
+    step = method.train_step(net.train(), batch, loss_fn, ctx)
+    assert step.loss.requires_grad and step.logs["matched"] == 2 * T
+    with torch.no_grad():
+        val = method.validation_step(net.eval(), batch, loss_fn, ctx)
+        logits = method.predict_logits(net, batch["data"], ctx)
+    assert val.output.shape == logits.shape == (2, 3, T, 32, 32)
+    assert torch.allclose(logits.softmax(1), logits.exp(), atol=1e-5)  # log-probabilities
