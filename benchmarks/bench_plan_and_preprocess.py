@@ -5,7 +5,8 @@ voxels at 1 mm, int16, zero outside an ellipsoidal head, 3 nested tumour labels)
 the raw folder of both tools (the formats are identical), runs both commands with the same
 ``-np`` (nnU-Net's fingerprint step gets the same number through ``-npfp``) in fresh temporary
 output folders, and measures wall time and peak memory: the largest sum of RSS over the whole
-process tree (parent and workers), sampled from ``/proc`` every 50 ms.
+process tree (parent and workers), sampled from ``/proc`` every 50 ms, and the same for PSS
+(``/proc/<pid>/smaps_rollup``), which counts pages shared by forked workers only once.
 
     python benchmarks/bench_plan_and_preprocess.py --np 2 --cases 6 --out benchmarks/results
 
@@ -82,32 +83,46 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss(root: int) -> int:
-    """Sum of RSS (bytes) of ``root`` and all its descendants."""
+def _pss(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_memory(root: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes summed over ``root`` and all its descendants.
+
+    RSS counts pages shared between forked workers once per process; PSS splits them.
+    """
     tree = _children()
-    total, stack = 0, [root]
+    rss = pss = 0
+    stack = [root]
     while stack:
         pid = stack.pop()
         try:
             with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
+                rss += int(f.read().split()[1]) * PAGE
+            pss += _pss(pid)
         except (OSError, IndexError, ValueError):
             pass
         stack.extend(tree.get(pid, []))
-    return total
+    return rss, pss
 
 
-def run_measured(cmd: list[str], env: dict, log: Path) -> tuple[float, float, int]:
-    """Run ``cmd``; return (wall seconds, peak tree RSS in GB, return code)."""
+def run_measured(cmd: list[str], env: dict, log: Path) -> tuple[float, float, float, int]:
+    """Run ``cmd``; return (wall seconds, peak tree RSS in GB, peak tree PSS in GB, return code)."""
     with open(log, "w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        peak = [0]
+        peak = [0, 0]
         stop = threading.Event()
 
         def sample():
             while not stop.is_set():
-                peak[0] = max(peak[0], tree_rss(proc.pid))
+                rss, pss = tree_memory(proc.pid)
+                peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
                 stop.wait(0.05)
 
         t = threading.Thread(target=sample, daemon=True)
@@ -116,7 +131,7 @@ def run_measured(cmd: list[str], env: dict, log: Path) -> tuple[float, float, in
         wall = time.perf_counter() - start
         stop.set()
         t.join()
-    return wall, peak[0] / 1e9, rc
+    return wall, peak[0] / 1e9, peak[1] / 1e9, rc
 
 
 def bin_of(name: str) -> str:
@@ -150,9 +165,10 @@ def main(argv=None) -> int:
                                      "-npfp", str(args.np)],
                          {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(work / "n_pre"), "nnUNet_results": str(work / "n_res")}))
         for name, cmd, extra in runs:
-            wall, peak, rc = run_measured(cmd, {**base_env, **extra}, work / f"{name}.log")
-            results[name] = {"wall_s": round(wall, 2), "peak_rss_gb": round(peak, 3), "returncode": rc, "command": " ".join(cmd)}
-            print(f"{name}: {wall:.1f} s, peak {peak:.2f} GB, rc {rc}")
+            wall, peak, peak_pss, rc = run_measured(cmd, {**base_env, **extra}, work / f"{name}.log")
+            results[name] = {"wall_s": round(wall, 2), "peak_rss_gb": round(peak, 3), "peak_pss_gb": round(peak_pss, 3),
+                             "returncode": rc, "command": " ".join(cmd)}
+            print(f"{name}: {wall:.1f} s, peak RSS {peak:.2f} GB, peak PSS {peak_pss:.2f} GB, rc {rc}")
             if rc != 0:
                 print((work / f"{name}.log").read_text()[-3000:])
     finally:
@@ -161,14 +177,15 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"cases": args.cases, "shape_zyx": args.shape, "channels": 2, "np": args.np, "cpu_count": os.cpu_count()}
-    print("\n| tool | wall time (s) | peak RSS (GB) |\n|---|---|---|")
+    print("\n| tool | wall time (s) | peak RSS (GB) | peak PSS (GB) |\n|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} |")
+        print(f"| {name} | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} | {r['peak_pss_gb']:.2f} |")
     if "nnU-Net" in results and "autosam" in results:
         a, n = results["autosam"], results["nnU-Net"]
         meta["ratio_wall"] = round(a["wall_s"] / n["wall_s"], 3)
         meta["ratio_peak_rss"] = round(a["peak_rss_gb"] / n["peak_rss_gb"], 3)
-        print(f"| autosam / nnU-Net | {meta['ratio_wall']:.2f}x | {meta['ratio_peak_rss']:.2f}x |")
+        meta["ratio_peak_pss"] = round(a["peak_pss_gb"] / n["peak_pss_gb"], 3)
+        print(f"| autosam / nnU-Net | {meta['ratio_wall']:.2f}x | {meta['ratio_peak_rss']:.2f}x | {meta['ratio_peak_pss']:.2f}x |")
     (args.out / "plan_and_preprocess.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     _figure(results, args.out / "plan_and_preprocess.png", meta)
     return 0 if all(r["returncode"] == 0 for r in results.values()) else 1
@@ -181,8 +198,9 @@ def _figure(results: dict, path: Path, meta: dict) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for ax, key, title in ((axes[0], "wall_s", "wall time (s)"), (axes[1], "peak_rss_gb", "peak RSS, process tree (GB)")):
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, key, title in ((axes[0], "wall_s", "wall time (s)"), (axes[1], "peak_rss_gb", "peak RSS, process tree (GB)"),
+                           (axes[2], "peak_pss_gb", "peak PSS, process tree (GB)")):
         vals = [results[n][key] for n in names]
         ax.bar(names, vals, color=["tab:blue", "tab:gray"][: len(names)])
         for i, v in enumerate(vals):
