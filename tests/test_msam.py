@@ -28,13 +28,22 @@ def test_mea_output_depends_on_mask_input():
 
 def test_only_lora_mea_prompt_and_decoder_train():
     torch.manual_seed(0)
-    _, _, net = _net()
+    _, _, net = _net(freeze_encoder="true")  # the paper's recipe (the default with pretrained weights)
     for name, p in net.named_parameters():
         expected = ("lora_" in name or name.startswith("mea.") or name.startswith("backbone.prompt_encoder")
                     or name.startswith("backbone.mask_decoder"))
         assert p.requires_grad == expected, name
     assert any(isinstance(mod, LoRAQKVLinear) for mod in net.backbone.image_encoder.modules())
     assert net.backbone.mask_decoder.num_mask_tokens == 2  # one per foreground class
+
+
+def test_random_backbone_trains_whole_encoder_and_decoder_at_full_lr():
+    m, ctx, net = _net()  # tiny3d: random weights, nothing pretrained to protect
+    assert all(p.requires_grad for p in net.backbone.image_encoder.parameters())
+    opt, _ = m.configure_optimizers(net, ctx)
+    assert [g["lr"] for g in opt.param_groups] == [ctx.options.lr, ctx.options.lr]
+    net.backbone.checkpoint_path = "weights.pth"  # as if loaded from a checkpoint: the paper's 8e-5
+    assert m.configure_optimizers(net, ctx)[0].param_groups[1]["lr"] == 8e-5
 
 
 def test_refinement_runs_configured_iterations_and_clicks_lie_in_error_region():

@@ -114,7 +114,8 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
         iters_per_epoch = default_iterations_per_epoch(dataset.subset(train_keys), config.batch_size, config.patch_size)
     ctx = MethodContext(plans=plans, configuration=config, dataset_json=dataset_json, options=options, device=dev,
                         num_input_channels=plans.num_channels, num_classes=plans.num_classes, num_epochs=epochs,
-                        iterations_per_epoch=iters_per_epoch, fold=fold, output_folder=fold_dir, seed=seed)
+                        iterations_per_epoch=iters_per_epoch, fold=fold, output_folder=fold_dir, seed=seed,
+                        extra={"num_workers": default_num_workers() if num_workers is None else num_workers})
 
     handler = attach_log_file(fold_dir)
     try:

@@ -43,11 +43,15 @@ def _multichannel_mask_input(prompt_encoder: nn.Module, channels: int) -> None:
 
 
 class MSamNetwork(nn.Module):
-    def __init__(self, backbone, num_classes: int, lora_rank: int = 4, use_mea: bool = True, mea_heads: int = 6):
+    def __init__(self, backbone, num_classes: int, lora_rank: int = 4, use_mea: bool = True, mea_heads: int = 6,
+                 freeze_encoder: bool = True):
         super().__init__()
         self.backbone = backbone
         self.num_fg = num_classes - 1
-        apply_lora(backbone.image_encoder, rank=lora_rank, targets=("q", "v"), freeze_base=True)
+        apply_lora(backbone.image_encoder, rank=lora_rank, targets=("q", "v"), freeze_base=freeze_encoder)
+        if not freeze_encoder:  # random weights: nothing to protect, the whole encoder (LoRA bases too) learns
+            for p in backbone.image_encoder.parameters():
+                p.requires_grad_(True)
         _multiclass_decoder(backbone.mask_decoder, self.num_fg)
         _multichannel_mask_input(backbone.prompt_encoder, self.num_fg)
         self.use_mea = use_mea

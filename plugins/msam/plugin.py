@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 PLANNED_INPUT_SIZE = {"sam_med3d": 128, "tiny3d": 32}
 
 
+def is_pretrained(backbone) -> bool:
+    """Whether the backbone carries real weights (a checkpoint, or weights shipped with a package)."""
+    return bool(getattr(backbone, "checkpoint_path", None)) or bool(getattr(backbone.spec, "pretrained_builtin", False))
+
+
 class MSam(Method):
     name = "msam"
     description = "M-SAM: 3D SAM (SAM-Med3D) with LoRA, Mask-Enhanced Adapter and iterative mask refinement (Shi et al.)"
@@ -41,7 +46,9 @@ class MSam(Method):
                                   allow_random_init=o.allow_random_init)
         if backbone.dims != 3:
             raise ValueError(f"msam needs a 3D backbone (sam_med3d, tiny3d), got {o.backbone!r}")
-        net = MSamNetwork(backbone, ctx.num_classes, lora_rank=o.lora_rank, use_mea=o.use_mea, mea_heads=o.mea_heads)
+        freeze = o.freeze_encoder if o.freeze_encoder is not None else is_pretrained(backbone)
+        net = MSamNetwork(backbone, ctx.num_classes, lora_rank=o.lora_rank, use_mea=o.use_mea, mea_heads=o.mea_heads,
+                          freeze_encoder=freeze)
         trainable, total = count_parameters(net)
         logger.info("msam: %s trainable of %s parameters (%.1f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
         return net
@@ -56,9 +63,30 @@ class MSam(Method):
                (n.startswith("backbone.prompt_encoder") or n.startswith("backbone.mask_decoder"))]
         dec_ids = {id(p) for p in dec}
         rest = [p for p in network.parameters() if p.requires_grad and id(p) not in dec_ids]
-        opt = torch.optim.AdamW([{"params": rest, "lr": o.lr}, {"params": dec, "lr": o.decoder_lr}], weight_decay=o.weight_decay)
+        opt = torch.optim.AdamW([{"params": rest, "lr": o.lr}, {"params": dec, "lr": self.decoder_lr(network, ctx)}],
+                                weight_decay=o.weight_decay)
         miles = sorted({max(1, int(round(f * ctx.num_epochs))) for f in o.milestones})
         return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=miles, gamma=0.1)
+
+    @staticmethod
+    def decoder_lr(network: MSamNetwork, ctx: MethodContext) -> float:
+        """The paper's 8e-5 protects *pretrained* prompt encoder / decoder weights; a randomly
+        initialised backbone (``tiny3d``, ``--allow-random-init``) has nothing to protect."""
+        o = ctx.options
+        if o.decoder_lr is not None:
+            return float(o.decoder_lr)
+        return 8e-5 if is_pretrained(network.backbone) else float(o.lr)
+
+    def make_train_loader(self, ctx: MethodContext, dataset, train_keys: list[str]):
+        """The core's nnU-Net loader at the encoder cube, with M-SAM's batch size and a higher share
+        of foreground-centred patches (the official code always crops around the label)."""
+        from autosam.training.dataloading import default_num_workers, make_loader
+
+        o = ctx.options
+        bs = int(o.batch_size or ctx.configuration.batch_size)
+        workers = ctx.extra.get("num_workers", default_num_workers())
+        return make_loader(dataset, bs, self.train_patch_size(ctx), None, train=True, num_workers=workers,
+                           seed=ctx.seed + 7919 * ctx.epoch, oversample_foreground=o.oversample_foreground)
 
     def train_patch_size(self, ctx: MethodContext) -> list[int]:
         return [self.input_size(ctx)] * 3
@@ -70,7 +98,7 @@ class MSam(Method):
         use_clicks = bool(np.random.random() < ctx.options.click_training_fraction)
         outs = refine_with_clicks(network, x, target, ctx.options.train_iterations, use_clicks=use_clicks)
         losses = [loss_fn(o, target) for o in outs]
-        return StepResult(torch.stack(losses).sum(), {"loss_last_iteration": float(losses[-1])})
+        return StepResult(torch.stack(losses).sum(), {"loss_last_iteration": float(losses[-1].detach())})
 
     def validation_step(self, network: MSamNetwork, batch: dict, loss_fn, ctx: MethodContext) -> StepResult:
         target = batch["target"]
