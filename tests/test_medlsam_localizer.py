@@ -116,3 +116,19 @@ def test_mss_loss_decreases_and_prefers_corresponding_point():
         loss.backward()
         opt.step()
     assert held_loss() < 0.8 * before
+
+
+def test_canonical_flips_follow_direction_cosines_and_boxes_map_back():
+    from autosam_plugins.medlsam.sampling import canonical_flips, flip_volume, unflip_box
+
+    # SimpleITK (x, y, z) row-major: x and y reversed -> array axes 2 (x) and 1 (y) flipped
+    props = {"geometry": {"direction": [-1, 0, 0, 0, -1, 0, 0, 0, 1]}}
+    assert canonical_flips(props) == (1, 2)
+    assert canonical_flips({"geometry": {"direction": [1, 0, 0, 0, 1, 0, 0, 0, -1]}}) == (0,)
+    assert canonical_flips(None) == () and canonical_flips({}) == ()
+    vol = torch.zeros(1, 6, 8, 10)
+    vol[0, 1:3, 2:4, 5:9] = 1
+    flipped = flip_volume(vol, (1, 2))
+    nz = torch.nonzero(flipped[0])
+    box_flipped = torch.cat([nz.min(0).values, nz.max(0).values]).numpy()
+    assert unflip_box(box_flipped, (1, 2), (6, 8, 10)).tolist() == [1, 2, 5, 2, 3, 8]

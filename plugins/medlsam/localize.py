@@ -100,9 +100,10 @@ def build_prototypes(model: MedLAM, supports: list[tuple[torch.Tensor, np.ndarra
 
 @torch.no_grad()
 def localize_point(model: MedLAM, volume: torch.Tensor, proto: Prototype, patch: int, spacing, r_mm: torch.Tensor,
-                   start=None, moves: int = 3, refine: bool = True) -> np.ndarray:
+                   start=None, moves: int = 3, refine: bool = True, radius: int | None = None) -> np.ndarray:
     """Move an agent from ``start`` (default: the volume centre) by the predicted offsets towards
-    the prototype's latent coordinate, then refine by the argmax of the multi-scale similarity."""
+    the prototype's latent coordinate, then refine by the argmax of the multi-scale similarity
+    within ``radius`` coarse voxels of the agent (None: the whole patch)."""
     shape = np.array(volume.shape[1:])
     pos = np.array(start if start is not None else (shape - 1) / 2.0, dtype=np.float64)
     spacing = np.asarray(spacing, dtype=np.float64)
@@ -119,6 +120,9 @@ def localize_point(model: MedLAM, volume: torch.Tensor, proto: Prototype, patch:
         valid = torch.zeros_like(sim, dtype=torch.bool)
         lo = np.maximum(-start_idx, 0)
         hi = np.minimum(shape - start_idx, patch)
+        if radius is not None:
+            lo = np.maximum(lo, patch // 2 - radius)
+            hi = np.minimum(hi, patch // 2 + radius + 1)
         valid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
         sim = sim.masked_fill(~valid, float("-inf"))
         best = np.array(np.unravel_index(int(torch.argmax(sim)), sim.shape))
@@ -126,7 +130,9 @@ def localize_point(model: MedLAM, volume: torch.Tensor, proto: Prototype, patch:
     return pos
 
 
-def localize_box(model: MedLAM, volume: torch.Tensor, protos: list[Prototype], patch: int, spacing, r_mm, refine=True) -> np.ndarray:
+def localize_box(model: MedLAM, volume: torch.Tensor, protos: list[Prototype], patch: int, spacing, r_mm, refine=True,
+                 moves: int = 3, radius: int | None = None) -> np.ndarray:
     """Coarse-grid inclusive box of one class from its 6 localised extreme points."""
-    pts = np.stack([localize_point(model, volume, p, patch, spacing, r_mm, refine=refine) for p in protos])
+    pts = np.stack([localize_point(model, volume, p, patch, spacing, r_mm, refine=refine, moves=moves, radius=radius)
+                    for p in protos])
     return box_from_extremes(pts)

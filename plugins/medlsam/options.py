@@ -19,6 +19,7 @@ class MedLSAMOptions:
     batch_size: int = 4  # code: 4 (paper: 8)
     agent_moves: int = 3
     mss_refine: bool = True
+    mss_radius: int | None = None  # MSS search radius around the agent, coarse voxels (None: the whole patch)
     # --- few-shot support
     num_support: int = 5
     box_margin: list[int] = field(default_factory=lambda: [2, 10, 10])  # voxels (z, y, x) at the configuration's spacing

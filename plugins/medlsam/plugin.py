@@ -13,7 +13,7 @@ from .localize import box_iou_3d, build_prototypes, extend_box, localize_box
 from .localizer import mss_loss, rdr_loss
 from .network import MedLSAMNetwork
 from .options import MedLSAMOptions
-from .sampling import make_batch, to_coarse
+from .sampling import canonical_flips, flip_volume, make_batch, to_coarse, unflip_box
 from .segment import finetune_decoder, segment_boxes
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class MedLSAM(Method):
             _, f_aug = net.localizer(batch["support_aug"])
             l_rdr = rdr_loss(p_q, p_s, batch["offset_mm"], net.r_mm)
             l_mss = mss_loss(f_s, f_aug, batch["points"], opts.patch)
-            return l_rdr + opts.mss_weight * l_mss, {"rdr": float(l_rdr), "mss": float(l_mss)}
+            return l_rdr + opts.mss_weight * l_mss, {"rdr": float(l_rdr.detach()), "mss": float(l_mss.detach())}
 
         return loss_fn
 
@@ -58,11 +58,12 @@ class MedLSAM(Method):
         out = []
         spacing = ctx.configuration.spacing
         for key in keys:
-            data, seg, _ = dataset.load(key)
-            vol = to_coarse(torch.from_numpy(np.asarray(data[:1])), spacing, ctx.options.coarse_spacing)
+            data, seg, props = dataset.load(key)
+            flips = canonical_flips(props)
+            vol = flip_volume(to_coarse(torch.from_numpy(np.asarray(data[:1])), spacing, ctx.options.coarse_spacing), flips)
             if with_labels:
                 lab = to_coarse(torch.from_numpy(np.asarray(seg[:1]).astype(np.float32)), spacing, ctx.options.coarse_spacing, "nearest")
-                out.append((vol, lab[0].numpy().astype(np.int16)))
+                out.append((vol, flip_volume(lab, flips)[0].numpy().astype(np.int16)))
             else:
                 out.append(vol)
         return out
@@ -127,23 +128,30 @@ class MedLSAM(Method):
         return cache[key]
 
     @torch.no_grad()
-    def localize(self, network: MedLSAMNetwork, data: torch.Tensor, ctx: MethodContext) -> dict[int, np.ndarray]:
+    def localize(self, network: MedLSAMNetwork, data: torch.Tensor, ctx: MethodContext,
+                 properties: dict | None = None) -> dict[int, np.ndarray]:
         """Extended inclusive boxes [z0, y0, x0, z1, y1, x1] on the configuration's voxel grid, per label.
-        Reads only the image."""
+        Reads only the image (and its geometry: ``properties``, default ``ctx.extra["case_properties"]``,
+        to flip it to the common orientation)."""
         opts = ctx.options
         spacing = np.asarray(ctx.configuration.spacing, float)
         coarse = np.asarray(opts.coarse_spacing, float)
-        vol = to_coarse(data[:1].float().cpu(), spacing, coarse).to(ctx.device)
+        flips = canonical_flips(properties if properties is not None else ctx.extra.get("case_properties"))
+        vol = flip_volume(to_coarse(data[:1].float().cpu(), spacing, coarse), flips).to(ctx.device)
+        coarse_shape = np.array(vol.shape[1:])
+        scale = np.array(data.shape[1:]) / coarse_shape  # fine voxels per coarse voxel
         network.eval()
         boxes = {}
         for label in range(1, ctx.num_classes):
             protos = network.prototypes(label)
             if protos is None:
                 continue
-            cbox = localize_box(network.localizer, vol, protos, opts.patch, coarse, network.r_mm.cpu(), refine=opts.mss_refine)
+            cbox = localize_box(network.localizer, vol, protos, opts.patch, coarse, network.r_mm.cpu(), refine=opts.mss_refine,
+                                moves=opts.agent_moves, radius=opts.mss_radius)
+            cbox = unflip_box(cbox, flips, coarse_shape)
             # coarse voxel index -> fine voxel index (voxel centres)
-            lo = (cbox[:3] + 0.5) * coarse / spacing - 0.5
-            hi = (cbox[3:] + 0.5) * coarse / spacing - 0.5
+            lo = (cbox[:3] + 0.5) * scale - 0.5
+            hi = (cbox[3:] + 0.5) * scale - 0.5
             boxes[label] = extend_box(np.concatenate([lo, hi]), opts.box_margin, data.shape[1:])
         return boxes
 
@@ -168,8 +176,8 @@ class MedLSAM(Method):
         ctx.options.box_margin = [0, 0, 0]
         try:
             for key in val_keys:
-                data, seg, _ = dataset.load(key)
-                boxes = self.localize(network, torch.from_numpy(np.asarray(data)), ctx)
+                data, seg, props = dataset.load(key)
+                boxes = self.localize(network, torch.from_numpy(np.asarray(data)), ctx, properties=props)
                 for label, box in boxes.items():
                     pts = extreme_points(np.asarray(seg[0]) == label)
                     if pts is not None:
@@ -195,7 +203,12 @@ def plan_method_section(method_name, configuration_name, configuration, fingerpr
     coarse_shape = extent / np.asarray(coarse)
     patch = int(min(64, max(16, 16 * round(0.5 * float(coarse_shape.min()) / 16))))
     r = [float(min(cap, max(1.5 * e, 4 * patch * c))) for cap, e, c in zip((1500.0, 600.0, 600.0), extent, coarse)]
-    return {"coarse_spacing": coarse, "patch": patch, "r_mm": r}
+    section = {"coarse_spacing": coarse, "patch": patch, "r_mm": r}
+    if patch <= 32:
+        # small images: 3 poolings (32^3 -> 4^3 bottleneck) and a narrow encoder; measured on the
+        # example dataset: 3.3 s/iteration on one CPU core instead of 8.8 s (24 channels, 4 poolings)
+        section.update(num_pool=3, base_width=8, feature_dim=16)
+    return section
 
 
 @hookimpl

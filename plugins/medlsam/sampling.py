@@ -68,3 +68,38 @@ def make_batch(volumes: list[torch.Tensor], batch_size: int, patch: int, coarse_
         "offset_mm": torch.stack(offs),
         "points": torch.stack(pts),
     }
+
+
+def canonical_flips(properties: dict | None) -> tuple[int, ...]:
+    """Array axes (0 = z, 1 = y, 2 = x) whose voxel index runs against the world axis it follows
+    (from the case's direction cosines, SimpleITK row-major 3 x 3 in ``properties["geometry"]``).
+
+    MedLAM's latent coordinates are anatomical positions, so every volume it sees is flipped to a
+    common orientation first (the preprocessed arrays keep each file's own index order). Axis
+    permutations are not undone. No geometry: no flip.
+    """
+    geometry = (properties or {}).get("geometry") or {}
+    direction = geometry.get("direction")
+    if direction is None or len(direction) != 9:
+        return ()
+    m = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    flips = []
+    for array_axis, itk_axis in ((0, 2), (1, 1), (2, 0)):
+        column = m[:, itk_axis]
+        if column[np.argmax(np.abs(column))] < 0:
+            flips.append(array_axis)
+    return tuple(flips)
+
+
+def flip_volume(volume: torch.Tensor, flips) -> torch.Tensor:
+    """Flip the spatial axes ``flips`` of a C x Z x Y x X (or Z x Y x X with ``offset`` 0) volume."""
+    return volume.flip([a + volume.ndim - 3 for a in flips]) if flips else volume
+
+
+def unflip_box(box: np.ndarray, flips, shape) -> np.ndarray:
+    """An inclusive box [z0, y0, x0, z1, y1, x1] found in the flipped volume, in the original index order."""
+    box = np.asarray(box, dtype=np.float64).copy()
+    for a in flips:
+        lo, hi = box[a], box[a + 3]
+        box[a], box[a + 3] = shape[a] - 1 - hi, shape[a] - 1 - lo
+    return box
