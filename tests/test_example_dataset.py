@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 from autosam.cli.example_dataset import main as example_main
-from autosam.data.example import make_example_dataset, synthesize_case
+from autosam.data.example import SIZES, make_example_dataset, synthesize_case
 from autosam.io.dataset import DatasetError, open_raw_dataset
 from autosam.io.image import read_image
 from autosam.utils.files import read_json
@@ -48,8 +48,9 @@ def test_organs_case_is_ct_like():
         c = synthesize_case(0, i, "organs")
         img, lab, g = c.image, c.label, c.geometry
         assert img.dtype == np.int16 and lab.dtype == np.uint8
-        assert 48 <= img.shape[0] <= 64 and all(96 <= s <= 128 for s in img.shape[1:])
-        assert 2.5 <= g.spacing[0] <= 3.5 and all(1.2 <= s <= 1.8 for s in g.spacing[1:])
+        (z_lo, z_hi), (xy_lo, xy_hi), (sz_lo, sz_hi), (sxy_lo, sxy_hi) = SIZES["organs"]
+        assert z_lo <= img.shape[0] <= z_hi and all(xy_lo <= s <= xy_hi for s in img.shape[1:])
+        assert sz_lo <= g.spacing[0] <= sz_hi and all(sxy_lo <= s <= sxy_hi for s in g.spacing[1:])
         spacings.append(g.spacing)
         directions.append(g.direction)
         assert set(np.unique(lab)) == {0, 1, 2, 3, 4}
