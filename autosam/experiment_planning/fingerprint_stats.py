@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from autosam.experiment_planning.fingerprint_types import ClassStats, IntensityStats
-from autosam.io.image import read_case, read_image
+from autosam.io.image import read_case_with_label
 from autosam.preprocessing.cropping import crop_to_nonzero
 
 INTENSITY_SEED = 1234
@@ -44,13 +44,7 @@ class CaseMeasure:
 
 
 def measure_case(identifier, image_paths, label_path, foreground_labels, quota: int, case_index: int) -> CaseMeasure:
-    data, geom = read_case(image_paths)
-    seg = None
-    if label_path is not None:
-        seg_arr, _ = read_image(label_path)
-        if seg_arr.shape != data.shape[1:]:
-            raise ValueError(f"{label_path}: label shape {seg_arr.shape} differs from image shape {data.shape[1:]}")
-        seg = seg_arr[None]
+    data, seg, geom = read_case_with_label(image_paths, label_path)
     cropped, cseg, _ = crop_to_nonzero(data, seg)
     m = CaseMeasure(
         identifier=identifier,

@@ -85,6 +85,20 @@ def read_case(paths: Sequence[str | Path]) -> tuple[np.ndarray, ImageGeometry]:
     return np.stack(arrays), first
 
 
+def read_case_with_label(image_paths: Sequence[str | Path], label_path: str | Path | None
+                         ) -> tuple[np.ndarray, np.ndarray | None, ImageGeometry]:
+    """:func:`read_case` plus the label map as 1 x Z x Y x X (None without ``label_path``);
+    a label whose shape differs from the image's is an error naming the label file."""
+    data, geometry = read_case(image_paths)
+    seg = None
+    if label_path is not None:
+        seg_arr, _ = read_image(label_path)
+        if seg_arr.shape != data.shape[1:]:
+            raise ValueError(f"{label_path}: label shape {seg_arr.shape} differs from image shape {data.shape[1:]}")
+        seg = seg_arr[None]
+    return data, seg, geometry
+
+
 def write_image(path: str | Path, array: np.ndarray, geometry: ImageGeometry) -> None:
     """Write a (z, y, x) array with the given geometry, atomically."""
     path = Path(path)

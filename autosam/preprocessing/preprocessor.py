@@ -22,7 +22,7 @@ import numpy as np
 
 from autosam import paths
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans
-from autosam.io.image import read_case, read_image
+from autosam.io.image import read_case_with_label
 from autosam.preprocessing import storage
 from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
 from autosam.preprocessing.normalization import normalize
@@ -45,15 +45,9 @@ def preprocess_case(image_paths: Sequence[str | Path], plans: Plans, configurati
         without ``label_path``), and the properties dict described in :mod:`autosam.preprocessing.storage`.
     """
     conf = plans.configuration(configuration_name)
-    data, geometry = read_case(image_paths)
+    data, seg, geometry = read_case_with_label(image_paths, label_path)
     if data.shape[0] != plans.num_channels:
         raise ValueError(f"{image_paths[0]}: {data.shape[0]} channel file(s) given, the plans expect {plans.num_channels}")
-    seg = None
-    if label_path is not None:
-        seg_arr, _ = read_image(label_path)
-        if seg_arr.shape != data.shape[1:]:
-            raise ValueError(f"{label_path}: label shape {seg_arr.shape} differs from image shape {data.shape[1:]}")
-        seg = seg_arr[None]
     shape_before = [int(s) for s in data.shape[1:]]
     cropped, cseg, bbox = crop_to_nonzero(data, seg)
     data = np.array(cropped, dtype=np.float32)  # own copy; frees the uncropped arrays
