@@ -7,6 +7,7 @@ import logging
 import torch
 from torch import nn
 
+from autosam.sam.lora import count_parameters
 from autosam.training.method import Method, MethodContext, StepResult
 
 from .losses import MaskSAMLoss
@@ -14,11 +15,6 @@ from .model import MaskSAMNet, scores_to_log_probs, semantic_scores
 from .options import MaskSAMOptions, default_input_size, default_patch
 
 logger = logging.getLogger(__name__)
-
-
-def count_parameters(module: nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in module.parameters())
 
 
 class MaskSAMMethod(Method):
