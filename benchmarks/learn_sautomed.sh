@@ -1,32 +1,7 @@
 #!/usr/bin/env bash
-# Acceptance run of the sautomed method (issue 5): train fold 0 of 3D-SAutoMed on the "organs" example
-# dataset with the pretrained LiteMedSAM backbone on the CPU and print the validation foreground-mean
-# Dice. Target: Dice >= 0.75 within about 15 minutes on a 2-core CPU. Record the figure, the command
-# and the machine in documentation/benchmarks.md.
-#
+# Acceptance run of the sautomed method (issue 5): target Dice >= 0.75 within about 15 minutes on a
+# 2-core CPU. Defaults: 20 epochs x 25 iterations.
 # usage: benchmarks/learn_sautomed.sh [WORKDIR] [EPOCHS] [ITERS_PER_EPOCH] [extra autosam_train flags...]
 #   e.g. benchmarks/learn_sautomed.sh /tmp/sautomed 20 25 --use-history false   (a Table 4 ablation)
 set -euo pipefail
-WORK=${1:-$(mktemp -d /tmp/learn_sautomed.XXXX)}
-EPOCHS=${2:-20}
-ITERS=${3:-25}
-shift $(( $# > 3 ? 3 : $# ))
-export AUTOSAM_RAW=$WORK/raw AUTOSAM_PREPROCESSED=$WORK/preprocessed AUTOSAM_RESULTS=$WORK/results
-mkdir -p "$AUTOSAM_RAW" "$AUTOSAM_PREPROCESSED" "$AUTOSAM_RESULTS"
-
-[ -d "$AUTOSAM_RAW/Dataset999_Example" ] || autosam_example_dataset -d 999 --kind organs
-[ -f "$AUTOSAM_PREPROCESSED/Dataset999_Example/autosamPlans.json" ] || autosam_plan_and_preprocess -d 999 -np 2 -c 3d
-
-start=$(date +%s)
-autosam_train 999 3d sautomed 0 --backbone litemedsam --epochs "$EPOCHS" --iters-per-epoch "$ITERS" --device cpu "$@"
-end=$(date +%s)
-
-SUMMARY=$AUTOSAM_RESULTS/Dataset999_Example/sautomed__autosamPlans__3d/fold_0/validation/summary.json
-python - "$SUMMARY" "$((end - start))" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1]))
-fg = s.get("foreground_mean", {}).get("Dice")
-print(f"sautomed fold 0: foreground-mean Dice {fg}; training + validation {sys.argv[2]} s")
-for label, m in sorted(s.get("mean", {}).items()):
-    print(f"  label {label}: Dice {m.get('Dice')}")
-PY
+exec bash "$(dirname "$0")/learn_organs.sh" sautomed "${1:-}" "${2:-20}" "${3:-25}" "${@:4}"
