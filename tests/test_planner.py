@@ -8,8 +8,16 @@ from autosam import hookimpl
 from autosam.experiment_planning import rules
 from autosam.experiment_planning.fingerprint_types import FINGERPRINT_SCHEMA_VERSION, DatasetFingerprint, IntensityStats
 from autosam.experiment_planning.plans import Plans
-from autosam.experiment_planning.planning import plan_experiment
-from autosam.experiment_planning.topology import compute_topology, divisibility, estimate_vram_gb
+from autosam.experiment_planning import planning
+from autosam.experiment_planning.planning import plan_experiment, resolve_compute_target
+from autosam.experiment_planning.topology import (
+    CPU_BASE_FEATURES,
+    CPU_TRAIN_GFLOP_BUDGET,
+    compute_topology,
+    divisibility,
+    estimate_train_gflop,
+    estimate_vram_gb,
+)
 from autosam.plugins import build_plugin_system
 from autosam.training.method import Method
 from autosam.utils.files import write_json
@@ -114,6 +122,62 @@ def test_patch_shrinks_with_a_smaller_memory_budget_and_batch_stays_at_least_two
                             1, 3) <= 2.0
     with pytest.raises(ValueError, match="gpu_memory_gb"):
         plan(fp, gpu=0.1)
+
+
+def test_train_gflop_estimate_matches_torch_flop_counter():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    topo, patch = compute_topology([3.0, 1.5, 1.5], [16, 32, 48], base_features=8)
+    net = PlainConvUNet(2, topo.n_stages, topo.features_per_stage, torch.nn.Conv3d, topo.kernel_sizes, topo.strides,
+                        topo.n_conv_per_stage_encoder, 3, topo.n_conv_per_stage_decoder, conv_bias=True,
+                        norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU, deep_supervision=False)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 2, *patch))
+    counted = counter.get_total_flops() / 1e9  # forward only; convolutions dominate
+    estimate = estimate_train_gflop(topo, patch, 1, num_input_channels=2, num_classes=3) / 3
+    assert estimate == pytest.approx(counted, rel=0.02)
+    assert estimate_train_gflop(topo, patch, 2, 2, 3) == pytest.approx(2 * 3 * estimate)
+
+
+def test_cpu_target_plans_a_narrower_network_within_the_compute_budget():
+    fp = make_fingerprint([[4.5, 2.2, 2.2]] * 8, [[37, 79, 81]] * 8)
+    gpu, cpu = plan(fp, target="gpu"), plan(fp, target="cpu")
+    assert gpu.compute_target == "gpu" and cpu.compute_target == "cpu"
+    g3, c3 = gpu.configurations["3d"], cpu.configurations["3d"]
+    assert g3.network.features_per_stage[0] == 32  # nnU-Net's rules untouched for a GPU
+    assert c3.network.features_per_stage[0] == CPU_BASE_FEATURES
+    assert estimate_train_gflop(g3.network, g3.patch_size, 2) > CPU_TRAIN_GFLOP_BUDGET
+    assert estimate_train_gflop(c3.network, c3.patch_size, 2) <= CPU_TRAIN_GFLOP_BUDGET
+    assert np.prod(c3.patch_size) <= np.prod(g3.patch_size) and c3.batch_size == 2
+    assert all(p % d == 0 for p, d in zip(c3.patch_size, divisibility(c3.network)))
+    with pytest.raises(ValueError, match="target 'tpu'"):
+        plan(fp, target="tpu")
+
+
+def test_auto_target_follows_the_hardware_and_is_recorded(autosam_dirs, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_compute_target("auto") == "gpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_compute_target("auto") == "cpu" and resolve_compute_target("gpu") == "gpu"
+    with pytest.raises(ValueError, match="expected auto, gpu or cpu"):
+        resolve_compute_target("fast")
+    name = "Dataset043_Toy"
+    (autosam_dirs["raw"] / name).mkdir()
+    write_json(autosam_dirs["raw"] / name / "dataset.json", dataset_json())
+    pre = autosam_dirs["preprocessed"] / name
+    pre.mkdir()
+    make_fingerprint([[1, 1, 1]] * 4, [[64, 96, 96]] * 4).save(pre / "dataset_fingerprint.json")
+    system = bare_system(AltPlannerPlugin())
+    assert plan_experiment(43, plugin_system=system).compute_target == "cpu"
+    assert Plans.load(pre / "autosamPlans.json").compute_target == "cpu"
+    assert plan_experiment(43, plugin_system=system, target="gpu").compute_target == "gpu"
+    assert planning._accepts(DefaultPlanner().plan, "target")
 
 
 def test_batch_is_capped_by_dataset_size_but_never_below_two():

@@ -1,9 +1,9 @@
 """``autosam_plan_and_preprocess`` and its three steps as separate commands (nnU-Net-style):
 
 - ``autosam_extract_fingerprint -d ID [-np N] [--verify_dataset_integrity] [--clean]``
-- ``autosam_plan_experiment -d ID [-pl PLANNER] [--gpu_memory_gb G] [-overwrite_plans_name NAME]``
+- ``autosam_plan_experiment -d ID [-pl PLANNER] [--gpu_memory_gb G] [--target auto|gpu|cpu] [-overwrite_plans_name NAME]``
 - ``autosam_preprocess -d ID [-plans_name NAME] [-c CONFIGS...] [-np N]``
-- ``autosam_plan_and_preprocess -d ID [-np N] [-pl PLANNER] [-c CONFIGS...] [--verify_dataset_integrity] [--gpu_memory_gb G]``
+- ``autosam_plan_and_preprocess -d ID [-np N] [-pl PLANNER] [-c CONFIGS...] [--verify_dataset_integrity] [--gpu_memory_gb G] [--target T]``
 """
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
                    help="registered planner plugin (default 'default'); another planner writes <PLANNER>Plans.json")
     p.add_argument("--gpu_memory_gb", type=float, default=8.0,
                    help="GPU memory budget in GB for patch and batch size (default 8)")
+    p.add_argument("--target", choices=("auto", "gpu", "cpu"), default="auto",
+                   help="hardware to size the network and patch for: gpu (nnU-Net's rules), cpu (16 base features and a "
+                   "per-iteration compute budget, so that training on a CPU takes minutes, not hours), or auto "
+                   "(default: gpu when this machine has CUDA or MPS, else cpu). Plan on the machine you train on, "
+                   "or say which.")
     p.add_argument("-overwrite_plans_name", "--plans_name", dest="plans_name", default=None,
                    help="name of the plans file (default autosamPlans for the default planner, <PLANNER>Plans otherwise)")
 
@@ -82,7 +87,8 @@ def main_plan(argv: list[str] | None = None) -> int:
     from autosam.experiment_planning.planning import plan_experiment
 
     def plan(d):
-        plans = plan_experiment(d, planner=args.planner, gpu_memory_gb=args.gpu_memory_gb, plans_name=args.plans_name)
+        plans = plan_experiment(d, planner=args.planner, gpu_memory_gb=args.gpu_memory_gb, plans_name=args.plans_name,
+                                target=args.target)
         _summary(plans)
 
     return _run(plan, args)
@@ -115,14 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     def run(d):
         plans = plan_and_preprocess(d, num_processes=args.num_processes, planner=args.planner,
                                     configurations=args.configurations, verify=args.verify_dataset_integrity,
-                                    gpu_memory_gb=args.gpu_memory_gb, plans_name=args.plans_name, progress=True)
+                                    gpu_memory_gb=args.gpu_memory_gb, plans_name=args.plans_name, progress=True,
+                                    target=args.target)
         _summary(plans)
 
     return _run(run, args)
 
 
 def _summary(plans) -> None:
-    print(f"{plans.dataset_name}: plans {plans.plans_name} (planner {plans.planner}, {plans.gpu_memory_target_gb:g} GB)")
+    target = ("CPU target: 16 base features, patch within the per-iteration compute budget"
+              if plans.compute_target == "cpu" else f"GPU target, {plans.gpu_memory_target_gb:g} GB")
+    print(f"{plans.dataset_name}: plans {plans.plans_name} (planner {plans.planner}, {target})")
     for name, c in plans.configurations.items():
         print(f"  {name:10s} spacing {[round(s, 3) for s in c.spacing]} patch {c.patch_size} batch {c.batch_size} "
               f"norm {c.normalization_schemes} data {c.data_identifier}")

@@ -33,6 +33,18 @@ def load_plans(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NAME) -> P
     return Plans.load(path)
 
 
+def resolve_compute_target(target: str = "auto") -> str:
+    """``"gpu"`` or ``"cpu"``; ``"auto"`` is ``"gpu"`` when CUDA or MPS is available here, else ``"cpu"``."""
+    if target in ("gpu", "cpu"):
+        return target
+    if target != "auto":
+        raise ValueError(f"compute target {target!r}: expected auto, gpu or cpu")
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return "gpu" if torch.cuda.is_available() or (mps is not None and mps.is_available()) else "cpu"
+
+
 def plan_experiment(
     dataset_id: int | str,
     planner: str = "default",
@@ -40,8 +52,13 @@ def plan_experiment(
     plans_name: str | None = None,
     configurations=None,
     plugin_system=None,
+    target: str = "auto",
 ) -> Plans:
     """Run the planner ``planner`` on the dataset's fingerprint and write its plans file.
+
+    ``target``: plan for a ``"gpu"`` (nnU-Net's rules, ``gpu_memory_gb``) or a ``"cpu"`` (a
+    CPU-sized network and patch); ``"auto"`` picks ``"gpu"`` when this machine has CUDA or MPS.
+    A planner whose ``plan`` takes no ``target`` argument always plans its own way.
 
     Needs ``dataset_fingerprint.json`` in the preprocessed folder (``autosam_extract_fingerprint``).
     ``-pl NAME`` (``planner``) writes ``<NAME>Plans.json`` unless ``plans_name`` is given, so plans of
@@ -61,9 +78,17 @@ def plan_experiment(
     dataset_json = load_dataset_json(raw_json if raw_json.is_file() else pre / "dataset.json")
     planner_obj = plugin_system.planners.get(planner)
     plans_name = plans_name or default_plans_name(planner)
+    extra = {}
+    if _accepts(planner_obj.plan, "plugin_system"):
+        extra["plugin_system"] = plugin_system
+    if _accepts(planner_obj.plan, "target"):
+        extra["target"] = resolve_compute_target(target)
+        if target == "auto":
+            logger.info("planning for the %s (%s); use --target gpu|cpu to choose", extra["target"].upper(),
+                        "a GPU is available" if extra["target"] == "gpu" else "no GPU found on this machine")
     plans = planner_obj.plan(
         fingerprint=fingerprint, dataset_json=dataset_json, gpu_memory_gb=gpu_memory_gb, plans_name=plans_name,
-        configurations=configurations, **({"plugin_system": plugin_system} if _accepts(planner_obj.plan, "plugin_system") else {}),
+        configurations=configurations, **extra,
     )
     if not isinstance(plans, Plans):
         raise TypeError(f"planner {planner!r} returned {type(plans).__name__}; expected autosam.experiment_planning.plans.Plans")

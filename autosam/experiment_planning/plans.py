@@ -66,6 +66,8 @@ class Plans:
     default_method: str
     default_method_rationale: str
     method_votes: list[list] = field(default_factory=list)  # [name, score, rationale]
+    # "gpu" (nnU-Net's GPU-memory rules) or "cpu" (a CPU-sized network, see topology.py)
+    compute_target: str = "gpu"
 
     def configuration(self, name: str) -> ConfigurationPlan:
         try:

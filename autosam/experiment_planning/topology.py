@@ -22,6 +22,15 @@ Patch size (nnU-Net's rule): start with an aspect ratio of ``1 / spacing`` and 2
 patch / median-shape ratio until a batch of the reference size (2 in 3D, 12 in 2D) fits the budget.
 The batch size is then as large as the budget allows, at least 2, and one batch holds at most 5 %
 of the dataset's voxels.
+
+Compute target ``cpu`` (autosam's addition; nnU-Net plans for a GPU only): training on a CPU is
+bound by arithmetic, not memory, so the network starts at ``CPU_BASE_FEATURES`` (16) features
+instead of 32 (a quarter of the FLOPs at the same depth), the patch is also shrunk (same rule as
+for memory) until one training iteration of the reference batch costs at most
+``CPU_TRAIN_GFLOP_BUDGET`` GFLOP (forward + backward, :func:`estimate_train_gflop`; about 3 s on a
+2-core desktop CPU that sustains ~50 GFLOP/s in 3D convolutions), and the batch stays at the
+reference size (2 in 3D, 12 in 2D; a larger batch costs proportionally more time on a CPU).
+The iterations-per-epoch rule then gives more iterations for the smaller patch.
 """
 from __future__ import annotations
 
@@ -48,9 +57,13 @@ REFERENCE_BATCH = {2: 12, 3: 2}
 START_VOXELS = {2: 2048**2, 3: 256**3}
 MIN_BATCH = 2
 MAX_DATASET_FRACTION_PER_BATCH = 0.05
+COMPUTE_TARGETS = ("gpu", "cpu")
+CPU_BASE_FEATURES = 16
+CPU_TRAIN_GFLOP_BUDGET = 150.0
 
 
-def compute_topology(spacing: Sequence[float], patch_size: Sequence[int]) -> tuple[NetworkTopology, list[int]]:
+def compute_topology(spacing: Sequence[float], patch_size: Sequence[int],
+                     base_features: int = BASE_FEATURES) -> tuple[NetworkTopology, list[int]]:
     """The UNet topology for a patch at a spacing, and the patch padded to fit its poolings."""
     dim = len(spacing)
     if len(patch_size) != dim:
@@ -81,7 +94,7 @@ def compute_topology(spacing: Sequence[float], patch_size: Sequence[int]) -> tup
         strides.append(stride)
         kernels.append(kernel())
     n = len(strides)
-    features = [min(BASE_FEATURES * 2**s, MAX_FEATURES[dim]) for s in range(n)]
+    features = [min(base_features * 2**s, MAX_FEATURES[dim]) for s in range(n)]
     topo = NetworkTopology(
         n_stages=n,
         features_per_stage=features,
@@ -119,12 +132,38 @@ def estimate_vram_gb(topo: NetworkTopology, patch_size: Sequence[int], batch_siz
     return OVERHEAD_GB + batch_size * per_sample_bytes / 1e9
 
 
+def estimate_train_gflop(topo: NetworkTopology, patch_size: Sequence[int], batch_size: int,
+                         num_input_channels: int = 1, num_classes: int = 2) -> float:
+    """GFLOP of one training iteration (forward + backward = 3 x forward) of a PlainConvUNet.
+
+    Counts the convolutions (2 FLOP per multiply-add): every encoder convolution, and per decoder
+    stage the transposed convolution, the first convolution on the skip concatenation (``2F`` in)
+    and the others, plus the 1x1 segmentation head. Norms and non-linearities are left out.
+    """
+    v, factor = [], np.ones(len(patch_size))
+    for s in range(topo.n_stages):
+        factor = factor * np.asarray(topo.strides[s])
+        v.append(float(np.prod(np.asarray(patch_size) / factor)))
+    f = topo.features_per_stage
+    total = 0.0
+    for s in range(topo.n_stages):
+        k = float(np.prod(topo.kernel_sizes[s]))
+        f_in = num_input_channels if s == 0 else f[s - 1]
+        total += 2 * k * v[s] * (f_in * f[s] + f[s] * f[s] * (topo.n_conv_per_stage_encoder[s] - 1))
+        if s < topo.n_stages - 1:
+            total += 2 * v[s] * f[s + 1] * f[s]  # transposed convolution (kernel = stride)
+            total += 2 * k * v[s] * (2 * f[s] * f[s] + f[s] * f[s] * (topo.n_conv_per_stage_decoder[s] - 1))
+    total += 2 * v[0] * f[0] * num_classes
+    return 3 * batch_size * total / 1e9
+
+
 @dataclass
 class PatchPlan:
     patch_size: list[int]
     batch_size: int
     topology: NetworkTopology
     estimated_vram_gb: float
+    estimated_train_gflop: float = 0.0
 
 
 def plan_patch_and_batch(
@@ -134,8 +173,17 @@ def plan_patch_and_batch(
     num_cases: int,
     num_input_channels: int = 1,
     num_classes: int = 2,
+    target: str = "gpu",
 ) -> PatchPlan:
-    """Patch size, batch size and topology for one configuration (see module doc)."""
+    """Patch size, batch size and topology for one configuration (see module doc).
+
+    ``target`` is ``"gpu"`` (nnU-Net's rules for a ``gpu_memory_gb`` budget) or ``"cpu"`` (the
+    same rules plus a compute budget, see the module doc).
+    """
+    if target not in COMPUTE_TARGETS:
+        raise ValueError(f"plan_patch_and_batch: target {target!r}; expected one of {list(COMPUTE_TARGETS)}")
+    cpu = target == "cpu"
+    base = CPU_BASE_FEATURES if cpu else BASE_FEATURES
     dim = len(spacing)
     if dim not in (2, 3) or len(median_shape) != dim:
         raise ValueError(f"plan_patch_and_batch: spacing {list(spacing)} / median shape {list(median_shape)} must be 2D or 3D")
@@ -147,9 +195,13 @@ def plan_patch_and_batch(
     patch = [max(1, int(round(v))) for v in np.minimum(shape, median)]
     ref_bs = REFERENCE_BATCH[dim]
     est = lambda t, p, b: estimate_vram_gb(t, p, b, num_input_channels, num_classes)  # noqa: E731
+    flops = lambda t, p, b: estimate_train_gflop(t, p, b, num_input_channels, num_classes)  # noqa: E731
 
-    topo, padded = compute_topology(spacing, patch)
-    while est(topo, padded, ref_bs) > gpu_memory_gb:
+    def too_big(t, p) -> bool:
+        return est(t, p, ref_bs) > gpu_memory_gb or (cpu and flops(t, p, ref_bs) > CPU_TRAIN_GFLOP_BUDGET)
+
+    topo, padded = compute_topology(spacing, patch, base)
+    while too_big(topo, padded):
         div = divisibility(topo)
         ratios = np.asarray(padded, dtype=float) / median
         order = np.argsort(-ratios, kind="stable")
@@ -157,15 +209,16 @@ def plan_patch_and_batch(
             if padded[axis] - div[axis] >= MIN_FEATURE_MAP:
                 break
         else:
-            logger.warning("patch %s still exceeds the %.1f GB budget at its minimum size", padded, gpu_memory_gb)
+            logger.warning("patch %s still exceeds the budget (%.1f GB%s) at its minimum size", padded, gpu_memory_gb,
+                           f", {CPU_TRAIN_GFLOP_BUDGET:g} GFLOP per iteration" if cpu else "")
             break
         patch = list(padded)
         patch[axis] -= div[axis]
-        topo, padded = compute_topology(spacing, patch)
+        topo, padded = compute_topology(spacing, patch, base)
 
     per_sample = est(topo, padded, 1) - OVERHEAD_GB
     bs = int((gpu_memory_gb - OVERHEAD_GB) // per_sample)
     dataset_voxels = float(np.prod(median)) * max(num_cases, 1)
     cap = int(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels // float(np.prod(padded)))
-    bs = max(MIN_BATCH, min(bs, cap))
-    return PatchPlan(list(padded), bs, topo, est(topo, padded, bs))
+    bs = max(MIN_BATCH, min(ref_bs if cpu else bs, cap))
+    return PatchPlan(list(padded), bs, topo, est(topo, padded, bs), flops(topo, padded, bs))

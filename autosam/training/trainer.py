@@ -123,6 +123,14 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
                     "%d training / %d validation cases", dataset_name, fold, method.name, entry.distribution,
                     entry.version, configuration, dev, epochs, iters_per_epoch, len(train_keys), len(val_keys))
         logger.info("options: %s", ckpt_io.options_dict(options))
+        target = getattr(plans, "compute_target", "gpu")
+        if target == "gpu" and dev.type == "cpu":
+            logger.warning("the plans %s were made for a GPU (nnU-Net-sized network); training it on the CPU is slow. "
+                           "For a CPU-sized network run autosam_plan_experiment -d %s --target cpu "
+                           "-overwrite_plans_name <NAME> and train with --plans <NAME>", plans_name, dataset_name)
+        elif target == "cpu" and dev.type != "cpu":
+            logger.warning("the plans %s were made for the CPU (16 base features, small patch) but you train on %s; "
+                           "for nnU-Net's full-size network plan with --target gpu", plans_name, dev.type)
         write_json(fold_dir / "metadata.json", {
             "method": method.name, "plugin": entry.plugin, "distribution": entry.distribution, "version": entry.version,
             "options": ckpt_io.options_dict(options), "dataset": dataset_name, "configuration": configuration,

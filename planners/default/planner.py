@@ -38,7 +38,8 @@ LOWRES_MAX_STEPS = 400
 
 class DefaultPlanner:
     name = "default"
-    description = "nnU-Net's rules: median/anisotropic target spacing, CT vs z-score, patch and batch from a GPU budget"
+    description = ("nnU-Net's rules: median/anisotropic target spacing, CT vs z-score, patch and batch from a GPU budget "
+                   "(or a CPU compute budget)")
 
     def plan(
         self,
@@ -48,8 +49,13 @@ class DefaultPlanner:
         plans_name: str | None = None,
         configurations: Iterable[str] | None = None,
         plugin_system=None,
+        target: str = "gpu",
     ) -> Plans:
-        """Plan every configuration (or only ``configurations``) and return typed plans."""
+        """Plan every configuration (or only ``configurations``) and return typed plans.
+
+        ``target``: ``"gpu"`` (nnU-Net's rules) or ``"cpu"`` (a CPU-sized network and patch, see
+        :mod:`autosam.experiment_planning.topology`).
+        """
         if plugin_system is None:
             from autosam.plugins import get_plugin_system
 
@@ -74,7 +80,7 @@ class DefaultPlanner:
         resampling = ResamplingPlan(separate_z_anisotropy_threshold=rules.ANISOTROPY_THRESHOLD)
 
         def make(name: str, sp: list[float], med: list[int], n_samples: int = n_cases) -> ConfigurationPlan:
-            pp = plan_patch_and_batch(sp, med, gpu_memory_gb, n_samples, n_channels, n_classes)
+            pp = plan_patch_and_batch(sp, med, gpu_memory_gb, n_samples, n_channels, n_classes, target=target)
             return ConfigurationPlan(
                 name=name, data_identifier="", spacing=[float(v) for v in sp], patch_size=pp.patch_size,
                 batch_size=pp.batch_size, median_image_size_in_voxels=[int(v) for v in med],
@@ -115,6 +121,7 @@ class DefaultPlanner:
             configurations=confs,
             default_method="",
             default_method_rationale="",
+            compute_target=target,
         )
         add_method_sections(plans, fingerprint, dataset_json, plugin_system)
         plans.default_method, plans.default_method_rationale, plans.method_votes = choose_default_method(
