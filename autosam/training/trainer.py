@@ -33,7 +33,7 @@ from autosam.training.dataloading import (
 )
 from autosam.training.logger import TrainingHistory
 from autosam.training.method import MethodContext
-from autosam.training.setup import (
+from autosam.training.run_support import (
     attach_log_file,
     default_iterations_per_epoch,
     pick_device,
