@@ -58,7 +58,11 @@ def _tree_rss_bytes(root: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str]:
+def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str, float]:
+    """Wall time, peak RSS of the process tree, output, and CPU time (user + system) of the tree."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0
@@ -66,10 +70,12 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, int, str]:
         peak = max(peak, _tree_rss_bytes(proc.pid))
         time.sleep(0.05)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped children and their reaped workers
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     out = proc.stdout.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-4000:]}")
-    return wall, peak, out
+    return wall, peak, out, cpu
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -211,15 +217,20 @@ def main() -> int:
     for name, cmd in commands.items():
         if args.only and name != args.only:
             continue
-        wall, peak, _ = run_measured(cmd, env)
-        results[name] = {"wall_s": round(wall, 1), "peak_rss_mib": round(peak / 2**20)}
-        print(f"{name:8s} wall {wall:7.1f} s   peak RSS (process tree) {peak / 2**20:7.0f} MiB", flush=True)
+        wall, peak, _, cpu = run_measured(cmd, env)
+        results[name] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_rss_mib": round(peak / 2**20),
+                         "loadavg_1min_after": round(os.getloadavg()[0], 2)}
+        print(f"{name:8s} wall {wall:7.1f} s   CPU {cpu:7.1f} s   peak RSS (process tree) {peak / 2**20:7.0f} MiB",
+              flush=True)
     if len(results) == 2:
         ratio = results["autosam"]["wall_s"] / results["nnunet"]["wall_s"]
+        cpu_ratio = results["autosam"]["cpu_s"] / results["nnunet"]["cpu_s"]
         mem = results["autosam"]["peak_rss_mib"] / results["nnunet"]["peak_rss_mib"]
         agree = agreement(work / "pred_autosam", work / "pred_nnunet", cases)
-        print(f"autosam / nnU-Net: wall time {ratio:.2f}x, peak memory {mem:.2f}x; label agreement {agree * 100:.2f}% of voxels")
-        results.update(ratio_wall=round(ratio, 3), ratio_memory=round(mem, 3), label_agreement=round(agree, 5))
+        print(f"autosam / nnU-Net: wall time {ratio:.2f}x, CPU time {cpu_ratio:.2f}x, peak memory {mem:.2f}x; "
+              f"label agreement {agree * 100:.2f}% of voxels")
+        results.update(ratio_wall=round(ratio, 3), ratio_cpu=round(cpu_ratio, 3), ratio_memory=round(mem, 3),
+                       label_agreement=round(agree, 5))
     print(json.dumps({"cases": cases, "patch": args.patch, "spacing": args.spacing, "tta": not args.disable_tta,
                       "cpu_count": os.cpu_count(), "loadavg_at_end": os.getloadavg(), **results}))
     return 0
