@@ -13,9 +13,7 @@ from autosam.preprocessing.resampling import (
     nearest_indices,
     resample_image,
     resample_segmentation,
-    resample_to_original,
     separate_axis,
-    uncrop,
 )
 from autosam.utils.files import write_json
 from raw_dataset_builder import write_raw_dataset
@@ -81,22 +79,6 @@ def test_image_resampling_is_cubic_bspline():
                            mode="nearest", grid_mode=True)
         inner = (slice(3, -3),) * 3
         np.testing.assert_allclose(out[c][inner], ref[inner], atol=5e-3 * np.abs(ref).max())
-
-
-def test_resample_to_original_and_uncrop_invert_the_grid():
-    probs = np.zeros((3, 10, 20, 20), np.float32)
-    probs[0] = 1
-    probs[:, 2:8, 5:15, 5:15] = [[[[0.0]]], [[[1.0]]], [[[0.0]]]]
-    props = {"shape_after_cropping_and_before_resampling": [5, 40, 40], "geometry": {"spacing": [4.0, 0.5, 0.5]},
-             "spacing": [2.0, 1.0, 1.0], "shape_before_cropping": [7, 50, 45], "bbox_used_for_cropping": [[1, 6], [5, 45], [0, 40]]}
-    back = resample_to_original(probs, props)
-    assert back.shape == (3, 5, 40, 40)
-    np.testing.assert_allclose(back.sum(0), 1, atol=1e-5)
-    labels = uncrop(back.argmax(0).astype(np.uint8), props)
-    assert labels.shape == (7, 50, 45) and labels[0].max() == 0 and labels[3, 25, 20] == 1
-    import torch
-
-    assert isinstance(resample_to_original(torch.from_numpy(probs), props), torch.Tensor)
 
 
 # ---------------------------------------------------------------------------------------- normalisation

@@ -26,6 +26,7 @@ import torch
 
 from autosam.experiment_planning.plans import ConfigurationPlan, ResamplingPlan
 from autosam.io.image import ImageGeometry, file_ending_of, write_image
+from autosam.preprocessing.resampling import separate_axis
 from autosam.utils.files import save_npz, write_json
 
 logger = logging.getLogger(__name__)
@@ -46,16 +47,6 @@ def _source_index(out_size: int, in_size: int, start: int, stop: int, linear: bo
     i0 = torch.clamp(torch.floor(src).long(), max=in_size - 1)
     i1 = torch.clamp(i0 + 1, max=in_size - 1)
     return i0, i1, (src - i0.double()).float()
-
-
-def separate_axis(current_spacing: Sequence[float], original_spacing: Sequence[float], threshold: float) -> int | None:
-    """The coarse axis resampled on its own, or None (nnU-Net's rule: check the spacing the data
-    has now, then the target spacing)."""
-    for spacing in (current_spacing, original_spacing):
-        s = np.asarray(spacing, dtype=float)
-        if s.min() > 0 and s.max() / s.min() > threshold:
-            return int(np.argmax(s))
-    return None
 
 
 def resample_probabilities(probabilities: torch.Tensor, new_shape: Sequence[int], separate: int | None = None,
