@@ -116,6 +116,32 @@ def test_find_best_configuration_ranks_ensembles_and_commands_reproduce(autosam_
     assert reproduced == pytest.approx(result["best"]["postprocessing"]["foreground_mean_dice_after"], abs=1e-6)
 
 
+def test_find_best_configuration_on_a_subset_of_folds(autosam_dirs):
+    """Regression: with -f naming fewer folds than splits_final.json holds, the references of the other
+    folds' cases are not 'missing predictions' (the real organs example failed with -f 0); a validation
+    case of a requested fold without a prediction still is an error."""
+    rng = np.random.default_rng(1)
+    ds = "Dataset995_Subset"
+    pre = autosam_dirs["preprocessed"] / ds
+    (pre / "gt_segmentations").mkdir(parents=True)
+    write_json(pre / "dataset.json", DJ)
+    for i in range(6):
+        _write_case(pre / "gt_segmentations", f"case_{i}", _ref(i))
+    write_json(pre / "splits_final.json", [{"train": [f"case_{j}" for j in range(6) if j // 2 != f],
+                                            "val": [f"case_{2 * f}", f"case_{2 * f + 1}"]} for f in range(3)])
+    res = autosam_dirs["results"] / ds
+    _fake_training(res, "good", [0], 0.6, rng)
+    _fake_training(res, "weak", [0], 0.35, rng)
+    result = find_best_configuration(995, folds=[0])
+    assert len(result["ranking"]) == 3
+    summary = json.loads((res / "crossval" / "good__autosamPlans__3d" / "summary.json").read_text())
+    assert sorted(c["reference_file"].rsplit("/", 1)[-1] for c in summary["metric_per_case"]) == ["case_0.nii.gz", "case_1.nii.gz"]
+
+    (res / "weak__autosamPlans__3d" / "fold_0" / "validation" / "case_1.nii.gz").unlink()
+    with pytest.raises(ValueError, match="case_1.nii.gz"):
+        find_best_configuration(995, folds=[0])
+
+
 def test_ensemble_cli_averages_and_keeps_geometry(tmp_path):
     a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
     a.mkdir(), b.mkdir()

@@ -12,6 +12,7 @@ from typing import Sequence
 from autosam import paths
 from autosam.evaluation.evaluate import evaluate_folder
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
+from autosam.experiment_planning.splits import SPLITS_FILE
 from autosam.io.dataset import dataset_name_from_id
 from autosam.utils.files import read_json, write_json
 
@@ -72,6 +73,27 @@ def merge_folds(entry: TrainedEntry, folds: Sequence[int], target: Path, file_en
     return has_probs
 
 
+def expected_cases(pre_ds: Path, gt: Path, folds: Sequence[int], ending: str) -> set[str]:
+    """Validation cases of ``folds`` per ``splits_final.json``; every reference case when there is no
+    splits file (or it has fewer folds), as when all folds were trained on a custom split."""
+    references = {p.name[: -len(ending)] for p in gt.glob(f"*{ending}") if not p.name.startswith(".")}
+    splits_file = pre_ds / SPLITS_FILE
+    if splits_file.is_file():
+        splits = read_json(splits_file)
+        if all(0 <= f < len(splits) for f in folds):
+            return {c for f in folds for c in splits[f]["val"]} & references
+    return references
+
+
+def check_complete(folder: Path, expected: set[str], ending: str, folds: Sequence[int]) -> None:
+    """Every validation case of the requested folds must have a prediction in ``folder``."""
+    present = {p.name[: -len(ending)] for p in folder.glob(f"*{ending}") if not p.name.startswith(".")}
+    missing = sorted(expected - present)
+    if missing:
+        raise ValueError(f"{folder}: no prediction for {len(missing)} validation case(s) of folds {list(folds)}, "
+                         f"e.g. {missing[0]}{ending}")
+
+
 def predict_command(dataset: str, entry_key: str, folds: Sequence[int], probs: bool) -> str:
     method, plans, config = entry_key.split("__")
     plans_flag = f" --plans {plans}" if plans != DEFAULT_PLANS_NAME else ""
@@ -97,10 +119,12 @@ def find_best_configuration(dataset_id, methods: Sequence[str] | None = None, co
     cv_root = results_ds / "crossval"
     candidates: dict[str, dict] = {}
     prob_ok: dict[str, bool] = {}
+    expected = expected_cases(pre_ds, gt, folds, ending)
     for e in entries:
         target = cv_root / e.key
         prob_ok[e.key] = merge_folds(e, folds, target, ending)
-        summary = evaluate_folder(gt, target, dj_path, target / "summary.json", num_processes=num_processes, strict=True)
+        check_complete(target, expected, ending, folds)
+        summary = evaluate_folder(gt, target, dj_path, target / "summary.json", num_processes=num_processes)
         candidates[e.key] = {"kind": "single", "members": [e.key], "folder": str(target), "summary": summary}
     if allow_ensembling:
         for a, b in itertools.combinations(sorted(candidates), 2):
@@ -112,7 +136,8 @@ def find_best_configuration(dataset_id, methods: Sequence[str] | None = None, co
             if target.exists():
                 shutil.rmtree(target)
             ensemble_folders([cv_root / a, cv_root / b], target, ending)
-            summary = evaluate_folder(gt, target, dj_path, target / "summary.json", num_processes=num_processes, strict=True)
+            check_complete(target, expected, ending, folds)
+            summary = evaluate_folder(gt, target, dj_path, target / "summary.json", num_processes=num_processes)
             candidates[key] = {"kind": "ensemble", "members": [a, b], "folder": str(target), "summary": summary}
     ranking = sorted(candidates, key=lambda k: -_fg_dice(candidates[k]))
     best = ranking[0]
@@ -139,22 +164,23 @@ def reproduction_commands(dataset: str, best: dict, folds, pp: dict, pp_file: Pa
              f"{_fg_dice(best):.4f}, after post-processing {pp['foreground_mean_dice_after']:.4f})", "",
              "## Reproduce the reported cross-validation Dice from the fold predictions:"]
     cv = [str(Path(best["folder"]).parent / m) for m in members]
+    fe = "" if ending == ".nii.gz" else f" --file_ending {ending}"
     reproduce = []
     if len(members) == 2:
-        reproduce.append(f"autosam_ensemble -i {cv[0]} {cv[1]} -o CV_ENSEMBLE")
+        reproduce.append(f"autosam_ensemble -i {cv[0]} {cv[1]} -o CV_ENSEMBLE{fe}")
         src = "CV_ENSEMBLE"
     else:
         src = cv[0]
-    reproduce.append(f"autosam_apply_postprocessing -i {src} -o CV_POSTPROCESSED -pp {pp_file}")
+    reproduce.append(f"autosam_apply_postprocessing -i {src} -o CV_POSTPROCESSED -pp {pp_file}{fe}")
     reproduce.append(f"autosam_evaluate_folder -ref {gt} -pred CV_POSTPROCESSED -djfile {dj}")
     predict = [predict_command(dataset, m, folds, len(members) == 2) for m in members]
     if len(members) == 2:
         a, b = (f"OUTPUT_{m.split('__')[0]}_{m.split('__')[2]}" for m in members)
-        predict.append(f"autosam_ensemble -i {a} {b} -o OUTPUT_ENSEMBLE")
+        predict.append(f"autosam_ensemble -i {a} {b} -o OUTPUT_ENSEMBLE{fe}")
         last = "OUTPUT_ENSEMBLE"
     else:
         last = f"OUTPUT_{members[0].split('__')[0]}_{members[0].split('__')[2]}"
-    predict.append(f"autosam_apply_postprocessing -i {last} -o OUTPUT_FINAL -pp {pp_file}")
+    predict.append(f"autosam_apply_postprocessing -i {last} -o OUTPUT_FINAL -pp {pp_file}{fe}")
     lines += reproduce + ["", "## Predict new cases (INPUT_FOLDER in imagesTs layout):"] + predict
     return {"reproduce_crossval": reproduce, "predict": predict, "text": lines}
 
