@@ -12,6 +12,21 @@ def _fmt(v) -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
 
 
+def short_name(key: str) -> str:
+    """``unet__autosamPlans__3d`` -> ``unet 3d``; ``ensemble__a__P__3d--b__P__3d`` -> ``a 3d + b 3d``
+    (the plans name is kept unless it is the default)."""
+    def one(k: str) -> str:
+        method, plans, config = k.split("__")
+        return f"{method} {config}" + ("" if plans == "autosamPlans" else f" ({plans})")
+
+    try:
+        if key.startswith("ensemble__"):
+            return " + ".join(one(k) for k in key[len("ensemble__"):].split("--"))
+        return one(key)
+    except ValueError:
+        return key
+
+
 def write_report(folder: Path, summaries: dict[str, dict], ranking: list[str]) -> tuple[Path, Path]:
     """``comparison.md`` (per-class Dice and HD95 per candidate) and ``comparison.png`` (bar plots)."""
     labels = sorted({k for s in summaries.values() for k in s["mean"]}, key=int)
@@ -42,13 +57,15 @@ def write_report(folder: Path, summaries: dict[str, dict], ranking: list[str]) -
         for ax, metric in zip(axes, ("Dice", "HD95")):
             vals = [s["mean"][l].get(metric) for l in labels] + [s["foreground_mean"].get(metric)]
             vals = [np.nan if v is None else v for v in vals]
-            ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=key)
-    for ax, metric in zip(axes, ("Dice", "HD95 (mm)")):
+            ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=short_name(key) if ax is axes[0] else None)
+    for ax, metric in zip(axes, ("Dice (higher is better)", "HD95 in mm (lower is better)")):
         ax.set_xticks(x, [names.get(l, l) for l in labels] + ["fg mean"], rotation=30)
         ax.set_title(metric)
     axes[0].set_ylim(0, 1)
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    fig.suptitle(f"cross-validation, best first; best: {short_name(ranking[0])}", fontsize=10)
+    ncol = min(len(ranking), 3)
+    fig.legend(loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * (-(-len(ranking) // ncol)) + 0.02, 1, 1))
     png = folder / "comparison.png"
     with atomic_path(png, ".png") as tmp:
         fig.savefig(tmp, dpi=110)
