@@ -231,10 +231,36 @@ def test_unet_loss_and_deep_supervision_scales():
     net = method.build_network(ctx)
     out = net(torch.zeros(1, 1, 16, 32, 32))
     assert [tuple(o.shape) for o in out] == [(1, 3, 16, 32, 32), (1, 3, 8, 16, 16)]
-    opt, sched = method.configure_optimizers(net, dataclasses.replace(ctx, num_epochs=10))
+    long_run = dataclasses.replace(ctx, num_epochs=10, iterations_per_epoch=250)  # nnU-Net-length: SGD
+    opt, sched = method.configure_optimizers(net, long_run)
+    assert isinstance(opt, torch.optim.SGD)
     assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.99
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.9 ** 0.9)
+
+
+def test_unet_auto_optimizer_is_adamw_only_for_short_runs():
+    from autosam.training.method import MethodContext
+    from autosam_plugins.unet.plugin import SGD_MIN_ITERATIONS
+    from training_data import tiny_plans
+
+    method = get_plugin_system().methods.get("unet")
+    plans = tiny_plans()
+    net = torch.nn.Conv3d(1, 2, 3)
+
+    def ctx(epochs, iters, **options):
+        return MethodContext(plans=plans, configuration=plans.configurations["3d"], dataset_json={},
+                             options=method.make_options({}, options), device=torch.device("cpu"),
+                             num_input_channels=1, num_classes=3, num_epochs=epochs, iterations_per_epoch=iters)
+
+    short = method.configure_optimizers(net, ctx(10, 26))[0]
+    assert isinstance(short, torch.optim.AdamW) and short.param_groups[0]["lr"] == pytest.approx(3e-3)
+    assert isinstance(method.configure_optimizers(net, ctx(10, SGD_MIN_ITERATIONS // 10))[0], torch.optim.SGD)
+    assert isinstance(method.configure_optimizers(net, ctx(1000, 250))[0], torch.optim.SGD)
+    assert isinstance(method.configure_optimizers(net, ctx(10, 26, optimizer="sgd"))[0], torch.optim.SGD)
+    assert isinstance(method.configure_optimizers(net, ctx(1000, 250, optimizer="adamw"))[0], torch.optim.AdamW)
+    with pytest.raises(ValueError, match="optimizer 'adam'"):
+        method.configure_optimizers(net, ctx(10, 10, optimizer="adam"))
 
 
 @pytest.mark.slow

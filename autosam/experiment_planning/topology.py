@@ -27,7 +27,7 @@ Compute target ``cpu`` (autosam's addition; nnU-Net plans for a GPU only): train
 bound by arithmetic, not memory, so the network starts at ``CPU_BASE_FEATURES`` (16) features
 instead of 32 (a quarter of the FLOPs at the same depth), the patch is also shrunk (same rule as
 for memory) until one training iteration of the reference batch costs at most
-``CPU_TRAIN_GFLOP_BUDGET`` GFLOP (forward + backward, :func:`estimate_train_gflop`; about 3 s on a
+``CPU_TRAIN_GFLOP_BUDGET`` (50) GFLOP (forward + backward, :func:`estimate_train_gflop`; about 1 s on a
 2-core desktop CPU that sustains ~50 GFLOP/s in 3D convolutions), and the batch stays at the
 reference size (2 in 3D, 12 in 2D; a larger batch costs proportionally more time on a CPU).
 The iterations-per-epoch rule then gives more iterations for the smaller patch.
@@ -59,7 +59,7 @@ MIN_BATCH = 2
 MAX_DATASET_FRACTION_PER_BATCH = 0.05
 COMPUTE_TARGETS = ("gpu", "cpu")
 CPU_BASE_FEATURES = 16
-CPU_TRAIN_GFLOP_BUDGET = 150.0
+CPU_TRAIN_GFLOP_BUDGET = 50.0
 
 
 def compute_topology(spacing: Sequence[float], patch_size: Sequence[int],
