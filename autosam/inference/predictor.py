@@ -154,7 +154,10 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
     """
     if not networks:
         raise ValueError("predict_preprocessed_case needs at least one network")
-    tensor = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(data, dtype=np.float32)))
+    if isinstance(data, torch.Tensor):
+        tensor = data
+    else:  # a read-only (memory-mapped) array is copied: torch warns about non-writable arrays
+        tensor = torch.from_numpy(np.require(np.asarray(data, dtype=np.float32), requirements=["C", "W"]))
     if tensor.ndim != 4:
         raise ValueError(f"preprocessed data must be C x Z x Y x X, got shape {tuple(tensor.shape)}")
     expected = (ctx.num_classes, *tensor.shape[1:])
