@@ -52,6 +52,16 @@ def bare_system(*plugins):
     return build_plugin_system([(f"p{i}", p) for i, p in enumerate(plugins)], load_entry_points=False)
 
 
+def toy_dataset(autosam_dirs, name: str):
+    """A raw dataset.json and a fingerprint of 4 cases of 64 x 96 x 96 at 1 mm; returns the preprocessed folder."""
+    (autosam_dirs["raw"] / name).mkdir()
+    write_json(autosam_dirs["raw"] / name / "dataset.json", dataset_json())
+    pre = autosam_dirs["preprocessed"] / name
+    pre.mkdir()
+    make_fingerprint([[1, 1, 1]] * 4, [[64, 96, 96]] * 4).save(pre / "dataset_fingerprint.json")
+    return pre
+
+
 def plan(fp, dj=None, gpu=8.0, system=None, **kw) -> Plans:
     return DefaultPlanner().plan(fp, dj or dataset_json(), gpu_memory_gb=gpu, plugin_system=system or bare_system(), **kw)
 
@@ -167,12 +177,7 @@ def test_auto_target_follows_the_hardware_and_is_recorded(autosam_dirs, monkeypa
     assert resolve_compute_target("auto") == "cpu" and resolve_compute_target("gpu") == "gpu"
     with pytest.raises(ValueError, match="expected auto, gpu or cpu"):
         resolve_compute_target("fast")
-    name = "Dataset043_Toy"
-    (autosam_dirs["raw"] / name).mkdir()
-    write_json(autosam_dirs["raw"] / name / "dataset.json", dataset_json())
-    pre = autosam_dirs["preprocessed"] / name
-    pre.mkdir()
-    make_fingerprint([[1, 1, 1]] * 4, [[64, 96, 96]] * 4).save(pre / "dataset_fingerprint.json")
+    pre = toy_dataset(autosam_dirs, "Dataset043_Toy")
     system = bare_system(AltPlannerPlugin())
     assert plan_experiment(43, plugin_system=system).compute_target == "cpu"
     assert Plans.load(pre / "autosamPlans.json").compute_target == "cpu"
@@ -284,11 +289,7 @@ class AltPlannerPlugin:
 
 def test_plan_experiment_writes_plans_per_planner(autosam_dirs):
     name = "Dataset042_Toy"
-    (autosam_dirs["raw"] / name).mkdir()
-    write_json(autosam_dirs["raw"] / name / "dataset.json", dataset_json())
-    pre = autosam_dirs["preprocessed"] / name
-    pre.mkdir()
-    make_fingerprint([[1, 1, 1]] * 4, [[64, 96, 96]] * 4).save(pre / "dataset_fingerprint.json")
+    pre = toy_dataset(autosam_dirs, name)
     system = bare_system(AltPlannerPlugin())
     default = plan_experiment(42, plugin_system=system)
     alt = plan_experiment(42, planner="alt", gpu_memory_gb=4, plugin_system=system)
