@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from autosam_plugins.medlsam.localize import box_from_extremes, box_iou_3d, extend_box, extreme_points
-from autosam_plugins.medlsam.localizer import MedLAM, mss_loss, predicted_offset_mm, rdr_loss
+from autosam_plugins.medlsam.localizer import (MedLAM, feature_templates, mss_loss, mss_similarity, pair_indices,
+                                               predicted_offset_mm, rdr_loss, rdr_pairs_loss)
 from autosam_plugins.medlsam.sampling import crop_patch, make_batch
 
 
@@ -54,6 +55,23 @@ def _synthetic_volume(seed=0):
     return torch.from_numpy(vol[None].astype(np.float32))
 
 
+def test_batch_groups_crops_by_scan_and_pairs_stay_within_a_scan():
+    vols = [torch.randn(1, 20, 20, 20), torch.randn(1, 24, 20, 20)]
+    b = make_batch(vols, 8, 8, [3, 3, 3], np.random.default_rng(0), crops_per_scan=4)
+    assert b["crops"].shape == (8, 1, 8, 8, 8) and b["scan"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert b["mss_index"].tolist() == [0, 4] and b["crops_aug"].shape == (2, 1, 8, 8, 8)
+    i, j = pair_indices(b["scan"])
+    assert len(i) == 2 * 6 and bool((b["scan"][i] == b["scan"][j]).all()) and bool((i < j).all())
+    # the paper's pairs: crops_per_scan = 2 -> one pair per group
+    b2 = make_batch(vols, 4, 8, [3, 3, 3], np.random.default_rng(0))
+    assert len(pair_indices(b2["scan"])[0]) == 2
+    # the RDR target is the offset between crop centres in mm
+    p = torch.zeros(8, 3, requires_grad=True)
+    loss = rdr_pairs_loss(p, b["centre_mm"], b["scan"], torch.tensor([100.0] * 3))
+    diffs = b["centre_mm"][j] - b["centre_mm"][i]
+    torch.testing.assert_close(loss, (diffs**2).mean())
+
+
 @pytest.mark.slow
 def test_rdr_training_learns_offsets_within_two_voxels():
     """RDR alone: held-back loss drops and offsets between crops are within 2 coarse voxels."""
@@ -63,32 +81,32 @@ def test_rdr_training_learns_offsets_within_two_voxels():
     spacing = np.array([3.0, 3.0, 3.0])
     r = torch.tensor([150.0, 150.0, 150.0])  # > the largest offset in a 144 mm volume
     patch = 16
-    model = MedLAM(base_width=8, num_pool=2, feature_dim=8)
+    model = MedLAM(base_width=8, num_pool=2, feature_dim=8, patch=patch)
     held = make_batch([vol], 32, patch, spacing, np.random.default_rng(123))
+    i, j = pair_indices(held["scan"])
 
     def held_out():
         model.eval()
         with torch.no_grad():
-            p_q, _ = model(held["query"], with_features=False)
-            p_s, _ = model(held["support"], with_features=False)
+            p, _ = model(held["crops"], with_features=False)
         model.train()
-        return rdr_loss(p_q, p_s, held["offset_mm"], r).item(), predicted_offset_mm(p_q, p_s, r)
+        return rdr_pairs_loss(p, held["centre_mm"], held["scan"], r).item(), predicted_offset_mm(p[i], p[j], r)
 
     before, _ = held_out()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [200, 300], 0.3)
     for _ in range(400):
-        b = make_batch([vol], 16, patch, spacing, rng)
-        p_q, _ = model(b["query"], with_features=False)
-        p_s, _ = model(b["support"], with_features=False)
-        loss = rdr_loss(p_q, p_s, b["offset_mm"], r)
+        b = make_batch([vol], 16, patch, spacing, rng, crops_per_scan=4)
+        p, _ = model(b["crops"], with_features=False)
+        loss = rdr_pairs_loss(p, b["centre_mm"], b["scan"], r)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
     after, pred = held_out()
     assert after < 0.1 * before
-    err_vox = (pred - held["offset_mm"]).abs() / torch.from_numpy(spacing).float()
+    true = held["centre_mm"][j] - held["centre_mm"][i]
+    err_vox = (pred - true).abs() / torch.from_numpy(spacing).float()
     assert err_vox.median().item() <= 2.0
 
 
@@ -96,26 +114,60 @@ def test_mss_loss_decreases_and_prefers_corresponding_point():
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
     vol = _synthetic_volume(1)
-    model = MedLAM(base_width=8, num_pool=2, feature_dim=8)
+    model = MedLAM(base_width=8, num_pool=2, feature_dim=8, patch=16)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    held = make_batch([vol], 4, 16, [3, 3, 3], np.random.default_rng(7))
+    held = make_batch([vol], 8, 16, [3, 3, 3], np.random.default_rng(7))
 
     def held_loss():
         with torch.no_grad():
-            _, fa = model(held["support"])
-            _, fb = model(held["support_aug"])
+            _, fa = model(held["crops"][held["mss_index"]])
+            _, fb = model(held["crops_aug"])
             return mss_loss(fa, fb, held["points"], 16).item()
 
     before = held_loss()
     for _ in range(40):
-        b = make_batch([vol], 4, 16, [3, 3, 3], rng)
-        _, fa = model(b["support"])
-        _, fb = model(b["support_aug"])
+        b = make_batch([vol], 8, 16, [3, 3, 3], rng)
+        _, fa = model(b["crops"][b["mss_index"]])
+        _, fb = model(b["crops_aug"])
         loss = mss_loss(fa, fb, b["points"], 16)
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert held_loss() < 0.8 * before
+
+
+def test_network_shapes_flat_head_and_full_resolution_features():
+    model = MedLAM(base_width=4, num_pool=3, feature_dim=6, patch=16)
+    p, feats = model(torch.randn(2, 1, 16, 16, 16))
+    assert p.shape == (2, 3)
+    assert [f.shape[2:] for f in feats] == [(4, 4, 4), (8, 8, 8), (16, 16, 16)]
+    torch.testing.assert_close(feats[2].norm(dim=1), torch.ones(2, 16, 16, 16))
+    # the head sees where things are in the patch: a blob moved inside the patch changes p
+    x = torch.zeros(1, 1, 16, 16, 16)
+    y = x.clone()
+    x[..., 2:5, 2:5, 2:5] = 1
+    y[..., 11:14, 11:14, 11:14] = 1
+    assert not torch.allclose(model(x, False)[0], model(y, False)[0])
+    with pytest.raises(ValueError):
+        MedLAM(num_pool=3, patch=20)
+
+
+def test_template_similarity_peaks_at_the_template_position():
+    """The official "label_patch" MSS: the feature block around a point, correlated with the
+    feature maps of another view, peaks at that point."""
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.nn.functional.normalize(torch.randn(1, 5, n, n, n, generator=g), dim=1) for n in (4, 8, 16)]
+    point = torch.tensor([4, 12, 8])
+    shifted = [torch.roll(f, shifts=tuple((8 - q) * f.shape[2] // 16 for q in point.tolist()), dims=(2, 3, 4))
+               for f in feats]  # the point moved to the patch centre
+    templates = feature_templates(shifted, 4, 16)
+    assert [t.shape[2:] for t in templates] == [(1, 1, 1), (2, 2, 2), (4, 4, 4)]
+    sim = mss_similarity(templates, feats, (16, 16, 16))[0]
+    best = torch.tensor(np.unravel_index(int(sim.argmax()), sim.shape))
+    assert (best - point).abs().max() <= 1, best
+    # t = 1: the paper's single feature vector at the point
+    vec = mss_similarity([f[:, :, f.shape[2] // 2, f.shape[2] // 2, f.shape[2] // 2] for f in shifted], feats, (16,) * 3)
+    assert vec.shape == (1, 16, 16, 16)
 
 
 def test_canonical_flips_follow_direction_cosines_and_boxes_map_back():

@@ -69,7 +69,8 @@ def test_support_prototypes_localisation_and_label_free_prediction():
     assert torch.isfinite(res.loss)
     assert not net.proto_valid.any()
     m.after_training(net, ctx, ds, ["case_0", "case_1", "case_2"])
-    assert net.proto_valid.tolist() == [False, True, True]
+    assert net.proto_valid[:, 0].tolist() == [False, True, True]
+    assert not net.proto_valid[:, 1].any()  # one connected part per label: no second component
     # prototypes survive a state-dict round trip (they are what a fold's checkpoint carries)
     net2 = m.build_network(ctx)
     net2.load_state_dict(net.state_dict())
@@ -100,3 +101,37 @@ def test_manual_boxes_restrict_foreground_to_box_slices():
     probs = m.predict_volume(net, img, ctx, boxes={1: box})
     assert probs[1, :6].max() == 0 and probs[1, 14:].max() == 0 and probs[2].max() == 0
     assert probs[1, 6:14].max() > 0
+
+
+def test_label_of_two_parts_gets_one_target_per_part():
+    """Both kidneys in one label: the supports' mask splits into the same two components, each
+    gets its own six prototypes (ordered along the axis where they lie apart), and localisation
+    returns one box per part; ``predict_volume`` accepts a list of boxes per label."""
+    from autosam_plugins.medlsam.localize import split_components
+
+    mask = np.zeros((10, 12, 30), bool)
+    mask[2:6, 3:8, 20:26] = True
+    mask[3:7, 4:9, 2:8] = True
+    mask[8, 1, 15] = True  # a speck below min_fraction is ignored
+    parts = split_components(mask)
+    assert len(parts) == 2 and parts[0][:, :, :10].any() and parts[1][:, :, 18:].any()
+    assert len(split_components(mask[:, :, :10])) == 1
+
+    torch.manual_seed(0)
+    m = get_method("medlsam")
+    ctx = make_ctx(m)
+    ds = FakeDataset()
+    for img, seg in ds.cases.values():  # label 2 becomes two blocks apart in x
+        seg[seg == 2] = 0
+        seg[0, 10:18, 22:32, 4:12] = 2
+        seg[0, 10:18, 22:32, 28:36] = 2
+    net = m.build_network(ctx)
+    m.after_training(net, ctx, ds, ["case_0", "case_1", "case_2"])
+    assert net.proto_valid.tolist() == [[False, False], [True, False], [True, True]]
+    img = torch.from_numpy(ds.cases["case_3"][0])
+    comps = m.localize_components(net, img, ctx)
+    assert len(comps[1]) == 1 and len(comps[2]) == 2
+    union = m.localize(net, img, ctx)
+    assert union[2].tolist() == np.concatenate([np.min([b[:3] for b in comps[2]], 0), np.max([b[3:] for b in comps[2]], 0)]).tolist()
+    probs = m.predict_volume(net, img, ctx, boxes={2: [np.array([10, 22, 4, 17, 31, 11]), np.array([10, 22, 28, 17, 31, 35])]})
+    assert probs[2, :10].max() == 0 and probs[2, 10:18].max() > 0 and probs[1].max() == 0

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .localizer import MedLAM, feature_at, mss_similarity, predicted_offset_mm
+from .localizer import MedLAM, feature_templates, mss_similarity, predicted_offset_mm
 from .sampling import crop_patch
 
 # order of the six extreme points: (axis, min|max)
@@ -37,6 +37,11 @@ def box_from_extremes(points: np.ndarray) -> np.ndarray:
     return np.concatenate([np.minimum(lo, hi), np.maximum(lo, hi)])
 
 
+def union_box(boxes) -> np.ndarray:
+    boxes = np.asarray(list(boxes), dtype=np.float64)
+    return np.concatenate([boxes[:, :3].min(0), boxes[:, 3:].max(0)])
+
+
 def extend_box(box: np.ndarray, margin, shape) -> np.ndarray:
     """Extend an inclusive box by ``margin`` voxels per axis (z, y, x) on both sides, clipped to ``shape``."""
     margin = np.asarray(margin)
@@ -53,72 +58,132 @@ def box_iou_3d(a, b) -> float:
     return float(inter / (va + vb - inter)) if va + vb - inter > 0 else 0.0
 
 
+def split_components(mask: np.ndarray, min_fraction: float = 0.1) -> list[np.ndarray]:
+    """The connected components (26-connectivity) of ``mask`` holding at least ``min_fraction`` of
+    its voxels, in a canonical order: along the axis on which their centroids spread most (e.g.
+    x for the two kidneys of one label), lowest first. One component (or none): ``[mask]``."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return [mask]
+    sizes = np.bincount(lab.ravel())[1:]
+    keep = [i + 1 for i in np.flatnonzero(sizes >= min_fraction * sizes.sum())]
+    if len(keep) <= 1:
+        return [mask]
+    cents = np.array(ndimage.center_of_mass(mask, lab, keep))
+    axis = int(np.argmax(cents.max(0) - cents.min(0)))
+    return [lab == keep[i] for i in np.argsort(cents[:, axis], kind="stable")]
+
+
 @dataclass
 class Prototype:
-    """Averaged support description of one extreme point: latent coordinate and MSS feature vectors."""
+    """Averaged support description of one extreme point: latent coordinate and, per MSS scale, the
+    feature template around the point (D x t x t x t; t = 1 is the paper's single feature vector)."""
 
     latent: torch.Tensor  # 3
-    vectors: list[torch.Tensor]  # per scale, D
+    templates: list[torch.Tensor]  # per scale (1/4, 1/2, full), D x t x t x t
 
 
 @torch.no_grad()
-def point_descriptor(model: MedLAM, volume: torch.Tensor, point, patch: int):
-    x = crop_patch(volume, point, patch)[None]
+def point_descriptors(model: MedLAM, volume: torch.Tensor, points, patch: int, template: int):
+    """Latents (N x 3) and feature templates (per scale N x D x t^3) of patches centred on ``points``."""
+    x = torch.stack([crop_patch(volume, pt, patch) for pt in points])
     p, feats = model(x)
-    centre = torch.full((1, 1, 3), patch // 2, dtype=torch.long)
-    vecs = [v[0, 0] for v in feature_at(feats, centre, patch)]
-    return p[0], vecs
+    return p, feature_templates(feats, template, patch)
 
 
 @torch.no_grad()
-def build_prototypes(model: MedLAM, supports: list[tuple[torch.Tensor, np.ndarray]], labels: list[int], patch: int
-                     ) -> dict[int, list[Prototype]]:
-    """Per class, 6 prototypes averaged over the support cases where the class is present.
+def build_prototypes(model: MedLAM, supports: list[tuple[torch.Tensor, np.ndarray]], labels: list[int], patch: int,
+                     template: int = 1, split: bool = True, max_components: int = 2
+                     ) -> dict[int, list[list[Prototype]]]:
+    """Per class, per component, 6 prototypes averaged over the support cases where the class is present.
+
+    With ``split``, a class whose mask falls into the same number ``n`` (2 <= n <= ``max_components``)
+    of large connected components in every support (e.g. both kidneys in one label) gets one set of
+    prototypes per component (components matched across supports by their canonical order, see
+    :func:`split_components`); otherwise the whole mask is one target, as in the paper.
 
     :param supports: ``(coarse volume C x Z x Y x X, coarse label map Z x Y x X)`` pairs.
     """
-    protos: dict[int, list[Prototype]] = {}
+    protos: dict[int, list[list[Prototype]]] = {}
     for label in labels:
-        per_point: list[list] = [[] for _ in EXTREMES]
-        for volume, seg in supports:
-            pts = extreme_points(seg == label)
-            if pts is None:
-                continue
-            for i, pt in enumerate(pts):
-                per_point[i].append(point_descriptor(model, volume, pt, patch))
-        if not per_point[0]:
+        masks = [(v, seg == label) for v, seg in supports if (seg == label).any()]
+        if not masks:
             continue
-        protos[label] = [
-            Prototype(
-                torch.stack([d[0] for d in descs]).mean(0),
-                [torch.nn.functional.normalize(torch.stack([d[1][s] for d in descs]).mean(0), dim=0) for s in range(len(descs[0][1]))],
-            )
-            for descs in per_point
-        ]
+        parts = [split_components(m) if split else [m] for _, m in masks]
+        counts = {len(p) for p in parts}
+        if len(counts) != 1 or next(iter(counts)) > max_components:
+            parts = [[m] for _, m in masks]
+        n_comp = len(parts[0])
+        protos[label] = []
+        for c in range(n_comp):
+            latents, temps = [], []
+            for (volume, _), comps in zip(masks, parts):
+                p, t = point_descriptors(model, volume, extreme_points(comps[c]), patch, template)
+                latents.append(p)
+                temps.append(t)
+            lat = torch.stack(latents).mean(0)  # 6 x 3
+            per_scale = [torch.stack([t[s] for t in temps]).mean(0) for s in range(len(temps[0]))]  # 6 x D x t^3
+            protos[label].append([Prototype(lat[i], [ps[i] for ps in per_scale]) for i in range(len(EXTREMES))])
     return protos
 
 
+def start_positions(shape, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` agent start positions (n x 3 voxel coordinates): the volume centre, then seeded random
+    positions in the central 80% of the volume (the official code averages 10 random crops)."""
+    shape = np.asarray(shape, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    starts = [(shape - 1) / 2.0] + [rng.uniform(0.1, 0.9, 3) * (shape - 1) for _ in range(n - 1)]
+    return np.stack(starts)
+
+
 @torch.no_grad()
-def localize_point(model: MedLAM, volume: torch.Tensor, proto: Prototype, patch: int, spacing, r_mm: torch.Tensor,
-                   start=None, moves: int = 3, refine: bool = True, radius: int | None = None) -> np.ndarray:
-    """Move an agent from ``start`` (default: the volume centre) by the predicted offsets towards
-    the prototype's latent coordinate, then refine by the argmax of the multi-scale similarity
-    within ``radius`` coarse voxels of the agent (None: the whole patch)."""
+def _latents(model: MedLAM, volume: torch.Tensor, positions: np.ndarray, patch: int, chunk: int = 32) -> torch.Tensor:
+    out = []
+    for i in range(0, len(positions), chunk):
+        x = torch.stack([crop_patch(volume, pos, patch) for pos in positions[i:i + chunk]])
+        out.append(model(x, with_features=False)[0].cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def localize_points(model: MedLAM, volume: torch.Tensor, protos: list[Prototype], patch: int, spacing, r_mm: torch.Tensor,
+                    moves: int = 3, starts: int = 1, refine: bool = True, radius: int | None = None,
+                    seed: int = 0) -> np.ndarray:
+    """Localise every prototype's point in ``volume`` (N x 3 coarse voxel coordinates).
+
+    An agent per (point, start) moves ``moves`` times by the predicted offset ``r tanh(p_s - p_q)``
+    towards the prototype's latent coordinate; the agents of one point are combined by the median
+    (with ``starts`` = 1 a single agent from the volume centre). Then, with ``refine``, the MSS
+    refinement moves the point to the argmax of the multi-scale similarity with the prototype's
+    feature templates within ``radius`` coarse voxels (None: the whole patch)."""
     shape = np.array(volume.shape[1:])
-    pos = np.array(start if start is not None else (shape - 1) / 2.0, dtype=np.float64)
     spacing = np.asarray(spacing, dtype=np.float64)
-    for _ in range(moves):
-        p_q, _ = model(crop_patch(volume, pos, patch)[None], with_features=False)
-        offset = predicted_offset_mm(p_q[0], proto.latent, r_mm).numpy()
-        pos = np.clip(pos + offset / spacing, 0, shape - 1)
-    if refine:
-        x = crop_patch(volume, pos, patch)[None]
-        _, feats = model(x)
-        sim = mss_similarity([v[None] for v in proto.vectors], feats, (patch,) * 3)[0]
-        # only positions inside the volume count
-        start_idx = np.round(pos).astype(int) - patch // 2
+    target = torch.stack([p.latent.cpu() for p in protos])  # N x 3
+    r = r_mm.cpu()
+    n = len(protos)
+    start = start_positions(shape, starts, seed)
+    # the first move of every point starts from the same patches: one forward pass for all of them
+    p0 = _latents(model, volume, start, patch)  # S x 3
+    off = predicted_offset_mm(p0[None], target[:, None], r).numpy()  # N x S x 3
+    pos = np.clip(start[None] + off / spacing, 0, shape - 1)
+    for _ in range(moves - 1):
+        flat = pos.reshape(-1, 3)
+        p_q = _latents(model, volume, flat, patch).reshape(n, starts, 3)
+        off = predicted_offset_mm(p_q, target[:, None], r).numpy()
+        pos = np.clip(pos + off / spacing, 0, shape - 1)
+    pos = np.median(pos, axis=1)  # N x 3
+    if not refine:
+        return pos
+    out = np.empty_like(pos)
+    for k, proto in enumerate(protos):
+        centre = np.round(pos[k]).astype(int)
+        _, feats = model(crop_patch(volume, centre, patch)[None])
+        sim = mss_similarity([t[None].to(feats[0].device) for t in proto.templates], feats, (patch,) * 3)[0]
+        start_idx = centre - patch // 2
         valid = torch.zeros_like(sim, dtype=torch.bool)
-        lo = np.maximum(-start_idx, 0)
+        lo = np.maximum(-start_idx, 0)  # only positions inside the volume count
         hi = np.minimum(shape - start_idx, patch)
         if radius is not None:
             lo = np.maximum(lo, patch // 2 - radius)
@@ -126,13 +191,20 @@ def localize_point(model: MedLAM, volume: torch.Tensor, proto: Prototype, patch:
         valid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
         sim = sim.masked_fill(~valid, float("-inf"))
         best = np.array(np.unravel_index(int(torch.argmax(sim)), sim.shape))
-        pos = np.clip(start_idx + best, 0, shape - 1).astype(np.float64)
-    return pos
+        out[k] = np.clip(start_idx + best, 0, shape - 1)
+    return out
 
 
-def localize_box(model: MedLAM, volume: torch.Tensor, protos: list[Prototype], patch: int, spacing, r_mm, refine=True,
-                 moves: int = 3, radius: int | None = None) -> np.ndarray:
-    """Coarse-grid inclusive box of one class from its 6 localised extreme points."""
-    pts = np.stack([localize_point(model, volume, p, patch, spacing, r_mm, refine=refine, moves=moves, radius=radius)
-                    for p in protos])
-    return box_from_extremes(pts)
+def localize_boxes(model: MedLAM, volume: torch.Tensor, protos: dict[int, list[list[Prototype]]], patch: int, spacing,
+                   r_mm, **kwargs) -> dict[int, list[np.ndarray]]:
+    """Per class, the coarse-grid inclusive box of each component, from its 6 localised extreme points
+    (all points of all classes localised together)."""
+    flat = [(label, c) for label, comps in protos.items() for c in range(len(comps))]
+    if not flat:
+        return {}
+    points = localize_points(model, volume, [p for label, c in flat for p in protos[label][c]], patch, spacing, r_mm,
+                             **kwargs)
+    boxes: dict[int, list[np.ndarray]] = {}
+    for i, (label, c) in enumerate(flat):
+        boxes.setdefault(label, []).append(box_from_extremes(points[6 * i:6 * i + 6]))
+    return boxes

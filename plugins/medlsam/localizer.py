@@ -2,8 +2,8 @@
 
 A shared "Pnet" maps a 3D patch to a 3-vector ``p`` in a latent anatomical coordinate system;
 the offset between two patches is predicted as ``r * tanh(p_s - p_q)`` (relative distance
-regression, RDR). A light decoder yields feature maps at three scales used by the multi-scale
-similarity (MSS) refinement.
+regression, RDR). A U-Net-like decoder yields feature maps at three scales (1/4, 1/2 and the full
+patch resolution, as in the official network) used by the multi-scale similarity (MSS).
 """
 from __future__ import annotations
 
@@ -24,30 +24,39 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class MedLAM(nn.Module):
-    """3D conv encoder (InstanceNorm + ReLU, ``base_width`` doubling, ``num_pool`` poolings), an FC
-    head on the bottleneck giving 3 latent coordinates, and MSS feature maps at 3 scales.
+    """3D conv encoder (InstanceNorm + ReLU, ``base_width`` doubling, ``num_pool`` poolings); an FC
+    head on the *flattened* bottleneck (as the official ``fc1..fc3``: the spatial layout of the
+    bottleneck is what tells where the patch is) giving 3 latent coordinates; a decoder with skip
+    connections up to the full patch resolution whose last three levels (1/4, 1/2, 1) give the MSS
+    feature maps.
 
     :param feature_dim: channels of each (L2-normalised) MSS feature map.
+    :param patch: side of the (cubic) input patch; the FC head's input size depends on it.
     """
 
     def __init__(self, in_channels: int = 1, base_width: int = 24, num_pool: int = 4, feature_dim: int = 32,
-                 max_width: int = 256):
+                 patch: int = 64, max_width: int = 256):
         super().__init__()
+        if num_pool < 2:
+            raise ValueError("MedLAM needs at least 2 poolings (MSS uses the 1/4, 1/2 and full resolutions)")
+        if patch % 2**num_pool:
+            raise ValueError(f"patch {patch} is not divisible by 2**num_pool = {2**num_pool}")
         widths = [min(base_width * 2**i, max_width) for i in range(num_pool + 1)]
         self.widths = widths
+        self.patch = patch
         self.encoder = nn.ModuleList()
         cin = in_channels
         for w in widths:
             self.encoder.append(_block(cin, w))
             cin = w
         self.pool = nn.MaxPool3d(2)
-        self.head = nn.Sequential(nn.Linear(widths[-1], 256), nn.ReLU(inplace=True), nn.Linear(256, 3))
-        # MSS decoder: coarse (bottleneck), middle and fine scales, each projected to feature_dim
-        self.up_mid = _block(widths[-1] + widths[-2], widths[-2])
-        self.up_fine = _block(widths[-2] + widths[-3], widths[-3])
-        self.proj = nn.ModuleList(
-            [nn.Conv3d(widths[-1], feature_dim, 1), nn.Conv3d(widths[-2], feature_dim, 1), nn.Conv3d(widths[-3], feature_dim, 1)]
-        )
+        bottleneck_voxels = (patch // 2**num_pool) ** 3
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(widths[-1] * bottleneck_voxels, 256), nn.ReLU(inplace=True),
+                                  nn.Linear(256, 3))
+        # decoder: level i (from num_pool - 1 down to 0) fuses the upsampled level i + 1 with skip i
+        self.decoder = nn.ModuleList([_block(widths[i + 1] + widths[i], widths[i]) for i in range(num_pool - 1, -1, -1)])
+        # MSS projections of the last three decoder levels: 1/4, 1/2, full resolution (coarse -> fine)
+        self.proj = nn.ModuleList([nn.Conv3d(widths[i], feature_dim, 1) for i in (2, 1, 0)])
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         skips = []
@@ -59,16 +68,19 @@ class MedLAM(nn.Module):
         return skips
 
     def forward(self, x: torch.Tensor, with_features: bool = True):
-        """Return ``(p, features)``: ``p`` B x 3; ``features`` a list [coarse, mid, fine] of
+        """Return ``(p, features)``: ``p`` B x 3; ``features`` a list [1/4, 1/2, full resolution] of
         B x feature_dim x d x h x w, L2-normalised over channels (or None)."""
         skips = self._encode(x)
-        bottleneck = skips[-1]
-        p = self.head(bottleneck.mean(dim=(2, 3, 4)))
+        p = self.head(skips[-1])
         if not with_features:
             return p, None
-        mid = self.up_mid(torch.cat([F.interpolate(bottleneck, size=skips[-2].shape[2:], mode="trilinear", align_corners=False), skips[-2]], 1))
-        fine = self.up_fine(torch.cat([F.interpolate(mid, size=skips[-3].shape[2:], mode="trilinear", align_corners=False), skips[-3]], 1))
-        feats = [F.normalize(proj(f), dim=1) for proj, f in zip(self.proj, (bottleneck, mid, fine))]
+        out = skips[-1]
+        levels = {len(skips) - 1: out}  # with 2 poolings the 1/4 scale is the bottleneck itself
+        for block, i in zip(self.decoder, range(len(skips) - 2, -1, -1)):
+            up = F.interpolate(out, size=skips[i].shape[2:], mode="trilinear", align_corners=False)
+            out = block(torch.cat([up, skips[i]], 1))
+            levels[i] = out
+        feats = [F.normalize(proj(levels[i]), dim=1) for proj, i in zip(self.proj, (2, 1, 0))]
         return p, feats
 
 
@@ -78,10 +90,22 @@ def predicted_offset_mm(p_query: torch.Tensor, p_support: torch.Tensor, r_mm: to
 
 
 def rdr_loss(p_query: torch.Tensor, p_support: torch.Tensor, true_offset_mm: torch.Tensor, r_mm: torch.Tensor) -> torch.Tensor:
-    """MSE between predicted and true offsets, measured in units of ``r`` (a constant rescaling of
-    the paper's mm MSE that keeps the loss O(1))."""
-    pred = predicted_offset_mm(p_query, p_support, r_mm)
-    return F.mse_loss(pred / r_mm, true_offset_mm / r_mm)
+    """The paper's RDR loss: MSE between predicted and true offsets in mm (paper Eq. 3). In mm^2 it
+    dominates the MSS loss until the offsets are within a few mm, as in the official training."""
+    return F.mse_loss(predicted_offset_mm(p_query, p_support, r_mm), true_offset_mm)
+
+
+def pair_indices(scan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pairs ``(i, j)``, ``i < j``, of crops taken from the same scan (``scan``: B scan ids)."""
+    same = scan[:, None] == scan[None, :]
+    i, j = torch.nonzero(torch.triu(same, diagonal=1), as_tuple=True)
+    return i, j
+
+
+def rdr_pairs_loss(p: torch.Tensor, centre_mm: torch.Tensor, scan: torch.Tensor, r_mm: torch.Tensor) -> torch.Tensor:
+    """RDR loss over every pair of crops of one scan in the batch (B crops -> up to B(B-1)/2 pairs)."""
+    i, j = pair_indices(scan)
+    return rdr_loss(p[i], p[j], centre_mm[j] - centre_mm[i], r_mm)
 
 
 def feature_at(features: list[torch.Tensor], points: torch.Tensor, patch_size: int) -> list[torch.Tensor]:
@@ -95,12 +119,35 @@ def feature_at(features: list[torch.Tensor], points: torch.Tensor, patch_size: i
     return out
 
 
+def feature_templates(features: list[torch.Tensor], size: int, patch_size: int) -> list[torch.Tensor]:
+    """The official code's "label_patch" MSS descriptor: per scale, the (normalised) feature block
+    of side ``size * scale`` (at least 1) around the patch centre, B x D x t x t x t."""
+    out = []
+    for f in features:
+        t = max(1, int(round(size * f.shape[2] / patch_size)))
+        c = f.shape[2] // 2
+        lo = c - t // 2
+        out.append(f[:, :, lo:lo + t, lo:lo + t, lo:lo + t])
+    return out
+
+
 def mss_similarity(support_vectors: list[torch.Tensor], features: list[torch.Tensor], out_size) -> torch.Tensor:
     """Aggregated multi-scale cosine similarity (paper Fig. 3): for each scale the similarity of the
-    support vector (B x D) with the feature map (B x D x d x h x w), resized to ``out_size`` and summed."""
+    support descriptor with the feature map (B x D x d x h x w), resized to ``out_size`` and summed.
+
+    A descriptor is a vector (B x D: the paper's point feature) or a template (B x D x t x t x t:
+    the official code's feature block around the point, matched by correlation and divided by t^3)."""
     total = None
     for v, f in zip(support_vectors, features):
-        sim = torch.einsum("bd,bdxyz->bxyz", v, f)[:, None]
+        if v.dim() == 2:
+            sim = torch.einsum("bd,bdxyz->bxyz", v, f)[:, None]
+        else:
+            t = v.shape[-1]
+            sims = []
+            for k in range(f.shape[0]):
+                s = F.conv3d(F.pad(f[k:k + 1], [t // 2, (t - 1) // 2] * 3, mode="replicate"), v[k:k + 1])
+                sims.append(s)
+            sim = torch.cat(sims) / t**3
         sim = F.interpolate(sim, size=tuple(out_size), mode="trilinear", align_corners=False)[:, 0]
         total = sim if total is None else total + sim
     return total

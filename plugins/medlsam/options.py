@@ -16,12 +16,18 @@ class MedLSAMOptions:
     mss_weight: float = 1.0
     lr: float = 1e-3  # paper: 1e-3 (code: 1e-4)
     weight_decay: float = 0.0
-    batch_size: int = 4  # code: 4 (paper: 8)
+    batch_size: int = 4  # crops per iteration (code: 4 pairs; paper: 8)
+    crops_per_scan: int = 2  # crops of one scan per group; every pair in a group is an RDR pair (paper: 2)
+    mss_crops: int | None = None  # crops that also get an augmented copy for MSS (None: one per group)
     agent_moves: int = 3
+    agent_starts: int = 1  # agents per point, combined by the median (official code: 10 random crops)
     mss_refine: bool = True
+    mss_template: int = 8  # MSS descriptor: feature block of this side (coarse voxels) around the point (official: 8; 1 = the paper's point feature)
     mss_radius: int | None = None  # MSS search radius around the agent, coarse voxels (None: the whole patch)
     # --- few-shot support
     num_support: int = 5
+    split_components: bool = True  # a label made of separate parts in every support (both kidneys) -> one target per part
+    max_components: int = 2
     box_margin: list[int] = field(default_factory=lambda: [2, 10, 10])  # voxels (z, y, x) at the configuration's spacing
     # --- SAM segmentation stage
     backbone: str = "litemedsam"

@@ -9,8 +9,8 @@ import torch
 from autosam import hookimpl
 from autosam.training.method import Method, MethodContext, StepResult
 
-from .localize import box_iou_3d, build_prototypes, extend_box, localize_box
-from .localizer import mss_loss, rdr_loss
+from .localize import box_iou_3d, build_prototypes, extend_box, localize_boxes, union_box
+from .localizer import mss_loss, rdr_pairs_loss
 from .network import MedLSAMNetwork
 from .options import MedLSAMOptions
 from .sampling import canonical_flips, flip_volume, make_batch, to_coarse, unflip_box
@@ -38,12 +38,18 @@ class MedLSAM(Method):
         opts = ctx.options
 
         def loss_fn(net: MedLSAMNetwork, batch: dict) -> tuple[torch.Tensor, dict]:
-            p_q, _ = net.localizer(batch["query"], with_features=False)
-            p_s, f_s = net.localizer(batch["support"])
-            _, f_aug = net.localizer(batch["support_aug"])
-            l_rdr = rdr_loss(p_q, p_s, batch["offset_mm"], net.r_mm)
-            l_mss = mss_loss(f_s, f_aug, batch["points"], opts.patch)
-            return l_rdr + opts.mss_weight * l_mss, {"rdr": float(l_rdr.detach()), "mss": float(l_mss.detach())}
+            crops, idx = batch["crops"], batch["mss_index"]
+            rest = torch.ones(len(crops), dtype=torch.bool, device=crops.device)
+            rest[idx] = False
+            rest = torch.nonzero(rest).flatten()
+            # crops with an augmented twin go through the decoder too; the others only need p
+            p_m, f_m = net.localizer(crops[idx])
+            _, f_aug = net.localizer(batch["crops_aug"])
+            parts = [p_m] + ([net.localizer(crops[rest], with_features=False)[0]] if len(rest) else [])
+            p = torch.cat(parts)[torch.argsort(torch.cat([idx, rest]))]
+            l_rdr = rdr_pairs_loss(p, batch["centre_mm"], batch["scan"], net.r_mm)
+            l_mss = mss_loss(f_m, f_aug, batch["points"], opts.patch)
+            return l_rdr + opts.mss_weight * l_mss, {"rdr_rmse_mm": float(l_rdr.detach()) ** 0.5, "mss": float(l_mss.detach())}
 
         return loss_fn
 
@@ -75,7 +81,8 @@ class MedLSAM(Method):
 
         def batches():
             while True:
-                yield make_batch(volumes, ctx.options.batch_size, ctx.options.patch, ctx.options.coarse_spacing, rng)
+                yield make_batch(volumes, ctx.options.batch_size, ctx.options.patch, ctx.options.coarse_spacing, rng,
+                                 crops_per_scan=ctx.options.crops_per_scan, mss_crops=ctx.options.mss_crops)
 
         return batches()
 
@@ -90,7 +97,7 @@ class MedLSAM(Method):
         data = batch["data"]
         rng = np.random.default_rng(ctx.options.seed)
         vols = [to_coarse(d[:1].float().cpu(), ctx.configuration.spacing, ctx.options.coarse_spacing) for d in data]
-        pairs = make_batch(vols, len(vols), ctx.options.patch, ctx.options.coarse_spacing, rng)
+        pairs = make_batch(vols, 2 * len(vols), ctx.options.patch, ctx.options.coarse_spacing, rng)
         pairs = {k: v.to(ctx.device) for k, v in pairs.items()}
         loss, logs = loss_fn(network, pairs)
         return StepResult(loss, logs)
@@ -108,10 +115,12 @@ class MedLSAM(Method):
             pairs = self._coarse_volumes(ctx, dataset, support, with_labels=True)
             pairs = [(v.to(ctx.device), s) for v, s in pairs]
             labels = [v for v in ctx.plans.labels.values() if v != 0]
-            protos = build_prototypes(network.localizer, pairs, labels, opts.patch)
+            protos = build_prototypes(network.localizer, pairs, labels, opts.patch, template=opts.mss_template,
+                                      split=opts.split_components, max_components=opts.max_components)
         network.set_prototypes(protos)
         missing = [lab for lab in labels if lab not in protos]
-        logger.info("medlsam: support cases %s; prototypes for labels %s%s", support, sorted(protos),
+        logger.info("medlsam: support cases %s; prototypes for labels %s%s", support,
+                    {k: len(v) for k, v in sorted(protos.items())},
                     f" (absent from all supports: {missing})" if missing else "")
         if opts.finetune_sam and network.sam_mask_decoder is not None:
             finetune_decoder(self._backbone(ctx), network.sam_mask_decoder, dataset, keys, ctx)
@@ -128,9 +137,10 @@ class MedLSAM(Method):
         return cache[key]
 
     @torch.no_grad()
-    def localize(self, network: MedLSAMNetwork, data: torch.Tensor, ctx: MethodContext,
-                 properties: dict | None = None) -> dict[int, np.ndarray]:
-        """Extended inclusive boxes [z0, y0, x0, z1, y1, x1] on the configuration's voxel grid, per label.
+    def localize_components(self, network: MedLSAMNetwork, data: torch.Tensor, ctx: MethodContext,
+                            properties: dict | None = None) -> dict[int, list[np.ndarray]]:
+        """Per label, the extended inclusive box [z0, y0, x0, z1, y1, x1] of each of its components
+        (one unless the supports split the label into parts) on the configuration's voxel grid.
         Reads only the image (and its geometry: ``properties``, default ``ctx.extra["case_properties"]``,
         to flip it to the common orientation)."""
         opts = ctx.options
@@ -141,28 +151,35 @@ class MedLSAM(Method):
         coarse_shape = np.array(vol.shape[1:])
         scale = np.array(data.shape[1:]) / coarse_shape  # fine voxels per coarse voxel
         network.eval()
-        boxes = {}
-        for label in range(1, ctx.num_classes):
-            protos = network.prototypes(label)
-            if protos is None:
-                continue
-            cbox = localize_box(network.localizer, vol, protos, opts.patch, coarse, network.r_mm.cpu(), refine=opts.mss_refine,
-                                moves=opts.agent_moves, radius=opts.mss_radius)
-            cbox = unflip_box(cbox, flips, coarse_shape)
-            # coarse voxel index -> fine voxel index (voxel centres)
-            lo = (cbox[:3] + 0.5) * scale - 0.5
-            hi = (cbox[3:] + 0.5) * scale - 0.5
-            boxes[label] = extend_box(np.concatenate([lo, hi]), opts.box_margin, data.shape[1:])
+        protos = {label: network.prototypes(label) for label in range(1, ctx.num_classes)}
+        protos = {k: v for k, v in protos.items() if v is not None}
+        cboxes = localize_boxes(network.localizer, vol, protos, opts.patch, coarse, network.r_mm.cpu(),
+                                moves=opts.agent_moves, starts=opts.agent_starts, refine=opts.mss_refine,
+                                radius=opts.mss_radius, seed=opts.seed)
+        boxes: dict[int, list[np.ndarray]] = {}
+        for label, comps in cboxes.items():
+            for cbox in comps:
+                cbox = unflip_box(cbox, flips, coarse_shape)
+                # coarse voxel index -> nearest fine voxel index (voxel centres aligned, as in to_coarse)
+                fine = np.round(np.concatenate([(cbox[:3] + 0.5) * scale - 0.5, (cbox[3:] + 0.5) * scale - 0.5]))
+                boxes.setdefault(label, []).append(extend_box(fine, opts.box_margin, data.shape[1:]))
         return boxes
+
+    def localize(self, network: MedLSAMNetwork, data: torch.Tensor, ctx: MethodContext,
+                 properties: dict | None = None) -> dict[int, np.ndarray]:
+        """Per label, one box: the union of its components' boxes (:meth:`localize_components`)."""
+        return {k: union_box(v).astype(int) for k, v in self.localize_components(network, data, ctx, properties).items()}
 
     def predict_volume(self, network, data: torch.Tensor, ctx: MethodContext, *, use_mirroring: bool = True,
                        progress: bool = False, boxes: dict[int, np.ndarray] | None = None) -> torch.Tensor:
-        """Localise each class (unless ``boxes`` are given: the paper's manual-box mode), then
-        segment every slice of each box with the box prompt; classes are merged by probability."""
+        """Localise each class (unless ``boxes`` are given: the paper's manual-box mode; a label may
+        map to one box or a list of boxes), then segment every slice of each box with the box prompt;
+        the components of a label are merged by maximum, classes by probability."""
         data = torch.as_tensor(data)
         if boxes is None:
-            boxes = self.localize(network, data, ctx)
-        ctx.extra["medlsam_last_boxes"] = {int(k): [int(v) for v in b] for k, b in boxes.items()}
+            boxes = self.localize_components(network, data, ctx)
+        boxes = {int(k): [np.asarray(b)] if np.asarray(b).ndim == 1 else [np.asarray(x) for x in b] for k, b in boxes.items()}
+        ctx.extra["medlsam_last_boxes"] = {k: [[int(v) for v in b] for b in bl] for k, bl in boxes.items()}
         decoder = network.sam_mask_decoder if getattr(network, "sam_mask_decoder", None) is not None else None
         return segment_boxes(self._backbone(ctx), data, boxes, ctx.num_classes, spacing=ctx.configuration.spacing,
                              window=ctx.options.window, mask_decoder=decoder, progress=progress)
@@ -178,6 +195,7 @@ class MedLSAM(Method):
             for key in val_keys:
                 data, seg, props = dataset.load(key)
                 boxes = self.localize(network, torch.from_numpy(np.asarray(data)), ctx, properties=props)
+                logger.info("medlsam: localised boxes of %s (without margin): %s", key, {k: b.tolist() for k, b in boxes.items()})
                 for label, box in boxes.items():
                     pts = extreme_points(np.asarray(seg[0]) == label)
                     if pts is not None:

@@ -11,8 +11,10 @@ def to_coarse(volume: torch.Tensor, spacing, coarse_spacing, mode: str = "trilin
     shape = volume.shape[1:]
     new_shape = [max(1, int(round(s * sp / cs))) for s, sp, cs in zip(shape, spacing, coarse_spacing)]
     x = volume[None].float()
-    if mode == "nearest":
-        return F.interpolate(x, size=new_shape, mode="nearest")[0]
+    if mode in ("nearest", "nearest-exact"):
+        # "nearest-exact": voxel centres aligned like the trilinear image (align_corners=False);
+        # torch's plain "nearest" shifts the label by up to half a coarse voxel
+        return F.interpolate(x, size=new_shape, mode="nearest-exact")[0]
     return F.interpolate(x, size=new_shape, mode="trilinear", align_corners=False)[0]
 
 
@@ -42,31 +44,40 @@ def augment_intensity(patch: torch.Tensor, rng: np.random.Generator) -> torch.Te
     return x
 
 
-def sample_pair(volume: torch.Tensor, patch: int, coarse_spacing, rng: np.random.Generator, n_points: int = 16):
-    """Two random patches of one coarse volume, their augmented copies, the true offset from the
-    query centre to the support centre in mm, and random points of the support patch for MSS."""
-    shape = np.array(volume.shape[1:])
-    c_q = rng.integers(0, shape)
-    c_s = rng.integers(0, shape)
-    x_q = crop_patch(volume, c_q, patch)
-    x_s = crop_patch(volume, c_s, patch)
-    offset = torch.tensor((c_s - c_q) * np.asarray(coarse_spacing), dtype=torch.float32)
-    pts = torch.from_numpy(rng.integers(patch // 8, patch - patch // 8, size=(n_points, 3)))
-    return x_q, x_s, augment_intensity(x_s, rng), offset, pts
+def make_batch(volumes: list[torch.Tensor], batch_size: int, patch: int, coarse_spacing, rng: np.random.Generator,
+               crops_per_scan: int = 2, mss_crops: int | None = None, n_points: int = 16) -> dict:
+    """Self-supervised batch: ``batch_size`` random crops, in groups of ``crops_per_scan`` crops of
+    one (randomly chosen) scan; every pair of crops within a group is an RDR pair (the paper's pair
+    of crops is ``crops_per_scan = 2``). The first ``mss_crops`` crops (default: one per group) also
+    get an intensity-augmented copy and random points for the MSS loss.
 
-
-def make_batch(volumes: list[torch.Tensor], batch_size: int, patch: int, coarse_spacing, rng: np.random.Generator) -> dict:
-    xs_q, xs_s, xs_s_aug, offs, pts = [], [], [], [], []
-    for _ in range(batch_size):
+    Returns ``crops`` (B x 1 x p^3), ``scan`` (B group ids), ``centre_mm`` (B x 3: crop centres in
+    mm), ``crops_aug`` (M x 1 x p^3) and ``points`` (M x n x 3 voxel coordinates in the crop).
+    """
+    if crops_per_scan < 2:
+        raise ValueError("crops_per_scan must be >= 2 (RDR needs pairs)")
+    n_groups = -(-batch_size // crops_per_scan)
+    crops, scans, centres = [], [], []
+    for g in range(n_groups):
         v = volumes[int(rng.integers(len(volumes)))]
-        q, s, s_aug, o, p = sample_pair(v, patch, coarse_spacing, rng)
-        xs_q.append(q), xs_s.append(s), xs_s_aug.append(s_aug), offs.append(o), pts.append(p)
+        shape = np.array(v.shape[1:])
+        for _ in range(min(crops_per_scan, batch_size - g * crops_per_scan)):
+            c = rng.integers(0, shape)
+            crops.append(crop_patch(v, c, patch))
+            scans.append(g)
+            centres.append(c * np.asarray(coarse_spacing, dtype=np.float64))
+    if mss_crops is None:
+        mss_idx = list(range(0, len(crops), crops_per_scan))  # the first crop of each group
+    else:
+        mss_idx = list(range(min(mss_crops, len(crops))))
+    lo, hi = patch // 8, patch - patch // 8
     return {
-        "query": torch.stack(xs_q),
-        "support": torch.stack(xs_s),
-        "support_aug": torch.stack(xs_s_aug),
-        "offset_mm": torch.stack(offs),
-        "points": torch.stack(pts),
+        "crops": torch.stack(crops),
+        "scan": torch.tensor(scans, dtype=torch.long),
+        "centre_mm": torch.tensor(np.stack(centres), dtype=torch.float32),
+        "mss_index": torch.tensor(mss_idx, dtype=torch.long),
+        "crops_aug": torch.stack([augment_intensity(crops[i], rng) for i in mss_idx]),
+        "points": torch.from_numpy(rng.integers(lo, hi, size=(len(mss_idx), n_points, 3))),
     }
 
 

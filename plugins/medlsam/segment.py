@@ -12,12 +12,15 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def segment_boxes(backbone, data: torch.Tensor, boxes: dict[int, np.ndarray], num_classes: int, *, spacing,
+def segment_boxes(backbone, data: torch.Tensor, boxes: dict[int, list[np.ndarray]], num_classes: int, *, spacing,
                   window=None, mask_decoder=None, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
     """Probabilities K x Z x Y x X from box-prompted 2D SAM on the slices of each box
-    (:func:`autosam.sam.box_segment.segment_volume_with_boxes` on channel 0).
+    (:func:`autosam.sam.box_segment.segment_volume_with_boxes` on channel 0; every slice is
+    encoded once for all boxes).
 
-    Foreground class k gets SAM's probability inside its box's slices (0 elsewhere); background is
+    ``boxes``: label -> list of boxes (the components of the label, e.g. both kidneys); each box is
+    one prompt, and a label's probability is the maximum over its boxes.
+    Foreground class k gets SAM's probability inside its boxes' slices (0 elsewhere); background is
     ``1 - max_k p_k``; the stack is normalised to sum to one, so an overlap goes to the class
     with the higher probability. ``mask_decoder`` replaces the backbone's (fine-tuned decoder).
     """
@@ -30,16 +33,18 @@ def segment_boxes(backbone, data: torch.Tensor, boxes: dict[int, np.ndarray], nu
         if mask_decoder is not None:
             backbone.mask_decoder = mask_decoder
         bar = tqdm(desc="box-prompted SAM", disable=not progress, leave=False)
+        targets = [(int(k), tuple(int(v) for v in b)) for k, bl in sorted(boxes.items()) for b in bl]
         try:
             _, probs = segment_volume_with_boxes(
-                data[0].float().numpy(), spacing, {int(k): tuple(int(v) for v in b) for k, b in boxes.items()}, backbone,
+                data[0].float().numpy(), spacing, {i + 1: b for i, (_, b) in enumerate(targets)}, backbone,
                 window=tuple(window) if window is not None else "auto", batch_size=batch_size,
                 progress=lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n)))
         finally:
             backbone.mask_decoder = original
             bar.close()
-        for k, p in probs.items():
-            fg[k] = torch.from_numpy(p)
+        for i, p in probs.items():
+            k = targets[i - 1][0]
+            fg[k] = torch.maximum(fg[k], torch.from_numpy(p))
     fg[0] = (1 - fg[1:].amax(0)).clamp_min(0) if num_classes > 1 else 1
     return fg / fg.sum(0, keepdim=True).clamp_min(1e-6)
 
