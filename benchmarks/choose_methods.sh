@@ -6,24 +6,32 @@
 # winner is the highest, and the reproduced Dice equals the reported one.
 #
 # usage: bash benchmarks/choose_methods.sh [UNET_EPOCHS [UNET_ITERS [SAM_EPOCHS [SAM_ITERS]]]]
-#   defaults 3 20 2 8 (unet 3 epochs x 20 iterations, each SAM method 2 epochs x 8 iterations).
+#   defaults 2 12 2 6 (unet 2 epochs x 12 iterations, each SAM method 2 epochs x 6 iterations):
+#   enough to rank real trained outputs, not to segment well.
 # environment:
 #   BENCH_ROOT    work folder (default ./.bench/choose); AUTOSAM_RAW/_PREPROCESSED/_RESULTS default under it
+#   CASES         training cases of the example (default 8, its default; 5 folds -> 1-2 validation cases each)
 #   FOLDS         folds to train and choose on (default "0 1 2 3 4"; "0" for a quick smoke test)
 #   SAM_METHODS   the SAM methods (default "sautomed masksam")
 #   RESUME=1      keep folds that already have validation/summary.json (otherwise they are retrained)
 #   PREDICT_TEST=1  also run the printed autosam_predict/... commands on imagesTs and evaluate on labelsTs
+#   <METHOD>_FLAGS  extra autosam_train flags of one SAM method (upper-case name). Default for masksam:
+#                 MASKSAM_FLAGS="--patch-size 8 64 80 --input-size 40": the CPU plans' 3d patch is now
+#                 [24, 48, 48], which gives masksam [8, 48, 48] tiles at 24 x 24 and ~72 sliding-window tiles
+#                 (x 8 mirrorings) per validation case, ~6 CPU-min each; 64 x 80 tiles need fewer than half.
 #   NUM_WORKERS   autosam_train --num-workers (default 0); OMP_NUM_THREADS defaults to 1
 # Timings (wall, CPU, load average) of every step go to $BENCH_ROOT/timings.txt.
-# On an idle 2-core CPU the defaults take about an hour (masksam's mirrored slice-wise validation
-# dominates); run it under `nice -n 19` on a shared machine.
+# The defaults need about 40-45 min of CPU time on one core (masksam's mirrored sliding-window
+# validation, ~2 min per case, dominates); run it under `nice -n 19` on a shared machine.
 set -euo pipefail
-UNET_EPOCHS=${1:-3}
-UNET_ITERS=${2:-20}
+UNET_EPOCHS=${1:-2}
+UNET_ITERS=${2:-12}
 SAM_EPOCHS=${3:-2}
-SAM_ITERS=${4:-8}
+SAM_ITERS=${4:-6}
+CASES=${CASES:-8}
 FOLDS=${FOLDS:-0 1 2 3 4}
 SAM_METHODS=${SAM_METHODS:-sautomed masksam}
+MASKSAM_FLAGS=${MASKSAM_FLAGS---patch-size 8 64 80 --input-size 40}
 ROOT=${BENCH_ROOT:-$PWD/.bench/choose}
 mkdir -p "$ROOT"
 ROOT=$(cd "$ROOT" && pwd)
@@ -40,7 +48,7 @@ step() {  # step NAME COMMAND...: run, append wall/CPU time and load average to 
 }
 
 echo "# choose_methods.sh $UNET_EPOCHS $UNET_ITERS $SAM_EPOCHS $SAM_ITERS, folds $FOLDS, SAM methods $SAM_METHODS, $(date -u)" >> "$TIMES"
-[ -d "$AUTOSAM_RAW/Dataset999_Example" ] || step example autosam_example_dataset -d 999 --cases 10 --kind organs
+[ -d "$AUTOSAM_RAW/Dataset999_Example" ] || step example autosam_example_dataset -d 999 --cases "$CASES" --kind organs
 [ -f "$AUTOSAM_PREPROCESSED/Dataset999_Example/autosamPlans.json" ] || step preprocess autosam_plan_and_preprocess -d 999 -np 1 -c 3d
 
 train() {  # train METHOD FOLD EPOCHS ITERS [flags...]
@@ -58,7 +66,9 @@ start=$(date +%s)
 for fold in $FOLDS; do
   train unet "$fold" "$UNET_EPOCHS" "$UNET_ITERS"
   for m in $SAM_METHODS; do
-    train "$m" "$fold" "$SAM_EPOCHS" "$SAM_ITERS" --backbone litemedsam
+    flags_var=$(echo "$m" | tr '[:lower:]' '[:upper:]')_FLAGS
+    # shellcheck disable=SC2086
+    train "$m" "$fold" "$SAM_EPOCHS" "$SAM_ITERS" --backbone litemedsam ${!flags_var:-}
   done
 done
 # shellcheck disable=SC2086
