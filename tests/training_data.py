@@ -16,8 +16,8 @@ DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "ball"
                 "file_ending": ".nii.gz"}
 
 
-def tiny_plans(patch=(16, 32, 32), batch_size=2) -> Plans:
-    topo = NetworkTopology(n_stages=3, features_per_stage=[4, 8, 16], kernel_sizes=[[3, 3, 3]] * 3,
+def tiny_plans(patch=(16, 32, 32), batch_size=2, features=(4, 8, 16)) -> Plans:
+    topo = NetworkTopology(n_stages=3, features_per_stage=list(features), kernel_sizes=[[3, 3, 3]] * 3,
                            strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], n_conv_per_stage_encoder=[1, 1, 1],
                            n_conv_per_stage_decoder=[1, 1])
     cfg = ConfigurationPlan(name="3d", data_identifier="autosamPlans_3d", spacing=[2.0, 1.0, 1.0], patch_size=list(patch),
@@ -43,11 +43,11 @@ def make_case(rng: np.random.Generator, shape=(24, 40, 40)):
 
 
 def make_tiny_preprocessed(pre_root: Path, raw_root: Path | None = None, num_cases: int = 6, seed: int = 0,
-                           shape=(24, 40, 40), patch=(16, 32, 32)) -> Path:
+                           shape=(24, 40, 40), patch=(16, 32, 32), features=(4, 8, 16)) -> Path:
     """Write plans, dataset.json, splits (2 folds), cases with properties and gt_segmentations."""
     rng = np.random.default_rng(seed)
     folder = Path(pre_root) / NAME
-    plans = tiny_plans(patch)
+    plans = tiny_plans(patch, features=features)
     folder.mkdir(parents=True, exist_ok=True)
     plans.save(folder / "autosamPlans.json")
     write_json(folder / "dataset.json", DATASET_JSON)
