@@ -280,3 +280,26 @@ def test_method_steps_and_prediction_contract():
         logits = method.predict_logits(net, batch["data"], ctx)
     assert val.output.shape == logits.shape == (2, 3, T, 32, 32)
     assert torch.allclose(logits.softmax(1), logits.exp(), atol=1e-5)  # log-probabilities
+
+
+def test_residual_stem_starts_at_the_standard_sam_input():
+    """With ``stem_residual`` (default) the untrained stem adds nothing: the frozen encoder sees the
+    image exactly as the backbone's own input mapping gives it; training the stem changes that.
+    Without it (official code) the encoder input is the stem's output alone."""
+    from autosam_plugins.masksam.encoder import standard_input
+
+    net = tiny_net()
+    enc = net.encoder
+    x = torch.randn(1, 1, T, S, S)
+    seen = []
+    hook = enc.runner.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    with torch.no_grad():
+        enc(x)
+        expected = standard_input(x[0].transpose(0, 1), enc.stem_residual_of)  # (T, 3, S, S)
+        assert torch.allclose(seen[-1], expected, atol=1e-5)
+        enc.stem[-1].bias.fill_(0.3)
+        enc(x)
+        assert (seen[-1] - expected).abs().max() > 0.1
+    hook.remove()
+    plain = tiny_net(stem_residual=False).encoder
+    assert plain.stem_residual_of is None and plain.stem[-1].weight.abs().sum() > 0

@@ -45,6 +45,17 @@ def conv_stem(in_channels: int, mid: int = 8, out: int = 3) -> nn.Sequential:
     )
 
 
+def standard_input(x: torch.Tensor, normalisation: str) -> torch.Tensor:
+    """The image as the pretrained encoder expects it (``autosam.sam.backbone.SamBackbone.prepare_slices``
+    without the resize): ``(N, C, H, W)`` -> ``(N, 3, H, W)``, the first channel repeated, min-max
+    scaled per slice to [0, 1], then the backbone's own normalisation (``unit``: LiteMedSAM,
+    ``sam_rgb``: SAM's pixel mean/std)."""
+    from autosam.sam.intensity import normalise_for_backbone, window_to_unit
+
+    x = x[:, :1].float().expand(-1, 3, -1, -1)
+    return normalise_for_backbone(window_to_unit(x, None, dims=2), normalisation)
+
+
 def _is_vit(encoder: nn.Module) -> bool:
     return hasattr(encoder, "blocks") and hasattr(encoder, "patch_embed") and hasattr(encoder, "neck")
 
@@ -196,9 +207,17 @@ class MaskSAMEncoder(nn.Module):
     """
 
     def __init__(self, image_encoder: nn.Module, in_channels: int, depth: int, input_size: int,
-                 adapter_kind: str = "dconv", depth_pe: bool = True, zero_init: bool = True):
+                 adapter_kind: str = "dconv", depth_pe: bool = True, zero_init: bool = True,
+                 stem_residual_of: str | None = None):
         super().__init__()
         self.stem = conv_stem(in_channels)
+        #: ``None``: the stem's output is the encoder input (official code). Else the name of the
+        #: backbone normalisation: the input is ``standard_input(x) + stem(x)`` with the stem's last
+        #: InstanceNorm affine zero-initialised, so the frozen encoder starts on its usual input.
+        self.stem_residual_of = stem_residual_of
+        if stem_residual_of is not None:
+            nn.init.zeros_(self.stem[-1].weight)
+            nn.init.zeros_(self.stem[-1].bias)
         self.depth = depth
         self.use_depth_pe = depth_pe
         for p in image_encoder.parameters():
@@ -221,8 +240,12 @@ class MaskSAMEncoder(nn.Module):
         b, _, t, h, w = x.shape
         if t != self.depth:
             raise ValueError(f"MaskSAM was built for patches of depth T={self.depth}, got T={t}")
-        x = self.stem(x)  # B, 3, T, H, W
-        x = x.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
+        y = self.stem(x)  # B, 3, T, H, W
+        y = y.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
+        if self.stem_residual_of is not None:
+            slices = x.permute(0, 2, 1, 3, 4).reshape(b * t, x.shape[1], h, w)
+            y = standard_input(slices, self.stem_residual_of) + y
+        x = y
         return self.runner(x, self.use_depth_pe)
 
 

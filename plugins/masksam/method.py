@@ -52,7 +52,8 @@ class MaskSAMMethod(Method):
         t = self.patch(ctx)[0]
         net = MaskSAMNet(backbone, ctx.num_input_channels, k, depth=t, num_queries=o.num_queries, input_size=size,
                          prompt_mode=o.prompt_mode, adapter=o.adapter, dconv=o.dconv, depth_pe=o.depth_pe,
-                         pg_width=o.generator_width, zero_init=o.zero_init_adapters)
+                         pg_width=o.generator_width, zero_init=o.zero_init_adapters,
+                         stem_residual=o.stem_residual)
         trainable, total = count_parameters(net)
         logger.info("masksam: backbone %s at %dx%d, patch %s, %d queries; parameters: %.2fM trainable of %.2fM total",
                     o.backbone, size, size, self.patch(ctx), o.num_queries, trainable / 1e6, total / 1e6)

@@ -23,11 +23,12 @@ class MaskSAMNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, in_channels: int, num_classes: int, depth: int, num_queries: int,
                  input_size: int, prompt_mode: str = "mask_avg_box", adapter: str = "dmlp", dconv: bool = True,
-                 depth_pe: bool = True, pg_width: int = 32, zero_init: bool = True):
+                 depth_pe: bool = True, pg_width: int = 32, zero_init: bool = True, stem_residual: bool = True):
         super().__init__()
         self.depth, self.num_queries, self.num_classes, self.input_size = depth, num_queries, num_classes, input_size
         self.encoder = MaskSAMEncoder(backbone.image_encoder, in_channels, depth, input_size,
-                                      adapter_kind=image_adapter_kind(dconv, adapter), depth_pe=depth_pe, zero_init=zero_init)
+                                      adapter_kind=image_adapter_kind(dconv, adapter), depth_pe=depth_pe, zero_init=zero_init,
+                                      stem_residual_of=backbone.normalisation if stem_residual else None)
         token_dim = backbone.mask_decoder.transformer_dim
         self.prompt_generator = PromptGenerator(self.encoder.levels, num_queries, token_dim, pg_width, prompt_mode)
         self.decoder = MaskSAMDecoder(backbone.prompt_encoder, backbone.mask_decoder, num_queries, num_classes, depth,

@@ -24,6 +24,7 @@ class MaskSAMOptions:
     # ---- architecture details
     generator_width: int = 32  #: channels of the prompt generator's decoder stages
     zero_init_adapters: bool = True  #: adapters start as identity (up-projection zero)
+    stem_residual: bool = True  #: encoder input = standard SAM input + stem output (zero at start); False: stem only (official)
     # ---- optimisation (paper: AdamW lr 1e-3, poly)
     lr: float = 1e-3
     weight_decay: float = 1e-4

@@ -117,8 +117,9 @@ class SAutoMedMethod(Method):
     def train_step(self, network: nn.Module, batch: dict, loss_fn, ctx: MethodContext) -> StepResult:
         """Pick ``n`` in [min, max] context slices; run slices ``t-n .. t`` in iteration order
         (each with its neighbours), building history tokens and previous boxes with gradients
-        flowing through them; the loss is CE + Dice on slice ``t`` plus L1 + GIoU on the
-        generator's boxes of every visited slice."""
+        flowing through them; the loss is CE + Dice averaged over the visited slices (slice ``t``
+        only with ``context_seg_loss=False``) plus L1 + GIoU on the generator's boxes of every
+        visited slice."""
         o = ctx.options
         data, target = batch["data"], batch["target"]
         target = target[0] if isinstance(target, (list, tuple)) else target
@@ -134,9 +135,11 @@ class SAutoMedMethod(Method):
         outs = network.run_sequence(window, first=1, stop=window.shape[2] - 1,
                                     encoder_grad_from=0 if o.context_encoder_grad else n)
         h, w = window.shape[-2:]
-        logits = F.interpolate(outs[-1].logits, size=(h, w), mode="bilinear", align_corners=False)
-        seg_loss, logs = loss_fn.segmentation(logits, labels[:, n + 1])
-        loss = seg_loss
+        supervised = outs if o.context_seg_loss else outs[-1:]
+        seg_terms = [loss_fn.segmentation(F.interpolate(out.logits, size=(h, w), mode="bilinear", align_corners=False),
+                                          labels[:, out.slice_index]) for out in supervised]
+        loss = sum(t for t, _ in seg_terms) / len(seg_terms)
+        logs = {k: sum(d[k] for _, d in seg_terms) / len(seg_terms) for k in seg_terms[-1][1]}
         if network.box_generator is not None:
             box_terms = [loss_fn.boxes(out.boxes, labels[:, out.slice_index]) for out in outs]
             box_loss = sum(b for b, _ in box_terms) / len(box_terms)

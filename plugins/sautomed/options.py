@@ -26,6 +26,7 @@ class SAutoMedOptions:
     min_context_slices: int = 1  #: training: preceding slices run before the loss slice (random in [min, max])
     max_context_slices: int = 3
     context_encoder_grad: bool = False  #: back-propagate through the encoder for context slices too (slower)
+    context_seg_loss: bool = False  #: [ours] True: CE + Dice on every visited slice (False: on the loss slice t only, as the paper)
     generator_layers: int = 3
     attention_heads: int = 8  #: heads of the 3D-awareness block and the box generator
     lr: float = 1e-4
