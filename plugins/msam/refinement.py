@@ -54,7 +54,7 @@ def refine_with_clicks(net: MSamNetwork, x: torch.Tensor, target: torch.Tensor, 
         low = net.step(emb, low, points)
         full = with_background(net.upsample(low, x.shape[2:]))
         outputs.append(full)
-        pred = full.argmax(1).detach()
+        pred = full.detach().max(1).indices  # (argmax over a strided dim is slow on the CPU)
     return outputs
 
 

@@ -38,7 +38,8 @@ class Sam3dConfig:
 
 SAM3D_CONFIGS = {
     "sam_med3d": Sam3dConfig(16, 768, 12, 12, (2, 5, 8, 11), 14, 384, 8, 2048, 256, "sam_med3d", "sam_med3d_turbo.pth"),
-    "tiny3d": Sam3dConfig(8, 48, 2, 2, (1,), 2, 48, 2, 96, 48, "decomposed", None),
+    # 4^3-voxel patches: at its 32^3 input, tiny3d has SAM-Med3D's 8^3 token grid and 32^3 logits
+    "tiny3d": Sam3dConfig(4, 48, 2, 2, (1,), 2, 48, 2, 96, 48, "decomposed", None),
 }
 
 
