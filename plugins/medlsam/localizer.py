@@ -154,17 +154,19 @@ def mss_similarity(support_vectors: list[torch.Tensor], features: list[torch.Ten
 
 
 def mss_loss(features_a: list[torch.Tensor], features_b: list[torch.Tensor], points: torch.Tensor, patch_size: int,
-             temperature: float = 0.1) -> torch.Tensor:
+             temperature: float = 0.1, points_b: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-scale similarity loss: at each scale, the feature of a point in view A must be most similar
-    to the same point of the augmented view B among all positions (InfoNCE over positions)."""
+    to the same point of the augmented view B (at ``points_b``; default the same voxel coordinates)
+    among all positions (InfoNCE over positions)."""
     loss = 0.0
+    points_b = points if points_b is None else points_b
     vecs = feature_at(features_a, points, patch_size)
     for v, fb in zip(vecs, features_b):
         b, n, d = v.shape
         flat = fb.flatten(2)  # B x D x P
         logits = torch.einsum("bnd,bdp->bnp", v, flat) / temperature
         size = fb.shape[2]
-        idx = (points.float() * size / patch_size).long().clamp(0, size - 1)
+        idx = (points_b.float() * size / patch_size).long().clamp(0, size - 1)
         target = (idx[..., 0] * fb.shape[3] + idx[..., 1]) * fb.shape[4] + idx[..., 2]
         loss = loss + F.cross_entropy(logits.reshape(b * n, -1), target.reshape(-1))
     return loss / len(features_a)

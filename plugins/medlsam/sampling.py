@@ -48,36 +48,54 @@ def make_batch(volumes: list[torch.Tensor], batch_size: int, patch: int, coarse_
                crops_per_scan: int = 2, mss_crops: int | None = None, n_points: int = 16) -> dict:
     """Self-supervised batch: ``batch_size`` random crops, in groups of ``crops_per_scan`` crops of
     one (randomly chosen) scan; every pair of crops within a group is an RDR pair (the paper's pair
-    of crops is ``crops_per_scan = 2``). The first ``mss_crops`` crops (default: one per group) also
-    get an intensity-augmented copy and random points for the MSS loss.
+    of crops is ``crops_per_scan = 2``). The first crop of each group (or the first ``mss_crops``
+    crops) also gets an MSS twin: a crop shifted by up to ``patch // 4`` voxels, intensity-augmented,
+    with ``n_points`` corresponding points in both.
 
     Returns ``crops`` (B x 1 x p^3), ``scan`` (B group ids), ``centre_mm`` (B x 3: crop centres in
-    mm), ``crops_aug`` (M x 1 x p^3) and ``points`` (M x n x 3 voxel coordinates in the crop).
+    mm), ``mss_index`` (M), ``crops_aug`` (M x 1 x p^3), ``points`` and ``points_aug`` (M x n x 3
+    voxel coordinates of the same anatomical points in the crop and in its twin).
     """
     if crops_per_scan < 2:
         raise ValueError("crops_per_scan must be >= 2 (RDR needs pairs)")
     n_groups = -(-batch_size // crops_per_scan)
-    crops, scans, centres = [], [], []
+    crops, scans, centres, centre_vox, volumes_of = [], [], [], [], []
     for g in range(n_groups):
         v = volumes[int(rng.integers(len(volumes)))]
         shape = np.array(v.shape[1:])
         for _ in range(min(crops_per_scan, batch_size - g * crops_per_scan)):
             c = rng.integers(0, shape)
             crops.append(crop_patch(v, c, patch))
+            centre_vox.append(c)
+            volumes_of.append(v)
             scans.append(g)
             centres.append(c * np.asarray(coarse_spacing, dtype=np.float64))
     if mss_crops is None:
         mss_idx = list(range(0, len(crops), crops_per_scan))  # the first crop of each group
     else:
         mss_idx = list(range(min(mss_crops, len(crops))))
+    # MSS view B: a crop of the same scan shifted by a random offset, intensity-augmented; a point p
+    # of crop A is p - shift in crop B. (Identical crops would let the features encode the position
+    # in the patch -- the zero padding makes that trivial -- instead of the anatomy.)
     lo, hi = patch // 8, patch - patch // 8
+    max_shift = patch // 4
+    aug, pts_a, pts_b = [], [], []
+    for i in mss_idx:
+        v = volumes_of[i]
+        shift = rng.integers(-max_shift, max_shift + 1, size=3)
+        aug.append(augment_intensity(crop_patch(v, np.asarray(centre_vox[i]) + shift, patch, pad_value=float(v.min())), rng))
+        a_lo, a_hi = np.maximum(lo, lo + shift), np.minimum(hi, hi + shift)  # p in A and p - shift in B both inside
+        p = rng.integers(a_lo, a_hi, size=(n_points, 3))
+        pts_a.append(p)
+        pts_b.append(p - shift)
     return {
         "crops": torch.stack(crops),
         "scan": torch.tensor(scans, dtype=torch.long),
         "centre_mm": torch.tensor(np.stack(centres), dtype=torch.float32),
         "mss_index": torch.tensor(mss_idx, dtype=torch.long),
-        "crops_aug": torch.stack([augment_intensity(crops[i], rng) for i in mss_idx]),
-        "points": torch.from_numpy(rng.integers(lo, hi, size=(len(mss_idx), n_points, 3))),
+        "crops_aug": torch.stack(aug),
+        "points": torch.from_numpy(np.stack(pts_a)),
+        "points_aug": torch.from_numpy(np.stack(pts_b)),
     }
 
 
