@@ -1,8 +1,9 @@
 """Options of the ``masksam`` method and the planning rule for its plans section."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from autosam.sam.sizing import encoder_input_size, median_slice_size, round_up
 
 
 @dataclass
@@ -34,10 +35,6 @@ class MaskSAMOptions:
     cost_size: int = 64  #: masks are compared at most at this side for the matching cost
 
 
-def round_up(value: float, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple)
-
-
 def default_num_queries(num_foreground: int) -> int:
     """N: at least 1.5 x the number of foreground classes and at least 8, in steps of 8 (the
     official code uses 24 for AMOS's 15 classes and 8 for ACDC's 3)."""
@@ -45,20 +42,19 @@ def default_num_queries(num_foreground: int) -> int:
 
 
 def default_patch(configuration, max_depth: int = 8) -> list[int]:
-    """(T, H, W): the configuration's in-plane patch and at most ``max_depth`` slices (every slice
-    goes through the 2D encoder and N decoder passes, so T sets the cost)."""
-    z, y, x = (int(v) for v in list(configuration.patch_size)[-3:])
-    return [min(z, max_depth), y, x]
+    """(T, H, W): whole typical slices in-plane (:func:`autosam.sam.sizing.median_slice_size`: the
+    median in-plane image size, at least the configuration's patch) and at most ``max_depth`` slices
+    (every slice goes through the 2D encoder and N decoder passes, so T sets the cost). Whole slices
+    rather than the 3D UNet's in-plane patch: the encoder's input size follows the slice (one token
+    per 8 voxels), and prediction then needs one tile per slice instead of many overlapping small
+    ones (on the CPU plans' 48 x 48 patches, ~25 tiles per slice of the organs example)."""
+    z = int(list(configuration.patch_size)[-3])
+    return [min(z, max_depth), *median_slice_size(configuration)]
 
 
 def default_input_size(patch: list[int], spec) -> int:
-    """S: one embedding token per 8 voxels of the patch side (SAM: 512-voxel CT slices -> 1024 input,
-    64 x 64 tokens; LiteMedSAM: 512 -> 256, 64 x 64 tokens), a multiple of the encoder stride, at
-    least 4 tokens, at most the size the weights were trained at."""
-    stride = int(spec.vit_patch_size)
-    side = max(patch[-2:])
-    size = round_up(side / 8 * stride, stride)
-    return int(min(max(size, 4 * stride), int(spec.default_input_size)))
+    """S for patches ``(T, H, W)`` (:func:`autosam.sam.sizing.encoder_input_size` of the slice)."""
+    return encoder_input_size(list(patch)[-2:], spec)
 
 
 def plan_section(configuration, spec, backbone: str, num_foreground: int) -> dict:

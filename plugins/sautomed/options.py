@@ -1,8 +1,9 @@
 """Options of the ``sautomed`` method and the planning rule for its plans section."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from autosam.sam.sizing import encoder_input_size, median_slice_size
 
 
 @dataclass
@@ -40,27 +41,14 @@ class SAutoMedOptions:
     encode_batch: int = 16  #: slices per encoder call
 
 
-def round_up(value: float, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple)
-
-
 def default_slice_size(configuration) -> list[int]:
-    """Whole typical slices: the median in-plane image size of the configuration (rounded up to a
-    multiple of 8, at most 512), but never smaller than the configuration's in-plane patch."""
-    median = list(configuration.median_image_size_in_voxels)[-2:]
-    patch = list(configuration.patch_size)[-2:]
-    return [max(min(round_up(m, 8), 512), int(p)) for m, p in zip(median, patch)]
+    """Whole typical slices (:func:`autosam.sam.sizing.median_slice_size`)."""
+    return median_slice_size(configuration)
 
 
 def default_input_size(slice_size: list[int], spec) -> int:
-    """SAM input side for slices of ``slice_size`` voxels: one embedding token per 8 voxels of the
-    slice, ``input = max(slice) / 8 * stride`` (``stride``: the encoder's patch size, 16 for the
-    ViTs, 4 for LiteMedSAM), rounded up to a multiple of the stride, at least 4 tokens and at most
-    the size the weights were trained at. This is the regime SAM (512 -> 1024 input, 64 x 64
-    tokens) and MedSAM/LiteMedSAM (512 -> 256 input, 64 x 64 tokens) were trained in on CT."""
-    stride = int(spec.vit_patch_size)
-    want = round_up(max(slice_size) / 8 * stride, stride)
-    return int(min(max(want, 4 * stride), spec.default_input_size))
+    """SAM input side for slices of ``slice_size`` voxels (:func:`autosam.sam.sizing.encoder_input_size`)."""
+    return encoder_input_size(slice_size, spec)
 
 
 def plan_section(configuration, spec, backbone: str) -> dict:
