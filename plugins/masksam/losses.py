@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import generalized_box_iou_loss
 
 from .matching import CostWeights, match_slice, slice_targets
 
@@ -78,6 +77,8 @@ class MaskSAMLoss(nn.Module):
             if boxes_f is not None:
                 pb = boxes_f.reshape(b * t * n, 4)[q].float()
                 l1 = F.l1_loss(pb, tbox, reduction="none").sum(-1).mean()
+                from torchvision.ops import generalized_box_iou_loss  # lazily: torchvision.ops imports torch._dynamo (~3 s)
+
                 giou = generalized_box_iou_loss(pb, tbox, reduction="mean")
                 total = total + self.w.l1 * l1 + self.w.giou * giou
                 logs.update(l1=float(l1.detach()), giou=float(giou.detach()))

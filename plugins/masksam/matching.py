@@ -12,8 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
-from torchvision.ops import generalized_box_iou
 
 from .prompt_generator import boxes_from_masks
 
@@ -48,6 +46,8 @@ def slice_targets(seg: torch.Tensor, num_classes: int) -> list[SliceTarget]:
 
 def hungarian(cost: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Optimal one-to-one assignment of rows (queries) to columns (segments) minimising the cost."""
+    from scipy.optimize import linear_sum_assignment  # lazily (training only): keeps plugin loading fast
+
     rows, cols = linear_sum_assignment(cost.detach().cpu().numpy())
     return rows, cols
 
@@ -102,5 +102,7 @@ def match_slice(class_logits: torch.Tensor, masks: torch.Tensor, aux_masks: torc
         cost = cost + w.aux_bce * pairwise_bce(am, tgt) + w.aux_dice * pairwise_dice(am, tgt)
     if boxes is not None:
         cost = cost + w.l1 * torch.cdist(boxes.float(), target.boxes, p=1)
+        from torchvision.ops import generalized_box_iou  # lazily: torchvision.ops imports torch._dynamo (~3 s)
+
         cost = cost - w.giou * generalized_box_iou(boxes.float(), target.boxes)
     return hungarian(cost)
