@@ -15,10 +15,9 @@
 #   SAM_METHODS   the SAM methods (default "sautomed masksam")
 #   RESUME=1      keep folds that already have validation/summary.json (otherwise they are retrained)
 #   PREDICT_TEST=1  also run the printed autosam_predict/... commands on imagesTs and evaluate on labelsTs
-#   <METHOD>_FLAGS  extra autosam_train flags of one SAM method (upper-case name). Default for masksam:
-#                 MASKSAM_FLAGS="--patch-size 8 64 80 --input-size 40": the CPU plans' 3d patch is now
-#                 [24, 48, 48], which gives masksam [8, 48, 48] tiles at 24 x 24 and ~72 sliding-window tiles
-#                 (x 8 mirrorings) per validation case, ~6 CPU-min each; 64 x 80 tiles need fewer than half.
+#   <METHOD>_FLAGS  extra autosam_train flags of one SAM method (upper-case name), e.g.
+#                 MASKSAM_FLAGS="--patch-size 4 80 88". None by default: masksam's planned patch is the
+#                 whole median slice (8 x 80 x 88 on the CPU plans), one in-plane tile per slice.
 #   NUM_WORKERS   autosam_train --num-workers (default 0); OMP_NUM_THREADS defaults to 1
 # Timings (wall, CPU, load average) of every step go to $BENCH_ROOT/timings.txt.
 # The defaults need about 40-45 min of CPU time on one core (masksam's mirrored sliding-window
@@ -31,7 +30,7 @@ SAM_ITERS=${4:-6}
 CASES=${CASES:-8}
 FOLDS=${FOLDS:-0 1 2 3 4}
 SAM_METHODS=${SAM_METHODS:-sautomed masksam}
-MASKSAM_FLAGS=${MASKSAM_FLAGS---patch-size 8 64 80 --input-size 40}
+MASKSAM_FLAGS=${MASKSAM_FLAGS:-}
 ROOT=${BENCH_ROOT:-$PWD/.bench/choose}
 mkdir -p "$ROOT"
 ROOT=$(cd "$ROOT" && pwd)
