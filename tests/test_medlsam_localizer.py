@@ -89,10 +89,10 @@ def test_mss_twin_is_a_shifted_crop_with_corresponding_points():
 
 
 @pytest.mark.slow
-def test_rdr_training_learns_offsets_within_a_few_voxels():
-    """RDR alone: held-back loss drops and offsets between crops are within 2.5 coarse voxels
-    (median; seeds 0-3 measured 1.3-2.3 after 400 steps, 1.5-1.7 after 700) where guessing "no
-    offset" is off by the offsets themselves (~10 voxels)."""
+def test_rdr_training_learns_offsets_within_two_voxels():
+    """RDR alone: held-back loss drops and offsets between crops are within 2 coarse voxels
+    (median; seeds 0-3 measured 1.3-2.3 after 400 steps, seeds 1 and 3 -- the worst -- 1.66 and
+    1.49 after 700) where guessing "no offset" is off by the offsets themselves (> 5 voxels)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     vol = _synthetic_volume()
@@ -127,7 +127,7 @@ def test_rdr_training_learns_offsets_within_a_few_voxels():
     err_vox = (pred - true).abs() / torch.from_numpy(spacing).float()
     zero_guess = true.abs() / torch.from_numpy(spacing).float()
     assert zero_guess.median().item() > 5.0
-    assert err_vox.median().item() <= 2.5, err_vox.median()
+    assert err_vox.median().item() <= 2.0, err_vox.median()
 
 
 def test_mss_loss_decreases_and_prefers_corresponding_point():
