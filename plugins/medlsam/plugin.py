@@ -66,7 +66,7 @@ class MedLSAM(Method):
         for key in keys:
             data, seg, props = dataset.load(key)
             flips = canonical_flips(props)
-            vol = flip_volume(to_coarse(torch.from_numpy(np.asarray(data[:1])), spacing, ctx.options.coarse_spacing), flips)
+            vol = flip_volume(to_coarse(torch.from_numpy(np.array(data[:1])), spacing, ctx.options.coarse_spacing), flips)
             if with_labels:
                 lab = to_coarse(torch.from_numpy(np.asarray(seg[:1]).astype(np.float32)), spacing, ctx.options.coarse_spacing, "nearest")
                 out.append((vol, flip_volume(lab, flips)[0].numpy().astype(np.int16)))
@@ -194,7 +194,7 @@ class MedLSAM(Method):
         try:
             for key in val_keys:
                 data, seg, props = dataset.load(key)
-                boxes = self.localize(network, torch.from_numpy(np.asarray(data)), ctx, properties=props)
+                boxes = self.localize(network, torch.from_numpy(np.array(data)), ctx, properties=props)
                 logger.info("medlsam: localised boxes of %s (without margin): %s", key, {k: b.tolist() for k, b in boxes.items()})
                 for label, box in boxes.items():
                     pts = extreme_points(np.asarray(seg[0]) == label)

@@ -72,7 +72,7 @@ def finetune_decoder(backbone, decoder, dataset, keys: list[str], ctx) -> None:
         jit = rng.integers(0, opts.box_jitter_px + 1, size=4) * np.array([-1, -1, 1, 1])
         box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) * np.array([size / w, size / h, size / w, size / h]) + jit
         box = torch.tensor(np.clip(box, 0, size), dtype=torch.float32, device=device)[None]
-        img = torch.from_numpy(np.asarray(data[:, s])).float()[None].to(device)
+        img = torch.from_numpy(np.array(data[:, s])).float()[None].to(device)
         with torch.no_grad():
             emb = backbone.encode(backbone.prepare_slices(img, window=opts.window, channel=0 if img.shape[1] > 1 else None))
             sparse, dense = backbone.prompt_encoder(points=None, boxes=box, masks=None)
