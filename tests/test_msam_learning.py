@@ -20,7 +20,7 @@ from autosam.training.trainer import run_training
 
 DATASET_ID = 998
 #: CPU budget of the learning test (see plugins/msam/README.md, "CPU budget")
-CPU_OVERRIDES = {"backbone": "tiny3d", "lr": "2e-3", "train_iterations": "4"}
+CPU_OVERRIDES = {"backbone": "tiny3d", "train_iterations": "2"}
 
 
 def _prepare(dirs, num_cases: int = 8):
@@ -30,16 +30,14 @@ def _prepare(dirs, num_cases: int = 8):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(run=False, reason="known open problem (issue 6): msam with a random-init tiny3d backbone does not "
-                   "yet reach Dice > 0.1 on the lesions example within a CI budget; see documentation/benchmarks.md")
 def test_msam_learns_lesions_on_cpu(autosam_dirs):
     _prepare(autosam_dirs)
-    fold_dir = run_training(DATASET_ID, "3d", "msam", 0, epochs=16, iters_per_epoch=25, device="cpu", num_workers=0,
+    fold_dir = run_training(DATASET_ID, "3d", "msam", 0, epochs=12, iters_per_epoch=25, device="cpu", num_workers=0,
                             method_overrides=CPU_OVERRIDES)
     summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
     dice = summary["foreground_mean"]["Dice"]
-    # an untrained or broken model finds no lesion (Dice 0): on this data M-SAM first predicts
-    # lesions after ~300 steps (documentation/benchmarks.md, "msam learning")
+    # an untrained or broken model finds no lesion (Dice 0); this budget (300 steps, ~4 min on one
+    # core) measured 0.28, the 2000-step acceptance run 0.70 (documentation/benchmarks.md, "msam learning")
     assert dice > 0.1, f"validation foreground-mean Dice {dice:.3f}"
     assert (fold_dir / "checkpoint_final.pth").is_file()
 
