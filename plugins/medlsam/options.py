@@ -28,7 +28,9 @@ class MedLSAMOptions:
     num_support: int = 5
     split_components: bool = True  # a label made of separate parts in every support (both kidneys) -> one target per part
     max_components: int = 2
-    box_margin: list[int] = field(default_factory=lambda: [2, 10, 10])  # voxels (z, y, x) at the configuration's spacing
+    # box extension in mm (z, y, x): the paper's [2, 10, 10] voxels at its data's spacing (WORD: ~0.98 mm
+    # in-plane, 2.5-3 mm slices); converted to voxels of the configuration's grid (margin_voxels)
+    box_margin_mm: list[float] = field(default_factory=lambda: [5.0, 10.0, 10.0])
     # --- SAM segmentation stage
     backbone: str = "litemedsam"
     sam_checkpoint: str | None = None
@@ -39,3 +41,8 @@ class MedLSAMOptions:
     box_jitter_px: int = 20
     window: list[float] | None = None  # clip window in normalised units before the backbone (None: the volume's 0.5-99.5 percentiles)
     seed: int = 0
+
+
+def margin_voxels(margin_mm, spacing) -> list[int]:
+    """``margin_mm`` (z, y, x) in whole voxels of a grid with ``spacing`` (rounded, at least 0)."""
+    return [max(0, int(round(float(m) / float(sp)))) for m, sp in zip(margin_mm, spacing)]

@@ -12,7 +12,7 @@ from autosam.training.method import Method, MethodContext, StepResult
 from .localize import box_iou_3d, build_prototypes, extend_box, localize_boxes, union_box
 from .localizer import mss_loss, rdr_pairs_loss
 from .network import MedLSAMNetwork
-from .options import MedLSAMOptions
+from .options import MedLSAMOptions, margin_voxels
 from .sampling import canonical_flips, flip_volume, make_batch, to_coarse, unflip_box
 from .segment import finetune_decoder, segment_boxes
 
@@ -162,7 +162,8 @@ class MedLSAM(Method):
                 cbox = unflip_box(cbox, flips, coarse_shape)
                 # coarse voxel index -> nearest fine voxel index (voxel centres aligned, as in to_coarse)
                 fine = np.round(np.concatenate([(cbox[:3] + 0.5) * scale - 0.5, (cbox[3:] + 0.5) * scale - 0.5]))
-                boxes.setdefault(label, []).append(extend_box(fine, opts.box_margin, data.shape[1:]))
+                margin = margin_voxels(opts.box_margin_mm, ctx.configuration.spacing)
+                boxes.setdefault(label, []).append(extend_box(fine, margin, data.shape[1:]))
         return boxes
 
     def localize(self, network: MedLSAMNetwork, data: torch.Tensor, ctx: MethodContext,
@@ -189,8 +190,8 @@ class MedLSAM(Method):
         from .localize import extreme_points, box_from_extremes
 
         per_class: dict[int, list[float]] = {}
-        saved_margin = ctx.options.box_margin
-        ctx.options.box_margin = [0, 0, 0]
+        saved_margin = ctx.options.box_margin_mm
+        ctx.options.box_margin_mm = [0.0, 0.0, 0.0]
         try:
             for key in val_keys:
                 data, seg, props = dataset.load(key)
@@ -201,7 +202,7 @@ class MedLSAM(Method):
                     if pts is not None:
                         per_class.setdefault(label, []).append(box_iou_3d(box, box_from_extremes(pts)))
         finally:
-            ctx.options.box_margin = saved_margin
+            ctx.options.box_margin_mm = saved_margin
         return {"localization_iou": {str(k): float(np.mean(v)) for k, v in sorted(per_class.items())},
                 "localization_iou_mean": float(np.mean([np.mean(v) for v in per_class.values()])) if per_class else float("nan")}
 
