@@ -138,15 +138,17 @@ class MedLSAM(Method):
 
     @torch.no_grad()
     def localize_components(self, network: MedLSAMNetwork, data: torch.Tensor, ctx: MethodContext,
-                            properties: dict | None = None) -> dict[int, list[np.ndarray]]:
-        """Per label, the extended inclusive box [z0, y0, x0, z1, y1, x1] of each of its components
-        (one unless the supports split the label into parts) on the configuration's voxel grid.
+                            properties: dict | None = None, margin_mm=None) -> dict[int, list[np.ndarray]]:
+        """Per label, the inclusive box [z0, y0, x0, z1, y1, x1] of each of its components (one
+        unless the supports split the label into parts) on the configuration's voxel grid, extended
+        by ``margin_mm`` (default: the ``box_margin_mm`` option).
         Reads only the image (and its geometry: ``properties``, default ``ctx.extra["case_properties"]``,
         to flip it to the common orientation)."""
         opts = ctx.options
         spacing = np.asarray(ctx.configuration.spacing, float)
         coarse = np.asarray(opts.coarse_spacing, float)
         flips = canonical_flips(properties if properties is not None else ctx.extra.get("case_properties"))
+        margin = margin_voxels(opts.box_margin_mm if margin_mm is None else margin_mm, spacing)
         vol = flip_volume(to_coarse(data[:1].float().cpu(), spacing, coarse), flips).to(ctx.device)
         coarse_shape = np.array(vol.shape[1:])
         scale = np.array(data.shape[1:]) / coarse_shape  # fine voxels per coarse voxel
@@ -162,14 +164,14 @@ class MedLSAM(Method):
                 cbox = unflip_box(cbox, flips, coarse_shape)
                 # coarse voxel index -> nearest fine voxel index (voxel centres aligned, as in to_coarse)
                 fine = np.round(np.concatenate([(cbox[:3] + 0.5) * scale - 0.5, (cbox[3:] + 0.5) * scale - 0.5]))
-                margin = margin_voxels(opts.box_margin_mm, ctx.configuration.spacing)
                 boxes.setdefault(label, []).append(extend_box(fine, margin, data.shape[1:]))
         return boxes
 
     def localize(self, network: MedLSAMNetwork, data: torch.Tensor, ctx: MethodContext,
-                 properties: dict | None = None) -> dict[int, np.ndarray]:
+                 properties: dict | None = None, margin_mm=None) -> dict[int, np.ndarray]:
         """Per label, one box: the union of its components' boxes (:meth:`localize_components`)."""
-        return {k: union_box(v).astype(int) for k, v in self.localize_components(network, data, ctx, properties).items()}
+        comps = self.localize_components(network, data, ctx, properties, margin_mm=margin_mm)
+        return {k: union_box(v).astype(int) for k, v in comps.items()}
 
     def predict_volume(self, network, data: torch.Tensor, ctx: MethodContext, *, use_mirroring: bool = True,
                        progress: bool = False, boxes: dict[int, np.ndarray] | None = None) -> torch.Tensor:
@@ -190,19 +192,14 @@ class MedLSAM(Method):
         from .localize import extreme_points, box_from_extremes
 
         per_class: dict[int, list[float]] = {}
-        saved_margin = ctx.options.box_margin_mm
-        ctx.options.box_margin_mm = [0.0, 0.0, 0.0]
-        try:
-            for key in val_keys:
-                data, seg, props = dataset.load(key)
-                boxes = self.localize(network, torch.from_numpy(np.array(data)), ctx, properties=props)
-                logger.info("medlsam: localised boxes of %s (without margin): %s", key, {k: b.tolist() for k, b in boxes.items()})
-                for label, box in boxes.items():
-                    pts = extreme_points(np.asarray(seg[0]) == label)
-                    if pts is not None:
-                        per_class.setdefault(label, []).append(box_iou_3d(box, box_from_extremes(pts)))
-        finally:
-            ctx.options.box_margin_mm = saved_margin
+        for key in val_keys:
+            data, seg, props = dataset.load(key)
+            boxes = self.localize(network, torch.from_numpy(np.array(data)), ctx, properties=props, margin_mm=[0, 0, 0])
+            logger.info("medlsam: localised boxes of %s (without margin): %s", key, {k: b.tolist() for k, b in boxes.items()})
+            for label, box in boxes.items():
+                pts = extreme_points(np.asarray(seg[0]) == label)
+                if pts is not None:
+                    per_class.setdefault(label, []).append(box_iou_3d(box, box_from_extremes(pts)))
         return {"localization_iou": {str(k): float(np.mean(v)) for k, v in sorted(per_class.items())},
                 "localization_iou_mean": float(np.mean([np.mean(v) for v in per_class.values()])) if per_class else float("nan")}
 

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autosam.sam.sizing import encoder_input_size, median_slice_size
 from autosam.training.method import Method, MethodContext, StepResult
 
 from .inference import predict_volume_middle_out
 from .loss import SAutoMedLoss
 from .network import ArchitectureConfig, SAutoMedNet
-from .options import SAutoMedOptions, default_input_size, default_slice_size
+from .options import SAutoMedOptions
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ def build_sautomed_network(opts: SAutoMedOptions, num_classes: int, slice_size: 
     if spec.dims != 2:
         raise ValueError(f"sautomed needs a 2D SAM backbone; {opts.backbone!r} is {spec.dims}D")
     if slice_size is None:
-        slice_size = opts.slice_size or (default_slice_size(configuration) if configuration is not None else None)
-    input_size = opts.input_size or (default_input_size(slice_size, spec) if slice_size else None)
+        slice_size = opts.slice_size or (median_slice_size(configuration) if configuration is not None else None)
+    input_size = opts.input_size or (encoder_input_size(slice_size, spec) if slice_size else None)
     backbone = build_backbone(opts.backbone, input_size=input_size, checkpoint=opts.sam_checkpoint,
                               allow_random_init=opts.allow_random_init or weights_follow)
     for p in backbone.parameters():
@@ -71,7 +72,7 @@ class SAutoMedMethod(Method):
 
     # ------------------------------------------------------------------ sizes
     def slice_size(self, ctx: MethodContext) -> list[int]:
-        return list(ctx.options.slice_size or default_slice_size(ctx.configuration))
+        return list(ctx.options.slice_size or median_slice_size(ctx.configuration))
 
     def train_patch_size(self, ctx: MethodContext) -> list[int]:
         """``2 * (max_context + 1) + 1`` slices: the loss slice sits at the centre (where the

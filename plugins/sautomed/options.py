@@ -41,22 +41,12 @@ class SAutoMedOptions:
     encode_batch: int = 16  #: slices per encoder call
 
 
-def default_slice_size(configuration) -> list[int]:
-    """Whole typical slices (:func:`autosam.sam.sizing.median_slice_size`)."""
-    return median_slice_size(configuration)
-
-
-def default_input_size(slice_size: list[int], spec) -> int:
-    """SAM input side for slices of ``slice_size`` voxels (:func:`autosam.sam.sizing.encoder_input_size`)."""
-    return encoder_input_size(slice_size, spec)
-
-
 def plan_section(configuration, spec, backbone: str) -> dict:
     """The plans section of ``sautomed`` for one configuration."""
-    slice_size = default_slice_size(configuration)
+    slice_size = median_slice_size(configuration)
     return {
         "backbone": backbone,
         "slice_size": slice_size,
-        "input_size": default_input_size(slice_size, spec),
+        "input_size": encoder_input_size(slice_size, spec),
         "slice_spacing_mm": [float(s) for s in configuration.spacing[-2:]],
     }
