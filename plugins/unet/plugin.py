@@ -45,6 +45,9 @@ class UNetOptions:
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     compile: bool = False  # torch.compile the network; honoured on CUDA only (never on CPU/MPS)
+    # CPU prediction: "jit" = TorchScript trace + freeze + optimize_for_inference (~25% faster per
+    # patch, falls back to eager if tracing fails), "eager" = the plain module
+    cpu_inference: str = "jit"
 
 
 class UNetMethod(Method):
@@ -91,6 +94,34 @@ class UNetMethod(Method):
             else:
                 logger.warning("unet: --compile ignored on %s (torch.compile is used on CUDA only)", ctx.device.type)
         return net
+
+    def predict_volume(self, network: nn.Module, data: torch.Tensor, ctx: MethodContext, *, use_mirroring: bool = True,
+                       progress: bool = False) -> torch.Tensor:
+        """Sliding window over the whole volume, as nnU-Net: the deep-supervision heads are switched
+        off while predicting (only the full-resolution output is used), and on the CPU the network
+        runs as a frozen TorchScript graph (``cpu_inference="jit"``) with one mirrored copy per call
+        (on two threads 8 single calls measured ~10% faster than one call of 8)."""
+        from autosam.inference.cpu_inference import frozen_cpu_forward
+        from autosam.inference.sliding_window import sliding_window_predict
+
+        if ctx.options.cpu_inference not in ("jit", "eager"):
+            raise ValueError(f"unet option cpu_inference must be 'jit' or 'eager', got {ctx.options.cpu_inference!r}")
+        patch = self.train_patch_size(ctx)
+        decoder = getattr(network, "decoder", None)
+        had_ds = getattr(decoder, "deep_supervision", None)
+        if had_ds:
+            decoder.deep_supervision = False
+        try:
+            forward = None
+            if ctx.device.type == "cpu" and ctx.options.cpu_inference == "jit":
+                forward = frozen_cpu_forward(network, (1, ctx.num_input_channels, *patch))
+            if forward is None:
+                forward = lambda x: self.predict_logits(network, x, ctx)  # noqa: E731
+            return sliding_window_predict(forward, data, patch_size=patch, num_classes=ctx.num_classes, device=ctx.device,
+                                          use_mirroring=use_mirroring, progress=progress, mirror_batch=1)
+        finally:
+            if had_ds:
+                decoder.deep_supervision = True
 
     def deep_supervision_scales(self, ctx: MethodContext) -> list[list[float]] | None:
         if not ctx.options.deep_supervision:
