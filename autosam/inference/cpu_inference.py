@@ -3,16 +3,20 @@
 
 Freezing folds the weights into the graph as constants; ``optimize_for_inference`` then lets
 oneDNN keep pre-packed (blocked-layout) convolution weights instead of re-packing them on every
-call, and fuses what it can. Measured on the ``bench_predict`` UNet (5 stages, 32-320 features,
-patch 32 x 64 x 64, 2 threads, idle 2-core CPU): 0.63 s per patch against 0.82 s eager; outputs
-agree to ~3e-5 (``documentation/benchmarks.md``). Tracing costs a few seconds once per network.
+call, and fuses what it can. Measured with ``benchmarks/bench_predict_stages.py`` on the
+``bench_predict`` UNet (5 stages, 32-320 features, patch 32 x 64 x 64, 2 threads, idle 2-core CPU):
+0.64-0.67 s per patch in single calls against 0.68-0.72 s eager (0.70-0.82 s eager with the 8
+mirrored copies in one call); outputs agree to ~3e-5. The graph is traced for one batch size: call
+it with that batch (a batch of 8 ran slower than eager). Tracing costs a few seconds once per network.
 
 This is not ``torch.compile`` (which the issue forbids by default on the CPU): no code
 generation, no compiler toolchain, a plain TorchScript graph of the same operators.
 
 A traced graph is a snapshot of the weights. :func:`frozen_cpu_forward` therefore caches it on the
 network together with the parameters' version counters (every in-place update, such as an
-optimiser step or ``load_state_dict``, bumps them) and traces again when they changed.
+optimiser step or ``load_state_dict``, bumps them) and traces again when they changed. Python-level
+switches of the module (such as a decoder's ``deep_supervision`` flag) are frozen at tracing time
+and are not part of that key: set them the same way on every call.
 """
 from __future__ import annotations
 
