@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     from autosam.training.trainer import run_training
     from autosam.training.validation import reference_folder
     from autosam_plugins.medlsam.localize import box_from_extremes, extend_box, extreme_points, split_components
-    from autosam_plugins.medlsam.options import margin_voxels
+    from autosam_plugins.medlsam.options import box_margin_voxels
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     result: dict = {"options": dict(kv.split("=", 1) for kv in args.set), "epochs": args.epochs,
@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
             for k in range(1, ctx.num_classes):
                 if (seg == k).any():
                     parts = split_components(seg == k) if ctx.options.split_components else [seg == k]
-                    margin = margin_voxels(ctx.options.box_margin_mm, ctx.configuration.spacing)
+                    margin = box_margin_voxels(ctx.options, ctx.configuration.spacing, seg.shape)
                     boxes[k] = [extend_box(box_from_extremes(extreme_points(m)), margin, seg.shape) for m in parts]
             ctx.extra["case_properties"] = props
             probs = method.predict_volume(net, torch.from_numpy(np.asarray(data, dtype=np.float32)), ctx, boxes=boxes)

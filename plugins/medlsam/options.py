@@ -28,9 +28,17 @@ class MedLSAMOptions:
     num_support: int = 5
     split_components: bool = True  # a label made of separate parts in every support (both kidneys) -> one target per part
     max_components: int = 2
-    # box extension in mm (z, y, x): the paper's [2, 10, 10] voxels at its data's spacing (WORD: ~0.98 mm
-    # in-plane, 2.5-3 mm slices); converted to voxels of the configuration's grid (margin_voxels)
-    box_margin_mm: list[float] = field(default_factory=lambda: [5.0, 10.0, 10.0])
+    # box extension (see README, "Box extension"): the paper's [2, 10, 10] voxels were given on WORD
+    # (512 x 512 slices, ~0.98 mm in-plane, 2.5-3 mm apart). Along z it covers the localiser's
+    # error, so it is kept in mm (2 slices ~ 5 mm). In-plane, SAM sees each slice resized to its
+    # input size, so what a margin does to the prompt depends on its share of the slice: 10 px of a
+    # 512 px slice is 1.95 % of the side (20 px at SAM's 1024, MedSAM's largest box perturbation
+    # in training). ``box_margin_xy_fraction`` keeps that share: fraction x the slice's longer
+    # physical side, in voxels of each in-plane axis.
+    box_margin_z_mm: float = 5.0
+    box_margin_xy_fraction: float = 10.0 / 512.0
+    # explicit margin in mm (z, y, x); replaces the two above when given (the behaviour before session 5)
+    box_margin_mm: list[float] | None = None
     # --- SAM segmentation stage
     backbone: str = "litemedsam"
     sam_checkpoint: str | None = None
@@ -46,3 +54,16 @@ class MedLSAMOptions:
 def margin_voxels(margin_mm, spacing) -> list[int]:
     """``margin_mm`` (z, y, x) in whole voxels of a grid with ``spacing`` (rounded, at least 0)."""
     return [max(0, int(round(float(m) / float(sp)))) for m, sp in zip(margin_mm, spacing)]
+
+
+def box_margin_voxels(options: MedLSAMOptions, spacing, shape) -> list[int]:
+    """The box extension (z, y, x) in whole voxels of a grid with ``spacing`` whose slices are
+    ``shape[-2:]`` voxels: ``box_margin_mm`` if set, otherwise ``box_margin_z_mm`` along z and
+    ``box_margin_xy_fraction`` of the longer physical in-plane side (the side SAM's input size
+    is fitted to) along y and x."""
+    if options.box_margin_mm is not None:
+        return margin_voxels(options.box_margin_mm, spacing)
+    sz, sy, sx = (float(v) for v in spacing)
+    side_mm = max(int(shape[-2]) * sy, int(shape[-1]) * sx)
+    xy_mm = float(options.box_margin_xy_fraction) * side_mm
+    return margin_voxels([options.box_margin_z_mm, xy_mm, xy_mm], (sz, sy, sx))

@@ -12,7 +12,7 @@ from autosam.training.method import Method, MethodContext, StepResult
 from .localize import box_iou_3d, build_prototypes, extend_box, localize_boxes, union_box
 from .localizer import mss_loss, rdr_pairs_loss
 from .network import MedLSAMNetwork
-from .options import MedLSAMOptions, margin_voxels
+from .options import MedLSAMOptions, box_margin_voxels, margin_voxels
 from .sampling import canonical_flips, flip_volume, make_batch, to_coarse, unflip_box
 from .segment import finetune_decoder, segment_boxes
 
@@ -141,14 +141,14 @@ class MedLSAM(Method):
                             properties: dict | None = None, margin_mm=None) -> dict[int, list[np.ndarray]]:
         """Per label, the inclusive box [z0, y0, x0, z1, y1, x1] of each of its components (one
         unless the supports split the label into parts) on the configuration's voxel grid, extended
-        by ``margin_mm`` (default: the ``box_margin_mm`` option).
+        by ``margin_mm`` (z, y, x in mm; default: the options' box extension, :func:`box_margin_voxels`).
         Reads only the image (and its geometry: ``properties``, default ``ctx.extra["case_properties"]``,
         to flip it to the common orientation)."""
         opts = ctx.options
         spacing = np.asarray(ctx.configuration.spacing, float)
         coarse = np.asarray(opts.coarse_spacing, float)
         flips = canonical_flips(properties if properties is not None else ctx.extra.get("case_properties"))
-        margin = margin_voxels(opts.box_margin_mm if margin_mm is None else margin_mm, spacing)
+        margin = box_margin_voxels(opts, spacing, data.shape) if margin_mm is None else margin_voxels(margin_mm, spacing)
         vol = flip_volume(to_coarse(data[:1].float().cpu(), spacing, coarse), flips).to(ctx.device)
         coarse_shape = np.array(vol.shape[1:])
         scale = np.array(data.shape[1:]) / coarse_shape  # fine voxels per coarse voxel
