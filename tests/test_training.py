@@ -276,3 +276,24 @@ def test_unet_learns_tiny_dataset(autosam_dirs):
     summary = read_json(fold_dir / "validation" / "summary.json")
     assert len(summary["metric_per_case"]) == 3
     assert summary["foreground_mean"]["Dice"] >= 0.8, summary["mean"]
+
+
+def test_method_without_epoch_metric_gets_best_from_final(autosam_dirs, monkeypatch):
+    """A method whose validation yields no patch Dice (medlsam: prototypes exist only after
+    training) must not get an epoch-1 checkpoint_best; best is written once, from the final network."""
+    from autosam.plugins import get_method
+
+    make_tiny_preprocessed(autosam_dirs["preprocessed"], autosam_dirs["raw"], num_cases=4)
+    monkeypatch.setattr(type(get_method("unet")), "per_epoch_metric", False)
+    saved = []
+    from autosam.training import trainer
+
+    original = trainer._Loop.save
+    monkeypatch.setattr(trainer._Loop, "save", lambda self, name, epoch: (saved.append((name, epoch)), original(self, name, epoch)))
+    fold_dir = run_training(NAME, "3d", "unet", 0, epochs=2, iters_per_epoch=1, device="cpu", num_workers=0, validate=False)
+    assert ("checkpoint_best.pth", 1) not in saved and saved[-1] == ("checkpoint_best.pth", 2)
+    best = ckpt_io.load_checkpoint(fold_dir / "checkpoint_best.pth")
+    final = ckpt_io.load_checkpoint(fold_dir / "checkpoint_final.pth")
+    assert best["epoch"] == final["epoch"] == 2
+    assert all(torch.equal(best["network"][k], v) for k, v in final["network"].items())
+    assert "no per-epoch validation metric" in _log_text(fold_dir)

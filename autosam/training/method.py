@@ -70,6 +70,10 @@ class Method:
     description: ClassVar[str] = ""
     configurations: ClassVar[tuple[str, ...]] = ("3d",)
     Options: ClassVar[type] = dataclass(type("EmptyOptions", (), {}))
+    # False when validation_step yields no patch segmentation (the pseudo Dice means nothing) or
+    # when after_training completes the network (e.g. support prototypes): the core then writes
+    # checkpoint_best.pth once, after training, from the final network instead of per epoch.
+    per_epoch_metric: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ options
     def make_options(self, plans_section: dict | None = None, overrides: dict | None = None):

@@ -237,6 +237,9 @@ class _Loop:
                 shutdown_loader(loader)
         self.method.after_training(self.network, ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
         self.save("checkpoint_final.pth", ctx.num_epochs)
+        if not self.method.per_epoch_metric:
+            self.save("checkpoint_best.pth", ctx.num_epochs)
+            logger.info("%s has no per-epoch validation metric: checkpoint_best.pth is the final network", self.method.name)
         (self.fold_dir / "checkpoint_latest.pth").unlink(missing_ok=True)  # the final one supersedes it
         logger.info("training done; best EMA pseudo Dice %.4f", self.best_ema if self.best_ema is not None else math.nan)
 
@@ -348,7 +351,7 @@ class _Loop:
                          lr=lr, epoch_time=seconds)
         logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, pseudo Dice %s, EMA %.4f, lr %.3g, %.1f s",
                     epoch + 1, ctx.num_epochs, train_loss, val_loss, [round(d, 4) for d in dice], ema, lr, seconds)
-        if self.best_ema is None or ema > self.best_ema:
+        if self.method.per_epoch_metric and (self.best_ema is None or ema > self.best_ema):
             self.best_ema = ema
             self.save("checkpoint_best.pth", epoch + 1)
             logger.info("new best EMA pseudo Dice %.4f", ema)

@@ -24,6 +24,8 @@ class MedLSAM(Method):
     description = "MedLSAM: self-supervised MedLAM localiser + few-shot extreme points + box-prompted 2D SAM (Lei et al.)"
     configurations = ("3d",)
     Options = MedLSAMOptions
+    # no patch segmentation during training, and the support prototypes exist only after it
+    per_epoch_metric = False
 
     # ------------------------------------------------------------------ build
     def build_network(self, ctx: MethodContext) -> MedLSAMNetwork:
