@@ -7,6 +7,10 @@ network alone per patch: eager vs the frozen TorchScript forward of the `unet` m
     python benchmarks/bench_predict_stages.py --workdir /work/bench/bp --case ctmid
 
 ``--skip-stages`` measures only the per-patch part (a minute), ``--only autosam|nnunet`` one tool.
+``--allocator-check N`` instead runs N rounds of two fresh processes, one with glibc's default
+allocator settings (``AUTOSAM_CPU_ALLOCATOR=default``) and one with autosam's
+(``autosam.utils.cpu_allocator``), each timing 16 frozen forward passes: wall, user and system
+seconds and minor page faults per forward.
 """
 from __future__ import annotations
 
@@ -86,6 +90,41 @@ def per_patch(work: Path, repeats: int) -> None:
                 print(f"{name:6s} {label:30s}: {best / 8:.3f} s per patch (best of {repeats})")
 
 
+def allocator_forward(work: Path, passes: int = 16) -> None:
+    """One process: the frozen forward ``passes`` times, per-forward wall / user / sys / faults."""
+    import resource
+
+    from autosam.inference.cpu_inference import frozen_cpu_forward
+    from autosam.inference.predictor import load_trained_model
+    from autosam.utils.cpu_allocator import tune_cpu_allocator
+
+    model = load_trained_model(work / "results" / DATASET / "unet__autosamPlans__3d", [0])  # tunes unless told not to
+    net = model.folds[0].network.eval()
+    net.decoder.deep_supervision = False
+    patch = list(model.configuration.patch_size)
+    x = torch.randn(1, 1, *patch)
+    frozen = frozen_cpu_forward(net, (1, 1, *patch))
+    with torch.inference_mode():
+        frozen(x), frozen(x)
+        r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        for _ in range(passes):
+            frozen(x).flip(2)  # the sliding window flips every output back
+        wall, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
+    print(f"allocator {'autosam' if tune_cpu_allocator() else 'default'}: {wall / passes:.3f} s per forward, "
+          f"user {(r1.ru_utime - r0.ru_utime) / passes:.3f} s, sys {(r1.ru_stime - r0.ru_stime) / passes:.3f} s, "
+          f"{(r1.ru_minflt - r0.ru_minflt) / passes:.0f} minor page faults", flush=True)
+
+
+def allocator_check(work: Path, rounds: int) -> None:
+    import subprocess
+    import sys
+
+    for _ in range(rounds):
+        for setting in ("default", "tuned"):
+            env = dict(os.environ, AUTOSAM_CPU_ALLOCATOR=setting)
+            subprocess.run([sys.executable, __file__, "--workdir", str(work), "--allocator-forward"], env=env, check=True)
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -99,11 +138,18 @@ def main(argv=None) -> None:
     p.add_argument("--only", choices=("autosam", "nnunet"), default=None)
     p.add_argument("--skip-stages", action="store_true")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--allocator-check", type=int, default=0, metavar="N",
+                   help="N rounds of default vs autosam allocator settings, 16 forwards each (nothing else)")
+    p.add_argument("--allocator-forward", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     work = args.workdir.resolve()
     for k in ("raw", "preprocessed", "results"):
         os.environ[f"AUTOSAM_{k.upper()}"] = str(work / k)
         os.environ[f"nnUNet_{k}"] = str(work / f"nnunet_{k}")
+    if args.allocator_forward:
+        return allocator_forward(work)
+    if args.allocator_check:
+        return allocator_check(work, args.allocator_check)
     image = str(work / "imagesTs" / f"{args.case}_0000.nii.gz")
     if not args.skip_stages:
         if args.only in (None, "autosam"):

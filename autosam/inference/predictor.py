@@ -107,6 +107,10 @@ def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0
         raise ValueError("give at least one fold")
     _, plans_name, configuration_name = _parse_folder_name(model_folder)
     device = torch.device(device)
+    if device.type == "cpu":
+        from autosam.utils.cpu_allocator import tune_cpu_allocator
+
+        tune_cpu_allocator()
     plans, dataset_json = load_plans_and_dataset_json(model_folder, plans_name)
     configuration = plans.configuration(configuration_name)
 

@@ -107,6 +107,10 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
     fold_dir.mkdir(parents=True, exist_ok=True)
     write_model_folder_files(out, plans, dataset_json, pre_folder)
     dev = pick_device(device)
+    if dev.type == "cpu":
+        from autosam.utils.cpu_allocator import tune_cpu_allocator
+
+        tune_cpu_allocator()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
