@@ -160,3 +160,102 @@ def test_box_margin_definition():
     assert margin_voxels([0, 0, 0], [1, 1, 1]) == [0, 0, 0]
     assert box_margin_voxels(m.make_options({}, {"box-margin-xy-fraction": "0", "box-margin-z-mm": "0"}),
                              [1, 1, 1], (5, 64, 64)) == [0, 0, 0]
+
+# ----------------------------------------------------------------------------- --finetune-sam
+def test_finetune_objective_is_what_prediction_computes():
+    """A fine-tuning sample (embedding, box prompt, logits) is exactly what box-prompted
+    prediction computes for that slice and box: same window, aspect-ratio-keeping resize and
+    padding, same prompt scaling and logits resizing (the decoder learns on what it is used on)."""
+    from autosam.sam.box_segment import segment_volume_with_boxes
+    from autosam_plugins.medlsam.segment import finetune_samples
+
+    torch.manual_seed(0)
+    m = get_method("medlsam")
+    ctx = make_ctx(m, **{"finetune-slices": "4"})
+    ds = FakeDataset(2)
+    backbone = m._backbone(ctx)
+    samples = finetune_samples(backbone, ds, ["case_0", "case_1"], ctx, np.random.default_rng(0))
+    assert len(samples) == 4 and {s["case"] for s in samples} == {"case_0", "case_1"}
+    for s in samples:
+        vol = ds.cases[s["case"]][0][0]
+        seg = ds.cases[s["case"]][1][0, s["z"]]
+        for (y0, x0, y1, x1), mask in zip(s["boxes"], s["masks"].numpy()):
+            assert mask.any() and not mask[:y0].any() and not mask[y1 + 1:].any()
+            assert set(np.unique(seg[mask > 0])) <= set(np.unique(seg[seg > 0]))
+        with torch.no_grad():
+            p_ft = torch.sigmoid(s["frame"].decode(s["embedding"], s["frame"].rects(s["boxes"]))).numpy()
+        for j, (y0, x0, y1, x1) in enumerate(s["boxes"]):
+            _, probs = segment_volume_with_boxes(vol, ctx.configuration.spacing, {1: (s["z"], y0, x0, s["z"], y1, x1)},
+                                                 backbone)
+            np.testing.assert_allclose(probs[1][s["z"]], p_ft[j], atol=1e-5)
+
+
+def test_jittered_boxes_only_grow_within_the_limit_and_the_slice():
+    from autosam.sam.box_segment import SliceFrame
+    from autosam_plugins.medlsam.segment import jitter_boxes
+
+    m = get_method("medlsam")
+    frame = SliceFrame(m._backbone(make_ctx(m)), (40, 80), (1.5, 1.5), None)  # 80 px side -> input scale sx = sy
+    rng = np.random.default_rng(0)
+    boxes = [(10, 20, 20, 40), (0, 0, 39, 79)]
+    grown = np.array([jitter_boxes(boxes, frame, 5.0, rng) for _ in range(200)])
+    tight = np.array(boxes, float)
+    assert (grown[:, :, :2] <= tight[:, :2]).all() and (grown[:, :, 2:] >= tight[:, 2:]).all()
+    assert np.abs(grown - tight).max() <= 5.0 / frame.sx + 1e-9
+    assert np.abs(grown[:, 0] - tight[0]).max() > 0.8 * 5.0 / frame.sx  # the range is used
+    np.testing.assert_array_equal(grown[:, 1], np.broadcast_to(tight[1], grown[:, 1].shape))  # clipped to the slice
+    assert jitter_boxes(boxes, frame, 0.0, rng) == [tuple(map(float, b)) for b in boxes]
+
+
+def test_finetune_sam_trains_only_the_decoder_copy_which_the_checkpoint_carries(tmp_path):
+    torch.manual_seed(0)
+    m = get_method("medlsam")
+    ctx = make_ctx(m, **{"finetune-sam": "true", "finetune-steps": "60", "finetune-lr": "3e-3", "finetune-slices": "8"})
+    ctx.output_folder = tmp_path
+    ds = FakeDataset()
+    net = m.build_network(ctx)
+    backbone = m._backbone(ctx)
+    assert net.sam_mask_decoder is not None and net.sam_mask_decoder is not backbone.mask_decoder
+    frozen = {k: v.clone() for k, v in backbone.state_dict().items()}
+    start = {k: v.clone() for k, v in net.sam_mask_decoder.state_dict().items()}
+    m.after_training(net, ctx, ds, ["case_0", "case_1", "case_2"])
+    report = ctx.extra["medlsam_finetune"]
+    assert report["slices"] == 8 and report["steps"] == 60
+    assert report["tight_box_loss_after"] < 0.8 * report["tight_box_loss_before"], report
+    assert (tmp_path / "medlsam_decoder_finetuning.json").is_file()
+    for k, v in backbone.state_dict().items():  # encoder, prompt encoder and SAM's own decoder: untouched
+        torch.testing.assert_close(v, frozen[k], rtol=0, atol=0)
+    assert any(not torch.equal(v, start[k]) for k, v in net.sam_mask_decoder.state_dict().items())
+    # prediction uses the fine-tuned decoder, and a checkpoint round trip keeps it
+    img = torch.from_numpy(ds.cases["case_3"][0])
+    boxes = {1: np.array([6, 8, 6, 13, 19, 15])}
+    tuned = m.predict_volume(net, img, ctx, boxes=boxes)
+    decoder, net.sam_mask_decoder = net.sam_mask_decoder, None
+    zero_shot = m.predict_volume(net, img, ctx, boxes=boxes)
+    net.sam_mask_decoder = decoder
+    assert (tuned[1] - zero_shot[1]).abs().max() > 1e-3
+    assert any(k.startswith("sam_mask_decoder.") for k in net.state_dict())
+    net2 = m.build_network(ctx)
+    net2.load_state_dict(net.state_dict())
+    torch.testing.assert_close(m.predict_volume(net2, img, ctx, boxes=boxes), tuned)
+
+
+def test_planner_prefers_medlsam_with_few_labelled_cases():
+    """With the installed plugins, a dataset of <= 5 labelled cases gets medlsam as its default
+    method (few-shot localisation + pretrained SAM); with many labelled cases it does not."""
+    import dataclasses
+
+    from autosam.plugins import get_plugin_system
+    from autosam_planners.default.planner import DefaultPlanner
+    from plugin_test_data import synthetic_fingerprint
+
+    dj = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "c1": 1, "c2": 2}, "numTraining": 3,
+          "file_ending": ".nii.gz"}
+    few = synthetic_fingerprint()
+    assert few.num_labelled_cases == 3
+    plans = DefaultPlanner().plan(few, dj, gpu_memory_gb=8.0, plugin_system=get_plugin_system())
+    assert plans.default_method == "medlsam", plans.method_votes
+    assert "3 labelled cases" in plans.default_method_rationale
+    many = dataclasses.replace(few, num_labelled_cases=40)
+    plans = DefaultPlanner().plan(many, dict(dj, numTraining=40), gpu_memory_gb=8.0, plugin_system=get_plugin_system())
+    assert plans.default_method != "medlsam", plans.method_votes

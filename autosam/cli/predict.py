@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda when available, else cpu")
     p.add_argument("-npp", "--num_processes", type=int, default=2,
                    help="background threads for preprocessing/export overlapping prediction; 1 = sequential (default 2)")
+    p.add_argument("--boxes-json", type=Path, default=None, metavar="FILE",
+                   help='box prompts per case for a method that takes them (medlsam): {"case": {"label": [z0, y0, x0, '
+                        'z1, y1, x1]}}, voxel indices of the input image (z, y, x, inclusive); the method\'s own '
+                        'localisation is skipped and predict_args.json records the manual mode')
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         written = predict_folder(args.i, args.o, args.d, args.c, args.m, folds, checkpoint=args.checkpoint,
                                  use_mirroring=not args.disable_tta, save_probabilities=args.save_probabilities,
                                  device=device, num_processes=args.num_processes, plans_name=args.plans,
-                                 method_overrides=overrides, progress=progress, patch_progress=not args.quiet)
+                                 method_overrides=overrides, progress=progress, patch_progress=not args.quiet,
+                                 boxes_json=args.boxes_json)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         if bar is not None:
             bar.close()
@@ -80,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if bar is not None:
         bar.close()
-    print(f"{len(written)} prediction(s) written to {args.o} in {time.perf_counter() - start:.1f} s")
+    mode = " with the manual boxes of --boxes-json (localisation skipped)" if args.boxes_json is not None else ""
+    print(f"{len(written)} prediction(s) written to {args.o}{mode} in {time.perf_counter() - start:.1f} s")
     return 0
 
 

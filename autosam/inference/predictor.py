@@ -149,15 +149,21 @@ def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0
 
 
 def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | FoldModel], data, properties: dict | None,
-                              ctx: MethodContext, use_mirroring: bool = True, progress: bool | Callable = False) -> torch.Tensor:
+                              ctx: MethodContext, use_mirroring: bool = True, progress: bool | Callable = False,
+                              boxes: dict[int, list[np.ndarray]] | None = None) -> torch.Tensor:
     """Fold-ensemble probabilities (K x Z x Y x X, float32, CPU) of one preprocessed case.
 
     ``data`` is the preprocessed image (C x Z x Y x X). Each network predicts through
     ``method.predict_volume``; the result is the mean of the folds' probabilities. The case's
     properties are visible to the method as ``ctx.extra["case_properties"]`` while it predicts.
+    ``boxes`` (label -> boxes on the preprocessed grid) are passed on as box prompts to a method
+    with ``accepts_boxes`` (it then skips its own localisation).
     """
     if not networks:
         raise ValueError("predict_preprocessed_case needs at least one network")
+    if boxes is not None and not method.accepts_boxes:
+        raise ValueError(f"method {method.name!r} takes no box prompts")
+    box_kw = {} if boxes is None else {"boxes": boxes}
     if isinstance(data, torch.Tensor):
         tensor = data
     else:  # a read-only (memory-mapped) array is copied: torch warns about non-writable arrays
@@ -174,7 +180,7 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
             if isinstance(item, FoldModel):
                 method.load_extra_state(item.method_state)
             network.eval()
-            probs = method.predict_volume(network, tensor, ctx, use_mirroring=use_mirroring, progress=progress)
+            probs = method.predict_volume(network, tensor, ctx, use_mirroring=use_mirroring, progress=progress, **box_kw)
             probs = probs.detach().to("cpu", torch.float32)
             if tuple(probs.shape) != expected:
                 raise ValueError(f"method {method.name!r} predicted shape {tuple(probs.shape)}; expected {expected}")
@@ -194,11 +200,13 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
                    save_probabilities: bool = False, device: str | torch.device = "cpu", num_processes: int = 2,
                    plans_name: str = DEFAULT_PLANS_NAME, method_overrides: dict | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
-                   patch_progress: bool | Callable = False) -> list[Path]:
+                   patch_progress: bool | Callable = False, boxes_json: str | Path | None = None) -> list[Path]:
     """Predict every case of ``input_folder`` (``<case>_0000<ending>``...) into ``output_folder``.
 
     ``method="auto"``: see :func:`resolve_auto_method`. While one case is predicted, the next one is
     preprocessed and the previous one exported in background threads (``num_processes > 1``).
+    ``boxes_json``: box prompts per case (:mod:`autosam.inference.box_prompts`) for a method that
+    takes them; checked completely before anything is written, and recorded in ``predict_args.json``.
     Returns the written label files.
     """
     from autosam.preprocessing.preprocessor import preprocess_case
@@ -214,6 +222,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     if not cases:
         raise FileNotFoundError(f"{input_folder}: no images named <case>_0000{model.dataset_json['file_ending']}")
     ending = model.dataset_json["file_ending"]
+    user_boxes = _read_user_boxes(boxes_json, model, cases) if boxes_json is not None else None
     output_folder.mkdir(parents=True, exist_ok=True)
     write_json(output_folder / "dataset.json", model.dataset_json)
     model.plans.save(output_folder / "plans.json")
@@ -223,6 +232,9 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
         "use_mirroring": use_mirroring, "save_probabilities": save_probabilities, "device": str(device),
         "options": _options_dict(model.ctx.options),
         "checkpoint_epochs": {str(f.fold): f.epoch for f in model.folds},
+        "box_prompts": None if user_boxes is None else {
+            "file": str(boxes_json), "mode": f"manual boxes from --boxes-json: {model.method.name}'s own localisation skipped",
+            "boxes": {case: {str(k): v for k, v in b.items()} for case, b in user_boxes.items()}},
     })
 
     def load(case):
@@ -239,8 +251,13 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
                 next_case = background.submit(load, cases[i + 1])
             if progress:
                 progress(case.identifier, i, len(cases))
+            case_boxes = None
+            if user_boxes is not None:
+                from autosam.inference.box_prompts import to_preprocessed_grid
+
+                case_boxes = to_preprocessed_grid(user_boxes[case.identifier], properties, data.shape[1:])
             probs = predict_preprocessed_case(model.method, model.folds, data, properties, model.ctx, use_mirroring,
-                                              progress=patch_progress)
+                                              progress=patch_progress, boxes=case_boxes)
             del data
             out = output_folder / f"{case.identifier}{ending}"
             if background:
@@ -260,6 +277,26 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
         if background:
             background.shutdown(wait=True, cancel_futures=True)
     return written
+
+
+def _read_user_boxes(boxes_json, model: TrainedModel, cases) -> dict:
+    """The boxes of ``--boxes-json``, checked against the method, the labels and every input image."""
+    import SimpleITK as sitk
+
+    from autosam.inference.box_prompts import check_in_image, read_boxes_json
+    from autosam.plugins import get_plugin_system
+
+    if not model.method.accepts_boxes:
+        takers = sorted(n for n in get_plugin_system().methods.names() if get_plugin_system().methods.get(n).accepts_boxes)
+        raise ValueError(f"--boxes-json: method {model.method.name!r} takes no box prompts "
+                         f"(methods that do: {', '.join(takers) or 'none installed'})")
+    boxes = read_boxes_json(boxes_json, [c.identifier for c in cases], model.dataset_json)
+    for case in cases:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(case.images[0]))
+        reader.ReadImageInformation()
+        check_in_image(boxes_json, case.identifier, boxes[case.identifier], tuple(reversed(reader.GetSize()))[-3:])
+    return boxes
 
 
 def resolve_auto_method(dataset_id: str | int, plans_name: str = DEFAULT_PLANS_NAME, configuration: str | None = None) -> str:

@@ -58,6 +58,67 @@ def _fit_geometry(shape_yx: tuple[int, int], spacing_yx: tuple[float, float], si
     return h, w
 
 
+def resolve_window(window: tuple[float, float] | str | None, volume: np.ndarray) -> tuple[float, float] | None:
+    """``"auto"`` -> :func:`auto_window` of ``volume``; ``(low, high)`` or ``None`` pass through."""
+    if isinstance(window, str):
+        if window != "auto":
+            raise ValueError(f"window must be (low, high), 'auto' or None; got {window!r}")
+        return auto_window(volume)
+    return None if window is None else (float(window[0]), float(window[1]))
+
+
+class SliceFrame:
+    """How the slices of one volume are put into a 2D backbone's ``S x S`` input, and back.
+
+    Each slice is windowed, resized so that its longer physical side is ``S`` (aspect ratio from
+    the voxel spacing: ``h x w`` inside ``S x S``), zero-padded (as dark as its darkest pixel) to
+    ``S x S``, and mapped with the backbone's own ``prepare_slices``. Box prompts are scaled by the
+    same factors; decoder logits are cropped to ``h x w`` and resized back to the slice.
+    Prediction (:func:`segment_volume_with_boxes`) and decoder fine-tuning (MedLSAM's
+    ``--finetune-sam``) both go through this class, so a fine-tuned decoder sees what it will be
+    used on.
+    """
+
+    def __init__(self, backbone, shape_yx: Sequence[int], spacing_yx: Sequence[float],
+                 window: tuple[float, float] | None):
+        self.backbone = backbone
+        self.size = int(backbone.input_size)
+        self.shape_yx = (int(shape_yx[0]), int(shape_yx[1]))
+        self.h, self.w = _fit_geometry(self.shape_yx, (float(spacing_yx[0]), float(spacing_yx[1])), self.size)
+        self.sy, self.sx = self.h / self.shape_yx[0], self.w / self.shape_yx[1]
+        self.window = window
+
+    def encode(self, slices: np.ndarray, batch_size: int = 8) -> torch.Tensor:
+        """Image embeddings of ``slices`` (``B x Y x X`` intensities)."""
+        x = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None].to(self.backbone.device)
+        if self.window is not None:
+            x = x.clamp(float(self.window[0]), float(self.window[1]))
+        x = F.interpolate(x, size=(self.h, self.w), mode="bilinear", align_corners=False)
+        pad_value = float(x.min())  # padding is as dark as the darkest pixel
+        x = F.pad(x, (0, self.size - self.w, 0, self.size - self.h), value=pad_value)
+        return self.backbone.encode(self.backbone.prepare_slices(x, window=None), batch_size=batch_size)
+
+    def rects(self, boxes_yx: Sequence[Sequence[float]]) -> torch.Tensor:
+        """``K x 4`` prompts (x0, y0, x1, y1 in input pixels) of in-plane boxes ``(y0, x0, y1, x1)``
+        given as inclusive voxel indices of the slice."""
+        return torch.tensor([[b[1] * self.sx, b[0] * self.sy, b[3] * self.sx, b[2] * self.sy] for b in boxes_yx],
+                            dtype=torch.float32, device=self.backbone.device)
+
+    def decode(self, embedding: torch.Tensor, rects: torch.Tensor, mask_decoder=None) -> torch.Tensor:
+        """Logits ``K x Y x X`` of ``K`` box prompts on one slice's ``1 x C x ...`` embedding, on the
+        slice's own grid. ``mask_decoder`` replaces the backbone's; gradients reach it when grad
+        mode is on (the prompt encoder stays frozen)."""
+        bb = self.backbone
+        decoder = bb.mask_decoder if mask_decoder is None else mask_decoder
+        with torch.no_grad():
+            sparse, dense = bb.prompt_encoder(points=None, boxes=rects, masks=None)
+            image_pe = bb.prompt_encoder.get_dense_pe()
+        logits, _ = decoder(image_embeddings=embedding, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                            dense_prompt_embeddings=dense, multimask_output=False)
+        logits = bb.upscale_logits(logits[:, :1])[..., :self.h, :self.w]
+        return F.interpolate(logits, size=self.shape_yx, mode="bilinear", align_corners=False)[:, 0]
+
+
 @torch.no_grad()
 def segment_volume_with_boxes(
     volume: np.ndarray,
@@ -68,6 +129,7 @@ def segment_volume_with_boxes(
     threshold: float = 0.5,
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    mask_decoder=None,
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Segment ``volume`` inside each box with a 2D SAM ``backbone``.
 
@@ -80,6 +142,7 @@ def segment_volume_with_boxes(
     :param threshold: probability above which a voxel is foreground.
     :param batch_size: slices encoded per encoder call.
     :param progress: called as ``progress(done, total)`` after each encoded batch.
+    :param mask_decoder: a (fine-tuned) mask decoder used instead of the backbone's.
     :returns: ``(label_map, probabilities)``: an int16 ``(Z, Y, X)`` map and, per label, a float32
         ``(Z, Y, X)`` probability map (zero outside the box's slices).
     """
@@ -94,36 +157,19 @@ def segment_volume_with_boxes(
     if any(lab <= 0 for lab in labels):
         raise ValueError(f"labels must be positive integers, got {labels}")
     checked = {lab: check_box(boxes[lab], volume.shape, lab) for lab in labels}
-    if isinstance(window, str):
-        if window != "auto":
-            raise ValueError(f"window must be (low, high), 'auto' or None; got {window!r}")
-        window = auto_window(volume)
-    z_dim, y_dim, x_dim = volume.shape
-    size = backbone.input_size
-    h, w = _fit_geometry((y_dim, x_dim), (float(spacing[1]), float(spacing[2])), size)
-    sy, sx = h / y_dim, w / x_dim
-    device = backbone.device
+    window = resolve_window(window, volume)
+    frame = SliceFrame(backbone, volume.shape[1:], spacing[1:], window)
     slices = sorted({z for b in checked.values() for z in range(b[0], b[3] + 1)})
     logger.info("box segmentation: %d labels, %d slices, window %s, %dx%d -> %dx%d in %d", len(labels),
-                len(slices), window, y_dim, x_dim, h, w, size)
+                len(slices), window, *volume.shape[1:], frame.h, frame.w, frame.size)
     probs = {lab: np.zeros(volume.shape, dtype=np.float32) for lab in labels}
     for start in range(0, len(slices), batch_size):
         zs = slices[start:start + batch_size]
-        x = torch.from_numpy(np.ascontiguousarray(volume[zs], dtype=np.float32))[:, None].to(device)
-        if window is not None:
-            x = x.clamp(float(window[0]), float(window[1]))
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-        pad_value = float(x.min())  # padding is as dark as the darkest pixel
-        x = F.pad(x, (0, size - w, 0, size - h), value=pad_value)
-        emb = backbone.encode(backbone.prepare_slices(x, window=None), batch_size=batch_size)
+        emb = frame.encode(volume[zs], batch_size=batch_size)
         for i, z in enumerate(zs):
             labs = [lab for lab in labels if checked[lab][0] <= z <= checked[lab][3]]
-            rects = torch.tensor([[checked[lab][2] * sx, checked[lab][1] * sy, checked[lab][5] * sx,
-                                   checked[lab][4] * sy] for lab in labs], dtype=torch.float32, device=device)
-            logits, _ = backbone.decode_image(emb[i:i + 1], boxes=rects)
-            logits = backbone.upscale_logits(logits)[..., :h, :w]
-            logits = F.interpolate(logits, size=(y_dim, x_dim), mode="bilinear", align_corners=False)
-            p = torch.sigmoid(logits[:, 0]).float().cpu().numpy()
+            rects = frame.rects([checked[lab][1:3] + checked[lab][4:6] for lab in labs])
+            p = torch.sigmoid(frame.decode(emb[i:i + 1], rects, mask_decoder)).float().cpu().numpy()
             for j, lab in enumerate(labs):
                 probs[lab][z] = p[j]
         if progress is not None:

@@ -74,6 +74,10 @@ class Method:
     # when after_training completes the network (e.g. support prototypes): the core then writes
     # checkpoint_best.pth once, after training, from the final network instead of per epoch.
     per_epoch_metric: ClassVar[bool] = True
+    # True when predict_volume takes ``boxes=`` (label -> list of [z0, y0, x0, z1, y1, x1] on the
+    # preprocessed grid): box prompts given by the user (``autosam_predict --boxes-json``) replace
+    # the method's own localisation.
+    accepts_boxes: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ options
     def make_options(self, plans_section: dict | None = None, overrides: dict | None = None):

@@ -46,7 +46,9 @@ class MedLSAMOptions:
     finetune_sam: bool = False  # fine-tune the mask decoder on label boxes with 0-20 px perturbation
     finetune_steps: int = 200
     finetune_lr: float = 1e-5
-    box_jitter_px: int = 20
+    finetune_weight_decay: float = 0.01  # MedSAM's AdamW weight decay
+    finetune_slices: int = 64  # labelled training slices, encoded once (the image encoder is frozen)
+    box_jitter_px: int = 20  # MedSAM's 0-20 px per side, in pixels of SAM's 1024 input (scaled to the backbone's)
     window: list[float] | None = None  # clip window in normalised units before the backbone (None: the volume's 0.5-99.5 percentiles)
     seed: int = 0
 

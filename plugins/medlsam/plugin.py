@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from autosam import hookimpl
+from autosam.utils.files import write_json
 from autosam.training.method import Method, MethodContext, StepResult
 
 from .localize import box_iou_3d, build_prototypes, extend_box, localize_boxes, union_box
@@ -26,6 +28,8 @@ class MedLSAM(Method):
     Options = MedLSAMOptions
     # no patch segmentation during training, and the support prototypes exist only after it
     per_epoch_metric = False
+    # the paper's "manual box" mode: autosam_predict --boxes-json skips the localiser
+    accepts_boxes = True
 
     # ------------------------------------------------------------------ build
     def build_network(self, ctx: MethodContext) -> MedLSAMNetwork:
@@ -125,7 +129,10 @@ class MedLSAM(Method):
                     {k: len(v) for k, v in sorted(protos.items())},
                     f" (absent from all supports: {missing})" if missing else "")
         if opts.finetune_sam and network.sam_mask_decoder is not None:
-            finetune_decoder(self._backbone(ctx), network.sam_mask_decoder, dataset, keys, ctx)
+            report = finetune_decoder(self._backbone(ctx), network.sam_mask_decoder, dataset, keys, ctx)
+            ctx.extra["medlsam_finetune"] = report
+            if ctx.output_folder is not None:
+                write_json(Path(ctx.output_folder) / "medlsam_decoder_finetuning.json", report)
 
     # ------------------------------------------------------------------ inference
     def _backbone(self, ctx: MethodContext):

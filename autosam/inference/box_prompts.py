@@ -1,0 +1,127 @@
+"""Box prompts given by the user at prediction (``autosam_predict --boxes-json FILE``).
+
+A method that takes box prompts (``Method.accepts_boxes``, e.g. ``medlsam``: the paper's "manual
+box" columns) then skips its own localisation and segments inside the given boxes.
+
+The file maps each case to its boxes, per label::
+
+    {
+      "case_007": {"liver": [12, 30, 20, 40, 80, 70], "2": [[5, 10, 10, 9, 20, 20], [5, 10, 50, 9, 20, 60]]},
+      "case_008": {"1": [10, 28, 22, 38, 79, 71]}
+    }
+
+- case: the image's case identifier (``case_007`` for ``case_007_0000.nii.gz``);
+- label: its value (``"1"``) or its name in ``dataset.json``;
+- box: ``[z0, y0, x0, z1, y1, x1]``, voxel indices of the INPUT image in the array order of
+  SimpleITK (z, y, x), inclusive at both ends (the min and max voxel of the structure), as in
+  ``autosam_segment_box``; a list of boxes gives one prompt per box (e.g. both kidneys).
+
+The boxes are mapped onto the configuration's preprocessed grid with the case's own crop and
+resampling (:func:`to_preprocessed_grid`): each box keeps every voxel it touches.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+Box = list[int]
+
+
+def _label_values(dataset_json: dict) -> dict[str, int]:
+    out = {}
+    for name, value in (dataset_json.get("labels") or {}).items():
+        if isinstance(value, (int, float)) and int(value) > 0:
+            out[str(name)] = int(value)
+            out[str(int(value))] = int(value)
+    return out
+
+
+def read_boxes_json(path: str | Path, case_ids: Sequence[str], dataset_json: dict) -> dict[str, dict[int, list[Box]]]:
+    """Read and check a boxes file (format: module docstring) for the cases ``case_ids``.
+
+    Every problem is reported at once, naming the file, the case and the label. Every case to be
+    predicted needs an entry (a case without boxes would silently get an empty prediction); entries
+    for cases that are not in the input folder are an error too (likely a typo).
+    :returns: case -> label value -> list of ``[z0, y0, x0, z1, y1, x1]`` (input-image voxels).
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: boxes file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f'{path}: expected a non-empty object {{"case": {{"label": [z0, y0, x0, z1, y1, x1]}}}}')
+    labels = _label_values(dataset_json)
+    problems: list[str] = []
+    out: dict[str, dict[int, list[Box]]] = {}
+    for case in case_ids:
+        if case not in raw:
+            problems.append(f"case {case!r}: no boxes (every case of the input folder needs an entry)")
+    for case in raw:
+        if case not in case_ids:
+            problems.append(f"case {case!r}: not in the input folder (cases there: {', '.join(sorted(case_ids))})")
+    for case, entry in raw.items():
+        if case not in case_ids:
+            continue
+        if not isinstance(entry, dict) or not entry:
+            problems.append(f'case {case!r}: expected an object {{"label": [z0, y0, x0, z1, y1, x1], ...}}')
+            continue
+        per_label: dict[int, list[Box]] = {}
+        for key, value in entry.items():
+            where = f"case {case!r}, label {key!r}"
+            if str(key) not in labels:
+                problems.append(f"{where}: unknown label (dataset.json labels: "
+                                f"{', '.join(k for k in labels if not k.isdigit())}; or their values)")
+                continue
+            boxes = value if isinstance(value, list) and value and all(isinstance(v, list) for v in value) else [value]
+            for box in boxes:
+                if not (isinstance(box, list) and len(box) == 6 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                         and float(v).is_integer() for v in box)):
+                    problems.append(f"{where}: expected [z0, y0, x0, z1, y1, x1] (6 integers) or a list of them, got {box!r}")
+                    continue
+                b = [int(v) for v in box]
+                if any(b[a] > b[a + 3] for a in range(3)) or min(b) < 0:
+                    problems.append(f"{where}: box {b} needs 0 <= z0 <= z1, 0 <= y0 <= y1, 0 <= x0 <= x1")
+                    continue
+                per_label.setdefault(labels[str(key)], []).append(b)
+        out[case] = per_label
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return out
+
+
+def check_in_image(path: str | Path, case: str, boxes: dict[int, list[Box]], shape: Sequence[int]) -> None:
+    """Every box lies inside the input image of ``shape`` (z, y, x)."""
+    for label, blist in boxes.items():
+        for b in blist:
+            if any(b[a + 3] >= int(shape[a]) for a in range(3)):
+                raise ValueError(f"{path}: case {case!r}, label {label}: box {b} reaches outside the image "
+                                 f"(shape z, y, x = {tuple(int(s) for s in shape)})")
+
+
+def to_preprocessed_grid(boxes: dict[int, list[Box]], properties: dict, preprocessed_shape: Sequence[int]) -> dict[int, list[np.ndarray]]:
+    """Map input-image boxes onto the preprocessed grid of one case (``properties`` of
+    :func:`autosam.preprocessing.preprocessor.preprocess_case`): shift by the crop, then scale each
+    voxel's extent ``[i, i + 1)`` by the resampling factor; the box keeps every voxel it touches.
+    A box outside the crop (all-zero image region) is clipped to it."""
+    bbox = [[int(a), int(b)] for a, b in properties["bbox_used_for_cropping"]]
+    crop = [int(s) for s in properties["shape_after_cropping_and_before_resampling"]]
+    new = [int(s) for s in preprocessed_shape]
+    out: dict[int, list[np.ndarray]] = {}
+    for label, blist in boxes.items():
+        for b in blist:
+            lo, hi = [], []
+            for a in range(3):
+                scale = new[a] / crop[a]
+                c0 = min(max(b[a] - bbox[a][0], 0), crop[a] - 1)
+                c1 = min(max(b[a + 3] - bbox[a][0], 0), crop[a] - 1)
+                lo.append(max(0, min(new[a] - 1, math.floor(c0 * scale + 1e-6))))
+                hi.append(max(0, min(new[a] - 1, math.ceil((c1 + 1) * scale - 1e-6) - 1)))
+            out.setdefault(int(label), []).append(np.array(lo + hi, dtype=int))
+    return out
