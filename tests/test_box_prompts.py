@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from autosam.inference.box_prompts import check_in_image, read_boxes_json, to_preprocessed_grid
+from training_data import untrained_model
 
 DJ = {"labels": {"background": 0, "liver": 1, "kidney": 2}}
 
@@ -80,23 +80,6 @@ def test_boxes_match_the_preprocessed_label_on_real_geometry(autosam_dirs):
         assert np.abs(mapped - truth).max() <= 1, (k, mapped, truth)
 
 
-def _random_model(plans, folder: Path, method: str, overrides: dict) -> None:
-    """A fold_all checkpoint of ``method`` with its initial weights."""
-    import torch
-
-    from autosam.plugins import get_plugin_system
-    from autosam.training.checkpoint import save_checkpoint
-    from autosam.training.method import MethodContext
-
-    entry = get_plugin_system().methods.entry(method)
-    cfg = plans.configuration("3d")
-    options = entry.obj.make_options(cfg.methods.get(method, {}), overrides)
-    ctx = MethodContext(plans=plans, configuration=cfg, dataset_json={}, options=options, device=torch.device("cpu"),
-                        num_input_channels=plans.num_channels, num_classes=plans.num_classes)
-    save_checkpoint(folder / "fold_all" / "checkpoint_final.pth", method_entry=entry, options=options,
-                    network=entry.obj.build_network(ctx), epoch=0, num_epochs=0, configuration="3d", plans_name="autosamPlans")
-
-
 def test_predict_with_manual_boxes_segments_only_inside_them(autosam_dirs, tmp_path, capsys):
     from autosam.cli.predict import main as predict_main
     from autosam.data.example import make_example_dataset
@@ -107,8 +90,8 @@ def test_predict_with_manual_boxes_segments_only_inside_them(autosam_dirs, tmp_p
     plan_and_preprocess(994, num_processes=1, configurations=("3d",))
     plans = Plans.load(autosam_dirs["preprocessed"] / folder.name / "autosamPlans.json")
     results = autosam_dirs["results"] / folder.name
-    _random_model(plans, results / "medlsam__autosamPlans__3d", "medlsam", {"backbone": "tiny"})
-    _random_model(plans, results / "unet__autosamPlans__3d", "unet", {})
+    untrained_model(plans, results / "medlsam__autosamPlans__3d", "medlsam", {"backbone": "tiny"})
+    untrained_model(plans, results / "unet__autosamPlans__3d", "unet")
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(folder / "imagesTr" / "case_001_0000.nii.gz", images / "ct_0000.nii.gz")

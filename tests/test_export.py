@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from autosam.experiment_planning.plans import ResamplingPlan
 from autosam.inference.export import export_prediction, probabilities_to_segmentation, resample_probabilities
 from autosam.io.image import ImageGeometry, read_image
+from shared_data import TOTALSEG
 
-REAL_CT = Path("/work/shared/data/totalsegmentator/example_ct_sm.nii.gz")
+REAL_CT = TOTALSEG / "example_ct_sm.nii.gz"
 ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # 90 degrees about z
 
 

@@ -14,8 +14,7 @@ from autosam.experiment_planning.fingerprint_types import DatasetFingerprint
 from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
 from autosam.utils.files import read_json, write_json
 from raw_dataset_builder import write_raw_dataset
-
-TOTALSEG = Path("/work/shared/data/totalsegmentator")
+from shared_data import TOTALSEG
 
 
 def _tiny_cases():

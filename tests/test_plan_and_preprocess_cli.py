@@ -14,8 +14,9 @@ from autosam.experiment_planning.plans import Plans
 from autosam.preprocessing import storage
 from autosam.utils.files import write_json
 from raw_dataset_builder import write_raw_dataset
+from shared_data import TOTALSEG
 
-TS = Path("/work/shared/data/totalsegmentator")
+TS = TOTALSEG
 
 
 def check_nnunet_layout(pre: Path, case_ids: list[str], configurations=("2d", "3d")) -> Plans:

@@ -24,8 +24,10 @@ from autosam.experiment_planning.fingerprint import extract_fingerprint  # noqa:
 from autosam.experiment_planning.planning import plan_experiment  # noqa: E402
 from autosam.pipeline import plan_and_preprocess  # noqa: E402
 from autosam.training.trainer import run_training  # noqa: E402
+from training_data import untrained_model  # noqa: E402
+from shared_data import TOTALSEG  # noqa: E402
 
-DATA = Path("/work/shared/data/totalsegmentator")
+DATA = TOTALSEG
 
 
 def _train(dataset_id, fold):
@@ -70,24 +72,6 @@ def test_tiny_training_then_fold_ensemble_prediction(autosam_dirs, tmp_path):
     assert len(json.loads((out / "summary.json").read_text())["metric_per_case"]) == 2
 
 
-def _random_unet_model(plans, folder: Path) -> None:
-    """A fold_all checkpoint of the unet method with its initial weights (no training needed to
-    check the geometry of the output)."""
-    import torch
-
-    from autosam.plugins import get_plugin_system
-    from autosam.training.checkpoint import save_checkpoint
-    from autosam.training.method import MethodContext
-
-    entry = get_plugin_system().methods.entry("unet")
-    cfg = plans.configuration("3d")
-    options = entry.obj.make_options(cfg.methods.get("unet", {}), {})
-    ctx = MethodContext(plans=plans, configuration=cfg, dataset_json={}, options=options, device=torch.device("cpu"),
-                        num_input_channels=plans.num_channels, num_classes=plans.num_classes)
-    save_checkpoint(folder / "fold_all" / "checkpoint_final.pth", method_entry=entry, options=options,
-                    network=entry.obj.build_network(ctx), epoch=0, num_epochs=0, configuration="3d", plans_name="autosamPlans")
-
-
 def _write_ct_case(raw: Path, name: str, image: sitk.Image, label: sitk.Image) -> None:
     keep = {1: 1, 2: 2, 3: 3, 5: 4}  # spleen, kidneys, liver -> 1..4
     arr = sitk.GetArrayFromImage(label)
@@ -115,7 +99,7 @@ def test_real_ct_prediction_keeps_the_input_geometry(autosam_dirs, tmp_path):
         "numTraining": 2, "file_ending": ".nii.gz"}))
     extract_fingerprint(991, num_processes=1)
     plans = plan_experiment(991, configurations=("3d",))
-    _random_unet_model(plans, autosam_dirs["results"] / "Dataset991_RealCT" / "unet__autosamPlans__3d")
+    untrained_model(plans, autosam_dirs["results"] / "Dataset991_RealCT" / "unet__autosamPlans__3d")
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(DATA / "example_ct_sm.nii.gz", images / "realct_0000.nii.gz")

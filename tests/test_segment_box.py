@@ -10,8 +10,9 @@ from autosam.cli.segment_box import main as segment_box_main
 from autosam.io.image import ImageGeometry, read_image, write_image
 from autosam.sam.backbones import build_backbone
 from autosam.sam.box_segment import boxes_from_label_map, check_box, merge_probabilities, segment_volume_with_boxes
+from shared_data import TOTALSEG
 
-DATA = Path("/work/shared/data/totalsegmentator")
+DATA = TOTALSEG
 
 
 def _volume():

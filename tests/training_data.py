@@ -69,3 +69,21 @@ def make_tiny_preprocessed(pre_root: Path, raw_root: Path | None = None, num_cas
         (Path(raw_root) / NAME).mkdir(parents=True, exist_ok=True)
         write_json(Path(raw_root) / NAME / "dataset.json", DATASET_JSON)
     return folder
+
+
+def untrained_model(plans, folder: Path, method: str = "unet", overrides: dict | None = None) -> None:
+    """``folder/fold_all/checkpoint_final.pth`` of ``method`` with its initial weights: enough to
+    check what prediction does with geometry and prompts, without training."""
+    import torch
+
+    from autosam.plugins import get_plugin_system
+    from autosam.training.checkpoint import save_checkpoint
+    from autosam.training.method import MethodContext
+
+    entry = get_plugin_system().methods.entry(method)
+    cfg = plans.configuration("3d")
+    options = entry.obj.make_options(cfg.methods.get(method, {}), overrides or {})
+    ctx = MethodContext(plans=plans, configuration=cfg, dataset_json={}, options=options, device=torch.device("cpu"),
+                        num_input_channels=plans.num_channels, num_classes=plans.num_classes)
+    save_checkpoint(folder / "fold_all" / "checkpoint_final.pth", method_entry=entry, options=options,
+                    network=entry.obj.build_network(ctx), epoch=0, num_epochs=0, configuration="3d", plans_name="autosamPlans")
