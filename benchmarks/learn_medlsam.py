@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import ensure_example_dataset, finish, use_work_folder
 
 
 def _clock() -> dict:
@@ -52,33 +52,25 @@ def main(argv=None) -> dict:
     p.add_argument("--out-json", type=Path, default=None, help="write the figures here")
     args = p.parse_args(argv)
 
-    work = args.work.resolve()
-    for name, sub in (("AUTOSAM_RAW", "raw"), ("AUTOSAM_PREPROCESSED", "pre"), ("AUTOSAM_RESULTS", "res")):
-        os.environ[name] = str(work / sub)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    work = use_work_folder(args.work)
 
     import torch
 
-    from autosam.data.example import make_example_dataset
     from autosam.evaluation.evaluate import evaluate_folder
     from autosam.experiment_planning.splits import get_or_create_splits
     from autosam.inference.export import export_prediction
     from autosam.inference.predictor import load_trained_model
-    from autosam.pipeline import plan_and_preprocess
     from autosam.training.dataloading import PreprocessedDataset
     from autosam.training.trainer import run_training
     from autosam.training.validation import reference_folder
-    from autosam_plugins.medlsam.localize import box_from_extremes, extend_box, extreme_points, split_components
+    from autosam_plugins.medlsam.localize import label_boxes
     from autosam_plugins.medlsam.options import box_margin_voxels
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     result: dict = {"options": dict(kv.split("=", 1) for kv in args.set), "epochs": args.epochs,
                     "iters_per_epoch": args.iters_per_epoch, "torch_threads": torch.get_num_threads()}
     t_all = _clock()
-    pre = work / "pre" / "Dataset999_Example"
-    if not (pre / "autosamPlans.json").is_file():
-        make_example_dataset(work / "raw", 999, args.cases, "organs")
-        plan_and_preprocess(999, num_processes=1, configurations=("3d",))
+    pre = ensure_example_dataset(args.cases)
     fold_dir = work / "res" / "Dataset999_Example" / "medlsam__autosamPlans__3d" / f"fold_{args.fold}"
     common = dict(epochs=args.epochs, iters_per_epoch=args.iters_per_epoch, device="cpu",
                   method_overrides=result["options"], num_workers=0)
@@ -123,12 +115,8 @@ def main(argv=None) -> dict:
         for key in val_keys:
             data, seg, props = dataset.load(key)
             seg = np.asarray(seg[0])
-            boxes = {}
-            for k in range(1, ctx.num_classes):
-                if (seg == k).any():
-                    parts = split_components(seg == k) if ctx.options.split_components else [seg == k]
-                    margin = box_margin_voxels(ctx.options, ctx.configuration.spacing, seg.shape)
-                    boxes[k] = [extend_box(box_from_extremes(extreme_points(m)), margin, seg.shape) for m in parts]
+            boxes = label_boxes(seg, range(1, ctx.num_classes), box_margin_voxels(ctx.options, ctx.configuration.spacing, seg.shape),
+                                split=ctx.options.split_components)
             ctx.extra["case_properties"] = props
             probs = method.predict_volume(net, torch.from_numpy(np.asarray(data, dtype=np.float32)), ctx, boxes=boxes)
             export_prediction(probs, props, ctx.configuration, out / f"{key}{ending}")
@@ -140,10 +128,7 @@ def main(argv=None) -> dict:
             if mode in result:
                 print(mode, result[mode], "foreground mean", round(result[f"{mode}_foreground_mean"], 3))
     result["total_time"] = _since(t_all)
-    if args.out_json:
-        args.out_json.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
+    return finish(result, args.out_json)
 
 
 if __name__ == "__main__":

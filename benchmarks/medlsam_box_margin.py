@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     from autosam.sam.backbones import build_backbone
     from autosam.training.dataloading import PreprocessedDataset
     from autosam.plugins import get_method
-    from autosam_plugins.medlsam.localize import box_from_extremes, extend_box, extreme_points, split_components
+    from autosam_plugins.medlsam.localize import extend_box, label_boxes
     from autosam_plugins.medlsam.options import box_margin_voxels
     from autosam_plugins.medlsam.segment import segment_boxes
 
@@ -58,8 +58,7 @@ def main(argv=None) -> None:
         data, seg, props = dataset.load(key)
         seg = np.asarray(seg[0])
         cases[key] = (torch.from_numpy(np.array(data, dtype=np.float32)), seg)
-        sources["label boxes (UPPER BOUND, uses the label)"][key] = {
-            k: [box_from_extremes(extreme_points(part)) for part in split_components(seg == k)] for k in labels if (seg == k).any()}
+        sources["label boxes (UPPER BOUND, uses the label)"][key] = label_boxes(seg, labels)
         if model is not None:
             ctx = model.ctx
             ctx.extra["case_properties"] = props

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import logging
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import ensure_example_dataset, finish, use_work_folder
 
 
 def main(argv=None) -> dict:
@@ -34,29 +33,21 @@ def main(argv=None) -> dict:
     p.add_argument("--out-json", type=Path, default=None)
     args = p.parse_args(argv)
 
-    work = args.work.resolve()
-    for name, sub in (("AUTOSAM_RAW", "raw"), ("AUTOSAM_PREPROCESSED", "pre"), ("AUTOSAM_RESULTS", "res")):
-        os.environ[name] = str(work / sub)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    use_work_folder(args.work)
 
     import torch
 
-    from autosam.data.example import make_example_dataset
     from autosam.experiment_planning.plans import Plans
     from autosam.experiment_planning.splits import get_or_create_splits
-    from autosam.pipeline import plan_and_preprocess
     from autosam.plugins import get_method
     from autosam.training.dataloading import PreprocessedDataset
     from autosam.training.method import MethodContext
-    from autosam_plugins.medlsam.localize import box_from_extremes, extend_box, extreme_points, split_components
+    from autosam_plugins.medlsam.localize import label_boxes
     from autosam_plugins.medlsam.options import box_margin_voxels
     from autosam_plugins.medlsam.segment import finetune_decoder, finetune_samples, segment_boxes
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
-    pre = work / "pre" / "Dataset999_Example"
-    if not (pre / "autosamPlans.json").is_file():
-        make_example_dataset(work / "raw", 999, args.cases, "organs")
-        plan_and_preprocess(999, num_processes=1, configurations=("3d",))
+    pre = ensure_example_dataset(args.cases)
     plans = Plans.load(pre / "autosamPlans.json")
     cfg = plans.configurations["3d"]
     folder = pre / cfg.data_identifier
@@ -86,9 +77,8 @@ def main(argv=None) -> dict:
     for key in val_keys:
         data, seg, _ = val.load(key)
         seg = np.asarray(seg[0])
-        margin = box_margin_voxels(ctx.options, cfg.spacing, seg.shape)
-        boxes = {k: [extend_box(box_from_extremes(extreme_points(m)), margin, seg.shape) for m in split_components(seg == k)]
-                 for k in range(1, num_classes) if (seg == k).any()}
+        boxes = label_boxes(seg, range(1, num_classes), box_margin_voxels(ctx.options, cfg.spacing, seg.shape),
+                            split=ctx.options.split_components)
         cases[key] = (torch.from_numpy(np.array(data, dtype=np.float32)), seg, boxes)
 
     def evaluate(decoder) -> dict:
@@ -113,10 +103,7 @@ def main(argv=None) -> dict:
         run.update(evaluate(decoder))
         result["runs"][f"lr {lr:g}"] = run
         print(f"fine-tuned, lr {lr:g}:", run, flush=True)
-    if args.out_json:
-        args.out_json.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
+    return finish(result, args.out_json)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from autosam_plugins.medlsam.localize import box_from_extremes, box_iou_3d, extend_box, extreme_points
+from autosam_plugins.medlsam.localize import box_from_extremes, box_iou_3d, extend_box, extreme_points, label_boxes
 from autosam_plugins.medlsam.localizer import (MedLAM, feature_templates, mss_loss, mss_similarity, pair_indices,
                                                predicted_offset_mm, rdr_loss, rdr_pairs_loss)
 from autosam_plugins.medlsam.sampling import crop_patch, make_batch
@@ -29,6 +29,18 @@ def test_extend_box_margins_and_clipping():
     assert extend_box(box, [1, 1, 1], (7, 9, 11)).tolist() == [1, 2, 3, 6, 8, 10]
     assert box_iou_3d([0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1]) == 1.0
     assert box_iou_3d([0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]) == pytest.approx(0.5)
+
+
+def test_label_boxes_one_per_part_extended_and_only_present_labels():
+    seg = np.zeros((10, 12, 30), np.int16)
+    seg[2:6, 3:8, 20:26] = 2  # two kidneys in one label
+    seg[3:7, 4:9, 2:8] = 2
+    seg[1:3, 1:3, 12:14] = 1
+    boxes = label_boxes(seg, [1, 2, 3], margin=[1, 1, 1])
+    assert set(boxes) == {1, 2}  # label 3 is absent
+    assert [b.tolist() for b in boxes[1]] == [[0, 0, 11, 3, 3, 14]]
+    assert sorted(b.tolist() for b in boxes[2]) == [[1, 2, 19, 6, 8, 26], [2, 3, 1, 7, 9, 8]]
+    assert [b.tolist() for b in label_boxes(seg, [2], split=False)[2]] == [[2, 3, 2, 6, 8, 25]]
 
 
 def test_crop_patch_pads_outside():

@@ -259,3 +259,17 @@ def test_planner_prefers_medlsam_with_few_labelled_cases():
     many = dataclasses.replace(few, num_labelled_cases=40)
     plans = DefaultPlanner().plan(many, dict(dj, numTraining=40), gpu_memory_gb=8.0, plugin_system=get_plugin_system())
     assert plans.default_method != "medlsam", plans.method_votes
+
+
+def test_parameter_counts_are_logged(caplog):
+    import logging
+
+    from autosam.sam.lora import count_parameters
+
+    m = get_method("medlsam")
+    ctx = make_ctx(m)
+    with caplog.at_level(logging.INFO, logger="autosam_plugins.medlsam.plugin"):
+        net = m.build_network(ctx)
+    localiser = count_parameters(net.localizer)[0]
+    total = localiser + count_parameters(m._backbone(ctx))[1]
+    assert f"MedLAM localiser {localiser:,}" in caplog.text and f"trainable {localiser:,} of {total:,}" in caplog.text

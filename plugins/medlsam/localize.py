@@ -86,6 +86,20 @@ class Prototype:
 
 
 @torch.no_grad()
+def label_boxes(seg: np.ndarray, labels, margin=(0, 0, 0), split: bool = True) -> dict[int, list[np.ndarray]]:
+    """Boxes FROM A LABEL MAP (the paper's "manual box" protocol; it uses the label): per label of
+    ``labels`` present in ``seg`` (Z x Y x X), the box of its six extreme points, one per connected
+    part when ``split`` (:func:`split_components`, as the supports are split), extended by
+    ``margin`` voxels (z, y, x)."""
+    out = {}
+    for k in labels:
+        mask = seg == k
+        if mask.any():
+            parts = split_components(mask) if split else [mask]
+            out[int(k)] = [extend_box(box_from_extremes(extreme_points(m)), margin, seg.shape) for m in parts]
+    return out
+
+
 def point_descriptors(model: MedLAM, volume: torch.Tensor, points, patch: int, template: int):
     """Latents (N x 3) and feature templates (per scale N x D x t^3) of patches centred on ``points``."""
     x = torch.stack([crop_patch(volume, pt, patch) for pt in points])

@@ -9,6 +9,7 @@ import torch
 
 from autosam import hookimpl
 from autosam.utils.files import write_json
+from autosam.sam.lora import count_parameters
 from autosam.training.method import Method, MethodContext, StepResult
 
 from .localize import box_iou_3d, build_prototypes, extend_box, localize_boxes, union_box
@@ -34,10 +35,19 @@ class MedLSAM(Method):
     # ------------------------------------------------------------------ build
     def build_network(self, ctx: MethodContext) -> MedLSAMNetwork:
         net = MedLSAMNetwork(ctx.options, ctx.num_input_channels, ctx.num_classes)
+        backbone = self._backbone(ctx)
         if ctx.options.finetune_sam:
             import copy
 
-            net.sam_mask_decoder = copy.deepcopy(self._backbone(ctx).mask_decoder)
+            net.sam_mask_decoder = copy.deepcopy(backbone.mask_decoder)
+        localiser, _ = count_parameters(net.localizer)
+        decoder = count_parameters(net.sam_mask_decoder)[1] if net.sam_mask_decoder is not None else 0
+        sam_total = count_parameters(backbone)[1]
+        logger.info("medlsam: parameters: MedLAM localiser %s (trained, self-supervised)%s; SAM backbone %s: %s, frozen "
+                    "%s; trainable %s of %s in total", f"{localiser:,}",
+                    f", SAM mask decoder copy {decoder:,} (fine-tuned after training)" if decoder else "",
+                    ctx.options.backbone, f"{sam_total:,}", "except the decoder copy" if decoder else "(zero-shot)",
+                    f"{localiser + decoder:,}", f"{localiser + sam_total:,}")
         return net
 
     def build_loss(self, ctx: MethodContext):
