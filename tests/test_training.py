@@ -297,3 +297,5 @@ def test_method_without_epoch_metric_gets_best_from_final(autosam_dirs, monkeypa
     assert best["epoch"] == final["epoch"] == 2
     assert all(torch.equal(best["network"][k], v) for k, v in final["network"].items())
     assert "no per-epoch validation metric" in _log_text(fold_dir)
+    assert re.findall(r"epoch \d+/2: train loss [\d.]+, val loss [\d.]+, lr", _log_text(fold_dir))
+    assert "pseudo Dice [" not in _log_text(fold_dir)  # no meaningless NaN / EMA 0 for such methods

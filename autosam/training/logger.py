@@ -43,8 +43,9 @@ class TrainingHistory:
     def from_state(cls, state: dict) -> "TrainingHistory":
         return cls(state)
 
-    def plot(self, path: Path, class_names: list[str] | None = None) -> None:
-        """Write ``progress.png`` (atomically): losses and pseudo Dice; epoch time; learning rate."""
+    def plot(self, path: Path, class_names: list[str] | None = None, pseudo_dice: bool = True) -> None:
+        """Write ``progress.png`` (atomically): losses and pseudo Dice (unless ``pseudo_dice`` is
+        False: a method without a patch metric); epoch time; learning rate."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -61,17 +62,20 @@ class TrainingHistory:
         ax.plot(epochs, _clean(v["val_loss"], n), color="r", label="val loss")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
-        ax2 = ax.twinx()
-        dice = _clean(v.get("pseudo_dice", []), n, per_class=True)
-        if dice and dice[0] is not None:
-            for c in range(len(dice[0])):
-                name = class_names[c] if class_names and c < len(class_names) else f"class {c + 1}"
-                ax2.plot(epochs, [d[c] if d else math.nan for d in dice], ls=":", label=f"pseudo Dice {name}")
-        ax2.plot(epochs, _clean(v["ema_pseudo_dice"], n), color="g", ls="--", label="pseudo Dice (EMA)")
-        ax2.set_ylabel("pseudo Dice")
-        ax2.set_ylim(0, 1)
         ax.legend(loc="upper left")
-        ax2.legend(loc="upper right")
+        if pseudo_dice:
+            ax2 = ax.twinx()
+            dice = _clean(v.get("pseudo_dice", []), n, per_class=True)
+            if dice and dice[0] is not None:
+                for c in range(len(dice[0])):
+                    name = class_names[c] if class_names and c < len(class_names) else f"class {c + 1}"
+                    ax2.plot(epochs, [d[c] if d else math.nan for d in dice], ls=":", label=f"pseudo Dice {name}")
+            ax2.plot(epochs, _clean(v["ema_pseudo_dice"], n), color="g", ls="--", label="pseudo Dice (EMA)")
+            ax2.set_ylabel("pseudo Dice")
+            ax2.set_ylim(0, 1)
+            ax2.legend(loc="upper right")
+        else:
+            ax.set_title("no per-epoch patch metric for this method: see validation/summary.json after training")
         axes[1].plot(epochs, _clean(v["epoch_time"], n), color="b")
         axes[1].set_ylabel("epoch time [s]")
         axes[2].plot(epochs, _clean(v["lr"], n), color="b")

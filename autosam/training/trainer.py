@@ -353,8 +353,12 @@ class _Loop:
         seconds = time.time() - start
         self.history.log(epoch, train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice, ema_pseudo_dice=ema,
                          lr=lr, epoch_time=seconds)
-        logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, pseudo Dice %s, EMA %.4f, lr %.3g, %.1f s",
-                    epoch + 1, ctx.num_epochs, train_loss, val_loss, [round(d, 4) for d in dice], ema, lr, seconds)
+        if self.method.per_epoch_metric:
+            logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, pseudo Dice %s, EMA %.4f, lr %.3g, %.1f s",
+                        epoch + 1, ctx.num_epochs, train_loss, val_loss, [round(d, 4) for d in dice], ema, lr, seconds)
+        else:  # no patch segmentation to score: no pseudo Dice in the log or the plot
+            logger.info("epoch %d/%d: train loss %.4f, val loss %.4f, lr %.3g, %.1f s", epoch + 1, ctx.num_epochs,
+                        train_loss, val_loss, lr, seconds)
         if self.method.per_epoch_metric and (self.best_ema is None or ema > self.best_ema):
             self.best_ema = ema
             self.save("checkpoint_best.pth", epoch + 1)
@@ -364,7 +368,7 @@ class _Loop:
                                                          ema_pseudo_dice=ema, lr=lr, epoch_time=seconds))
         try:
             names = [n for n, v in sorted(ctx.plans.labels.items(), key=lambda x: x[1]) if v != 0]
-            self.history.plot(self.fold_dir / "progress.png", names)
+            self.history.plot(self.fold_dir / "progress.png", names, pseudo_dice=self.method.per_epoch_metric)
         except Exception as exc:  # a plotting problem must not stop training
             logger.warning("progress.png not written: %s", exc)
 
