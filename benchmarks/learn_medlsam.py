@@ -5,7 +5,8 @@ and reports
 
 - localisation: 3D IoU of the localised (un-extended) box vs the true box, per class
   (`validation/summary.json` -> `method_report`, written by the trainer next to Dice);
-- Dice with localised boxes (the automatic MedLSAM result; no label is read at prediction):
+- Dice with localised boxes (the automatic MedLSAM result; no label is read at prediction; SAM's
+  decoder zero-shot, or fine-tuned on the training cases with ``--set finetune_sam=true``):
   `validation/summary.json` (original geometry, nnU-Net layout);
 - Dice with boxes taken FROM THE LABEL (upper bound, the paper's "manual box" columns; it uses the
   label): the same pipeline with the label's boxes (one per connected part, extended by the same
@@ -91,13 +92,14 @@ def main(argv=None) -> dict:
     val_keys = sorted(get_or_create_splits(pre, PreprocessedDataset(data_folder).keys)[args.fold]["val"])
     dataset = PreprocessedDataset(data_folder, val_keys)
     result["val_cases"] = val_keys
+    result["sam_decoder"] = "fine-tuned (--finetune-sam)" if ctx.options.finetune_sam else "zero-shot"
 
     summary_path = fold_dir / "validation" / "summary.json"
     if not args.no_sam and summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         report = summary["method_report"]
-        result["dice_localised_boxes_zero_shot"] = {k: v["Dice"] for k, v in summary["mean"].items()}
-        result["dice_localised_boxes_zero_shot_foreground_mean"] = summary["foreground_mean"]["Dice"]
+        result["dice_localised_boxes"] = {k: v["Dice"] for k, v in summary["mean"].items()}
+        result["dice_localised_boxes_foreground_mean"] = summary["foreground_mean"]["Dice"]
     else:
         t = _clock()
         report = method.validation_report(net, ctx, dataset, val_keys)
@@ -118,13 +120,13 @@ def main(argv=None) -> dict:
             boxes = label_boxes(seg, range(1, ctx.num_classes), box_margin_voxels(ctx.options, ctx.configuration.spacing, seg.shape),
                                 split=ctx.options.split_components)
             ctx.extra["case_properties"] = props
-            probs = method.predict_volume(net, torch.from_numpy(np.asarray(data, dtype=np.float32)), ctx, boxes=boxes)
+            probs = method.predict_volume(net, torch.from_numpy(np.array(data, dtype=np.float32)), ctx, boxes=boxes)
             export_prediction(probs, props, ctx.configuration, out / f"{key}{ending}")
         ub = evaluate_folder(reference_folder(pre), out, pre / "dataset.json", output_file=out / "summary.json")
         result["label_box_sam_time"] = _since(t)
         result["dice_label_boxes_UPPER_BOUND_uses_label"] = {k: v["Dice"] for k, v in ub["mean"].items()}
         result["dice_label_boxes_UPPER_BOUND_uses_label_foreground_mean"] = ub["foreground_mean"]["Dice"]
-        for mode in ("dice_localised_boxes_zero_shot", "dice_label_boxes_UPPER_BOUND_uses_label"):
+        for mode in ("dice_localised_boxes", "dice_label_boxes_UPPER_BOUND_uses_label"):
             if mode in result:
                 print(mode, result[mode], "foreground mean", round(result[f"{mode}_foreground_mean"], 3))
     result["total_time"] = _since(t_all)
