@@ -238,6 +238,16 @@ def test_finetune_sam_trains_only_the_decoder_copy_which_the_checkpoint_carries(
     net2 = m.build_network(ctx)
     net2.load_state_dict(net.state_dict())
     torch.testing.assert_close(m.predict_volume(net2, img, ctx, boxes=boxes), tuned)
+    # the same fold, zero-shot: --finetune-sam false at prediction drops the decoder copy
+    ctx_zs = make_ctx(m, **{"finetune-sam": "false"})
+    ctx_zs.extra = ctx.extra  # the same (random, tiny) SAM backbone
+    net_zs = m.build_network(ctx_zs)
+    net_zs.load_state_dict(net.state_dict())
+    torch.testing.assert_close(net_zs.proto_latent, net.proto_latent)
+    torch.testing.assert_close(m.predict_volume(net_zs, img, ctx_zs, boxes=boxes), zero_shot)
+    # the reverse cannot work, and says so
+    with pytest.raises(RuntimeError, match="trained without --finetune-sam"):
+        m.build_network(ctx).load_state_dict(net_zs.state_dict())
 
 
 def test_planner_prefers_medlsam_with_few_labelled_cases():

@@ -2,12 +2,16 @@
 so they travel in every checkpoint and each fold of an ensemble keeps its own)."""
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from .localize import EXTREMES, Prototype
 from .localizer import MedLAM
 from .options import MedLSAMOptions
+
+logger = logging.getLogger(__name__)
 
 
 def template_sides(opts: MedLSAMOptions) -> list[int]:
@@ -32,6 +36,21 @@ class MedLSAMNetwork(nn.Module):
         # With ``finetune_sam`` the plugin attaches a fine-tuned copy of the backbone's mask decoder
         # as ``self.sam_mask_decoder`` (then it is part of the checkpoint); otherwise SAM is zero-shot.
         self.sam_mask_decoder: nn.Module | None = None
+        self._register_load_state_dict_pre_hook(self._decoder_state_hook)
+
+    def _decoder_state_hook(self, state_dict, prefix, *args) -> None:
+        """A checkpoint with a fine-tuned decoder loads into a zero-shot network
+        (``--finetune-sam false`` at prediction: the same fold, SAM's own decoder): its decoder
+        entries are dropped. The reverse cannot work and says why."""
+        key = prefix + "sam_mask_decoder."
+        has = [k for k in state_dict if k.startswith(key)]
+        if self.sam_mask_decoder is None and has:
+            for k in has:
+                del state_dict[k]
+            logger.info("medlsam: the checkpoint's fine-tuned SAM decoder is not used (finetune_sam is off): zero-shot")
+        elif self.sam_mask_decoder is not None and not has:
+            raise RuntimeError("medlsam: finetune_sam is on, but this checkpoint was trained without --finetune-sam "
+                               "(it holds no fine-tuned decoder); predict without --finetune-sam true")
 
     def forward(self, x: torch.Tensor):
         return self.localizer(x)
