@@ -85,7 +85,6 @@ class Prototype:
     templates: list[torch.Tensor]  # per scale (1/4, 1/2, full), D x t x t x t
 
 
-@torch.no_grad()
 def label_boxes(seg: np.ndarray, labels, margin=(0, 0, 0), split: bool = True) -> dict[int, list[np.ndarray]]:
     """Boxes FROM A LABEL MAP (the paper's "manual box" protocol; it uses the label): per label of
     ``labels`` present in ``seg`` (Z x Y x X), the box of its six extreme points, one per connected
@@ -100,6 +99,7 @@ def label_boxes(seg: np.ndarray, labels, margin=(0, 0, 0), split: bool = True) -
     return out
 
 
+@torch.no_grad()
 def point_descriptors(model: MedLAM, volume: torch.Tensor, points, patch: int, template: int):
     """Latents (N x 3) and feature templates (per scale N x D x t^3) of patches centred on ``points``."""
     x = torch.stack([crop_patch(volume, pt, patch) for pt in points])
