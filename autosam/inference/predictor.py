@@ -287,7 +287,8 @@ def _read_user_boxes(boxes_json, model: TrainedModel, cases) -> dict:
     from autosam.plugins import get_plugin_system
 
     if not model.method.accepts_boxes:
-        takers = sorted(n for n in get_plugin_system().methods.names() if get_plugin_system().methods.get(n).accepts_boxes)
+        methods = get_plugin_system().methods
+        takers = sorted(n for n in methods.names() if methods.get(n).accepts_boxes)
         raise ValueError(f"--boxes-json: method {model.method.name!r} takes no box prompts "
                          f"(methods that do: {', '.join(takers) or 'none installed'})")
     boxes = read_boxes_json(boxes_json, [c.identifier for c in cases], model.dataset_json)

@@ -86,8 +86,8 @@ def finetune_samples(backbone, dataset, keys: list[str], ctx, rng: np.random.Gen
         if len(zs) == 0:
             continue
         zs = np.sort(rng.choice(zs, size=min(per_case, len(zs)), replace=False))
-        frame = SliceFrame(backbone, vol.shape[1:], spacing[1:], resolve_window(
-            tuple(opts.window) if opts.window is not None else "auto", vol))
+        # the window segment_boxes uses: the option's, else "auto" on the whole volume
+        frame = SliceFrame(backbone, vol.shape[1:], spacing[1:], resolve_window(opts.window if opts.window is not None else "auto", vol))
         with torch.no_grad():
             emb = frame.encode(vol[zs])
         for i, z in enumerate(zs):
