@@ -87,7 +87,8 @@ def finetune_samples(backbone, dataset, keys: list[str], ctx, rng: np.random.Gen
             continue
         zs = np.sort(rng.choice(zs, size=min(per_case, len(zs)), replace=False))
         # the window segment_boxes uses: the option's, else "auto" on the whole volume
-        frame = SliceFrame(backbone, vol.shape[1:], spacing[1:], resolve_window(opts.window if opts.window is not None else "auto", vol))
+        window = resolve_window(opts.window if opts.window is not None else "auto", vol)
+        frame = SliceFrame(backbone, vol.shape[1:], spacing[1:], window)
         with torch.no_grad():
             emb = frame.encode(vol[zs])
         for i, z in enumerate(zs):
