@@ -94,9 +94,15 @@ def aggregate(per_case: list[dict], labels: Sequence[int]) -> tuple[dict, dict]:
 
 def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path: str | Path,
                     output_file: str | Path | None = None, num_processes: int = 1, *, strict: bool = False,
-                    compute_hd95: bool = True, progress: Callable[[int, int], None] | None = None) -> dict:
+                    compute_hd95: bool = True, progress: Callable[[int, int], None] | None = None,
+                    cases: Sequence[str] | None = None) -> dict:
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; return the summary dict and
-    write it atomically to ``output_file`` when given (JSON; infinite HD95 as ``null`` + flag)."""
+    write it atomically to ``output_file`` when given (JSON; infinite HD95 as ``null`` + flag).
+
+    ``cases``: evaluate these case identifiers only (a fold's validation cases): other files of
+    either folder are left alone, a case without a reference is an error, and a case without a
+    prediction is warned about (an error with ``strict``). Without ``cases`` every prediction is
+    evaluated and references without a prediction are only counted (logged at INFO)."""
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     dataset_json = read_json(dataset_json_path)
     if "labels" not in dataset_json or "file_ending" not in dataset_json:
@@ -107,9 +113,18 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: {what} folder does not exist")
     predictions = sorted(p for p in pred_dir.iterdir() if p.name.endswith(ending) and not p.name.startswith("."))
-    if not predictions:
-        raise ValueError(f"{pred_dir}: no prediction files ending with {ending!r}")
     references = {p.name for p in ref_dir.iterdir() if p.name.endswith(ending) and not p.name.startswith(".")}
+    if cases is not None:
+        wanted = {f"{c}{ending}" for c in cases}
+        no_reference = sorted(wanted - references)
+        if no_reference:
+            raise FileNotFoundError(f"{ref_dir / no_reference[0]}: reference not found"
+                                    + (f" (and {len(no_reference) - 1} more)" if len(no_reference) > 1 else ""))
+        predictions = [p for p in predictions if p.name in wanted]
+        references = wanted
+    if not predictions:
+        raise ValueError(f"{pred_dir}: no prediction files ending with {ending!r}"
+                         + (f" for the {len(cases)} case(s) asked for" if cases is not None else ""))
     missing_ref = [p for p in predictions if p.name not in references]
     if missing_ref:
         raise FileNotFoundError(f"{missing_ref[0]}: no reference {ref_dir / missing_ref[0].name}"
@@ -118,7 +133,11 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path
     if unpredicted:
         if strict:
             raise FileNotFoundError(f"{pred_dir}: no prediction for {len(unpredicted)} reference(s), e.g. {unpredicted[0]}")
-        logger.info("%d reference(s) in %s have no prediction in %s", len(unpredicted), ref_dir, pred_dir)
+        if cases is not None:  # asked for and not predicted: really missing
+            logger.warning("%d of the %d case(s) to evaluate have no prediction in %s: %s", len(unpredicted),
+                           len(references), pred_dir, ", ".join(unpredicted))
+        else:
+            logger.info("%d reference(s) in %s have no prediction in %s", len(unpredicted), ref_dir, pred_dir)
 
     jobs = [(ref_dir / p.name, p, labels, compute_hd95) for p in predictions]
     per_case: list[dict] = []

@@ -118,7 +118,8 @@ class UNetMethod(Method):
             if forward is None:
                 forward = lambda x: self.predict_logits(network, x, ctx)  # noqa: E731
             return sliding_window_predict(forward, data, patch_size=patch, num_classes=ctx.num_classes, device=ctx.device,
-                                          use_mirroring=use_mirroring, progress=progress, mirror_batch=1)
+                                          use_mirroring=use_mirroring, progress=progress, mirror_batch=1,
+                                          step_size=ctx.step_size)
         finally:
             if had_ds:
                 decoder.deep_supervision = True
