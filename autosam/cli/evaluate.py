@@ -1,14 +1,15 @@
 """``autosam_evaluate_folder``: Dice, IoU, HD95 per case and label, with means (``summary.json``)."""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
+from autosam.cli.common import Parser
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+
+def build_parser() -> Parser:
+    p = Parser(
         prog="autosam_evaluate_folder",
         description="Compare predicted label maps with reference label maps. Writes per case and per label Dice, "
                     "IoU, HD95 (mm, anisotropic spacing honoured), TP/FP/FN/TN, n_ref/n_pred, the mean per label and "
@@ -16,18 +17,39 @@ def build_parser() -> argparse.ArgumentParser:
                     "both images are NaN and left out of the means; HD95 of a label present in only one image is "
                     "infinite (null + HD95_infinite in JSON) and left out of the HD95 means (counted in HD95_n_infinite).",
     )
-    p.add_argument("-ref", required=True, type=Path, help="folder with the reference label maps")
-    p.add_argument("-pred", required=True, type=Path, help="folder with the predicted label maps (same file names)")
+    p.add_argument("gt_folder", nargs="?", type=Path, default=None, metavar="REF",
+                   help="folder with the reference label maps (as nnU-Net; or -ref)")
+    p.add_argument("pred_folder", nargs="?", type=Path, default=None, metavar="PRED",
+                   help="folder with the predicted label maps, same file names (as nnU-Net; or -pred)")
+    p.add_argument("-ref", type=Path, default=None, help="folder with the reference label maps")
+    p.add_argument("-pred", type=Path, default=None, help="folder with the predicted label maps (same file names)")
     p.add_argument("-djfile", required=True, type=Path, help="dataset.json (labels and file_ending)")
+    p.add_argument("-pfile", type=Path, default=None,
+                   help="nnU-Net's plans file; accepted and not needed (labels and file ending come from -djfile)")
     p.add_argument("-o", type=Path, default=None, help="output JSON (default: PRED/summary.json)")
     p.add_argument("-np", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--strict", action="store_true", help="fail when a reference has no prediction")
+    p.add_argument("--strict", action="store_true",
+                   help="fail when a reference has no prediction (default: such references are counted and listed "
+                        "in summary.json under references_without_prediction)")
+    p.add_argument("--chill", action="store_true",
+                   help="nnU-Net's flag not to fail when references have no prediction: autosam's default already "
+                        "(overrides --strict)")
     p.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster on large images)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, positional, flag in (("reference", "gt_folder", "ref"), ("prediction", "pred_folder", "pred")):
+        a, b = getattr(args, positional), getattr(args, flag)
+        if a is not None and b is not None and a != b:
+            parser.error(f"the {name} folder is given twice ({a} and -{flag} {b})")
+        if a is None and b is None:
+            parser.error(f"the {name} folder is required (positional, as nnU-Net, or -{flag})")
+        setattr(args, flag, a if a is not None else b)
+    if args.chill:
+        args.strict = False
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from tqdm import tqdm
 
