@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from typing import Iterable, NoReturn
 
 
@@ -70,6 +71,32 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self._argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._argv, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        # argparse reports a missing required argument before unknown flags; a misspelt flag is
+        # often the reason the argument is missing (-djfil x), so name it with its suggestion too
+        if "unrecognized arguments" not in message:
+            hints = [f"{t} (did you mean {h}?)" for t in self._unknown_flags()
+                     if (h := suggest_flag(t, self.flag_spellings()))]
+            if hints:
+                message += "; unrecognized arguments: " + " ".join(hints)
+        super().error(message)
+
+    def _unknown_flags(self) -> list[str]:
+        out = []
+        for token in self._argv:
+            if token == "--":
+                break
+            if token.startswith("-") and len(token) > 1 and not _is_number(token):
+                parsed = self._parse_optional(token)
+                if parsed is not None and not isinstance(parsed, list) and parsed[0] is None:
+                    out.append(token)
+        return out
 
     def _get_option_tuples(self, option_string):
         tuples = super()._get_option_tuples(option_string)
@@ -125,7 +152,8 @@ def method_overrides_from(parser: Parser, extra: list[str], option_names: Iterab
     spelling among the command's flags and the method's options: a single-dash token is never a
     method option (``-devcie`` -> did you mean ``-device``), nor is a misspelt command flag
     (``--epoch`` -> ``--epochs``). ``option_names`` None (the method could not be looked up here)
-    keeps the ``--name`` tokens; the method then rejects unknown names itself.
+    keeps the ``--name`` tokens that resemble no command flag; the method then rejects unknown
+    names itself.
     """
     options = None if option_names is None else {n.replace("-", "_") for n in option_names}
     option_flags = [f"--{n.replace('_', '-')}" for n in (options or ())]
@@ -136,6 +164,8 @@ def method_overrides_from(parser: Parser, extra: list[str], option_names: Iterab
         if not token.startswith("--") or len(token) <= 2:
             unknown.append(token)
         elif options is not None and _flag_key(token) not in options:
+            unknown.append(token)
+        elif options is None and suggest_flag(token, parser.flag_spellings()):
             unknown.append(token)
     if unknown:
         parser.fail_unknown(unknown, option_flags)
