@@ -42,11 +42,11 @@ def _parser() -> Parser:
     p.add_argument("--input-size", type=int, help="encoder input size (default: the backbone's own)")
     p.add_argument("--window", nargs="+", default=["auto"],
                    help="intensity window LOW HIGH, 'auto' (default) or 'none' (each slice's own range)")
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write OUTPUT's stem + _probabilities.npz (one float16 map per label)")
     add_device(p, "SAM")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per encoder call")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per encoder call (default 8)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
