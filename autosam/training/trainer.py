@@ -79,6 +79,8 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
         raise ValueError("--val_best validates with checkpoint_best.pth, which --disable_checkpointing does not write")
     if pretrained_weights is not None and resume:
         raise ValueError("-pretrained_weights starts a new training; it cannot be combined with --c (continue)")
+    if pretrained_weights is not None and validation_only:
+        logger.warning("-pretrained_weights is ignored with --val: the validation uses the fold's own checkpoint")
     if not 0 < step_size <= 1:
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
     configuration = normalize_configuration(configuration)
@@ -267,7 +269,7 @@ class _Loop:
                 shutdown_loader(loader)
         self.method.after_training(self.network, ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
         self.save("checkpoint_final.pth", ctx.num_epochs)
-        if not self.method.per_epoch_metric:
+        if not self.method.per_epoch_metric and not self.disable_checkpointing:
             self.save("checkpoint_best.pth", ctx.num_epochs)
             logger.info("%s has no per-epoch validation metric: checkpoint_best.pth is the final network", self.method.name)
         (self.fold_dir / "checkpoint_latest.pth").unlink(missing_ok=True)  # the final one supersedes it
