@@ -308,3 +308,13 @@ def test_evaluate_folder_takes_nnunet_positional_folders(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         evaluate.main(["-djfile", str(tmp_path / "dataset.json")])
     assert info.value.code == 2 and "reference folder is required" in capsys.readouterr().err
+
+
+def test_find_best_takes_3d_fullres(tmp_path):
+    from autosam.postprocessing.find_best import discover
+
+    for config in ("3d", "2d"):
+        summary = tmp_path / f"unet__autosamPlans__{config}" / "fold_0" / "validation" / "summary.json"
+        write_json(summary, {})
+    found = discover(tmp_path, None, ["3d_fullres"], "autosamPlans", [0])
+    assert [(e.method, e.configuration) for e in found] == [("unet", "3d")]
