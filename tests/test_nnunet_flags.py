@@ -131,10 +131,20 @@ def test_configuration_names():
 
 
 # ------------------------------------------------------------------------------------ prediction
+def _geometry(shape) -> ImageGeometry:
+    return ImageGeometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+                         shape=tuple(shape))
+
+
+def _box_mask() -> np.ndarray:
+    seg = np.zeros((4, 5, 6), np.uint8)
+    seg[1:3, 1:4, 1:5] = 1
+    return seg
+
+
 def _write_inputs(folder, n=2):
     folder.mkdir()
-    geometry = ImageGeometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
-                             shape=(6, 10, 12))
+    geometry = _geometry((6, 10, 12))
     rng = np.random.default_rng(0)
     for i in range(n):
         write_image(folder / f"case{i}_0000.nii.gz", rng.normal(size=(6, 10, 12)).astype(np.float32), geometry)
@@ -276,10 +286,7 @@ def test_fold_validation_evaluates_its_own_cases(autosam_dirs, caplog):
 def test_evaluate_cases_warns_about_what_is_really_missing(tmp_path, caplog):
     from autosam.evaluation.evaluate import evaluate_folder
 
-    geometry = ImageGeometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
-                             shape=(4, 5, 6))
-    seg = np.zeros((4, 5, 6), np.uint8)
-    seg[1:3, 1:4, 1:5] = 1
+    geometry, seg = _geometry((4, 5, 6)), _box_mask()
     for name in ("a", "b", "c", "d"):
         write_image(tmp_path / "ref" / f"{name}.nii.gz", seg, geometry)
     for name in ("a", "x"):  # x: a stale file of another split, not asked for
@@ -295,10 +302,7 @@ def test_evaluate_cases_warns_about_what_is_really_missing(tmp_path, caplog):
 
 
 def test_evaluate_folder_takes_nnunet_positional_folders(tmp_path, capsys):
-    geometry = ImageGeometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
-                             shape=(4, 5, 6))
-    seg = np.zeros((4, 5, 6), np.uint8)
-    seg[1:3, 1:4, 1:5] = 1
+    geometry, seg = _geometry((4, 5, 6)), _box_mask()
     write_image(tmp_path / "ref" / "a.nii.gz", seg, geometry)
     write_image(tmp_path / "pred" / "a.nii.gz", seg, geometry)
     write_json(tmp_path / "dataset.json", DATASET_JSON)
