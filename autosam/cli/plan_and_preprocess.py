@@ -11,10 +11,9 @@ Every command also takes ``--verbose`` (debug messages) and ``--no_pbar`` (no pr
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from autosam.cli.common import Parser, normalize_configuration
+from autosam.cli.common import Parser, normalize_configuration, setup_logging
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
 
 EPILOG = ("Folders come from AUTOSAM_RAW, AUTOSAM_PREPROCESSED and AUTOSAM_RESULTS. "
@@ -57,7 +56,7 @@ def _add_configs(p: argparse.ArgumentParser) -> None:
 
 
 def _run(fn, args) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    setup_logging(args.verbose)
     try:
         for dataset in args.dataset:
             fn(dataset)

@@ -1,8 +1,6 @@
 """``autosam_predict``: segment a folder of images with trained folds (the fold ensemble)."""
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ from autosam.cli.common import (
     method_option_names,
     method_overrides_from,
     normalize_configuration,
+    setup_logging,
     step_size,
 )
 
@@ -72,7 +71,7 @@ def _fold(text: str):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    setup_logging(args.verbose)
     if extra:
         overrides = method_overrides_from(parser, extra, method_option_names(args.m, args.d, args.c, args.plans))
     else:
