@@ -6,6 +6,8 @@ import difflib
 import sys
 from typing import Iterable, NoReturn
 
+from autosam.experiment_planning.plans import normalize_configuration  # noqa: F401  (for the commands)
+
 
 def parse_method_overrides(extra: list[str]) -> dict[str, str | list[str]]:
     """Method option flags left over by ``argparse.parse_known_args`` -> ``{option: value}``.
@@ -198,9 +200,6 @@ def method_option_names(method_name: str, dataset=None, configuration: str | Non
 
 
 # ---------------------------------------------------------------------------------------------- values
-from autosam.experiment_planning.plans import normalize_configuration  # noqa: E402  (re-exported for the commands)
-
-
 def step_size(text: str) -> float:
     """``-step_size``: the sliding-window step as a fraction of the patch, in (0, 1]."""
     try:
