@@ -211,17 +211,6 @@ def step_size(text: str) -> float:
     return value
 
 
-def setup_logging(verbose: bool = False, level: int = 20) -> None:
-    """Messages to the terminal at ``level`` (INFO); ``verbose`` (``--verbose``) adds autosam's
-    and its plugins' debug messages, not those of the libraries underneath."""
-    import logging
-
-    logging.basicConfig(level=level, format="%(message)s")
-    if verbose:
-        for name in ("autosam", "autosam_plugins", "autosam_planners"):
-            logging.getLogger(name).setLevel(logging.DEBUG)
-
-
 def add_device(p: argparse.ArgumentParser, what: str) -> None:
     """``-device``/``--device`` with the default order this code uses (:func:`default_device`)."""
     p.add_argument("-device", "--device", dest="device", choices=("cpu", "cuda", "mps"), default=None,

@@ -6,14 +6,15 @@
 - ``autosam_plan_and_preprocess -d ID [-np N] [-npfp N] [-pl PLANNER] [-c CONFIGS...] [--verify_dataset_integrity]
   [--clean] [--no_pp] [-gpu_memory_target G] [--target T]``
 
-Every command also takes ``--verbose`` (debug messages) and ``--no_pbar`` (no progress bars), as nnU-Net's.
+Every command also takes ``--no_pbar`` (no progress bars), as nnU-Net's.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from autosam.cli.common import Parser, normalize_configuration, setup_logging
+from autosam.cli.common import Parser, normalize_configuration
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
 
 EPILOG = ("Folders come from AUTOSAM_RAW, AUTOSAM_PREPROCESSED and AUTOSAM_RESULTS. "
@@ -56,7 +57,7 @@ def _add_configs(p: argparse.ArgumentParser) -> None:
 
 
 def _run(fn, args) -> int:
-    setup_logging(args.verbose)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         for dataset in args.dataset:
             fn(dataset)
@@ -68,7 +69,6 @@ def _run(fn, args) -> int:
 
 def _parser(prog: str, description: str) -> Parser:
     p = Parser(prog=prog, description=description, epilog=EPILOG)
-    p.add_argument("--verbose", action="store_true", help="debug-level log messages")
     p.add_argument("--no_pbar", action="store_true", help="no progress bars (for non-interactive jobs)")
     return p
 

@@ -1,6 +1,7 @@
 """``autosam_predict``: segment a folder of images with trained folds (the fold ensemble)."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,6 @@ from autosam.cli.common import (
     method_option_names,
     method_overrides_from,
     normalize_configuration,
-    setup_logging,
     step_size,
 )
 
@@ -60,7 +60,6 @@ def build_parser() -> Parser:
                         'z1, y1, x1]}}, voxel indices of the input image (z, y, x, inclusive); the method\'s own '
                         'localisation is skipped and predict_args.json records the manual mode')
     p.add_argument("--disable_progress_bar", "--quiet", dest="quiet", action="store_true", help="no progress bars")
-    p.add_argument("--verbose", action="store_true", help="debug-level log messages")
     return p
 
 
@@ -71,7 +70,7 @@ def _fold(text: str):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    setup_logging(args.verbose)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if extra:
         overrides = method_overrides_from(parser, extra, method_option_names(args.m, args.d, args.c, args.plans))
     else:
