@@ -309,9 +309,15 @@ def test_evaluate_folder_takes_nnunet_positional_folders(tmp_path, capsys):
     assert evaluate.main([str(tmp_path / "ref"), str(tmp_path / "pred"), "-djfile", str(tmp_path / "dataset.json"),
                           "-pfile", "plans.json", "-o", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["foreground_mean"]["Dice"] == 1.0
+    assert evaluate.main(["-ref", str(tmp_path / "ref"), str(tmp_path / "pred"), "-djfile", str(tmp_path / "dataset.json"),
+                          "-o", str(tmp_path / "s2.json")]) == 0  # one flag, one positional
+    assert json.loads((tmp_path / "s2.json").read_text())["foreground_mean"]["Dice"] == 1.0
     with pytest.raises(SystemExit) as info:
         evaluate.main(["-djfile", str(tmp_path / "dataset.json")])
     assert info.value.code == 2 and "reference folder is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(["a", "-ref", "r", "-pred", "p", "-djfile", "d.json"])
+    assert info.value.code == 2 and "unexpected folder a" in capsys.readouterr().err
 
 
 def test_find_best_takes_3d_fullres(tmp_path):

@@ -41,13 +41,15 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name, positional, flag in (("reference", "gt_folder", "ref"), ("prediction", "pred_folder", "pred")):
-        a, b = getattr(args, positional), getattr(args, flag)
-        if a is not None and b is not None and a != b:
-            parser.error(f"the {name} folder is given twice ({a} and -{flag} {b})")
-        if a is None and b is None:
-            parser.error(f"the {name} folder is required (positional, as nnU-Net, or -{flag})")
-        setattr(args, flag, a if a is not None else b)
+    # nnU-Net's positional REF PRED, or -ref/-pred; positional folders fill what the flags leave open
+    folders = [f for f in (args.gt_folder, args.pred_folder) if f is not None]
+    for name, flag in (("reference", "ref"), ("prediction", "pred")):
+        if getattr(args, flag) is None:
+            if not folders:
+                parser.error(f"the {name} folder is required (positional REF PRED, as nnU-Net, or -{flag})")
+            setattr(args, flag, folders.pop(0))
+    if folders:
+        parser.error(f"unexpected folder {folders[0]}: -ref and -pred are given already")
     if args.chill:
         args.strict = False
     logging.basicConfig(level=logging.INFO, format="%(message)s")
