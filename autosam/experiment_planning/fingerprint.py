@@ -114,7 +114,9 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
         if bar is not None:
             bar.close()
     cases = [measures[c.identifier] for c in ds.cases]
+    ignore = ds.label_manager.ignore_label  # declared, but not a class: no statistics, no warning
     for m in cases:
+        m.undeclared_labels = [v for v in m.undeclared_labels if v != ignore]
         if m.undeclared_labels:
             logger.warning("%s: label value(s) %s are not declared in dataset.json; ignored", m.identifier, m.undeclared_labels)
     return DatasetFingerprint(
@@ -127,7 +129,7 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
             np.median([np.prod(m.shape_after_crop) / np.prod(m.shape_before_crop) for m in cases])
         ),
         foreground_intensity_properties_per_channel=_intensity_properties(cases, ds),
-        class_statistics=aggregate_class_stats(cases, ds.labels),
+        class_statistics=aggregate_class_stats(cases, ds.label_manager.label_names()),
         num_labelled_cases=sum(1 for c in ds.cases if c.label is not None),
     )
 
