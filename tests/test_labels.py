@@ -338,4 +338,39 @@ def test_sparse_annotation_with_ignore_label_still_learns(autosam_dirs):
     write_json(dense / "dataset.json", DATASET_JSON)
     dense_summary = evaluate_folder(dense / "ref", dense / "pred", dense / "dataset.json")
     assert len(dense_summary["metric_per_case"]) == 3
+    print("dense foreground-mean Dice", dense_summary["foreground_mean"]["Dice"])
     assert dense_summary["foreground_mean"]["Dice"] >= 0.75, dense_summary["mean"]
+
+
+def test_plan_and_preprocess_region_dataset_with_ignore_label(autosam_dirs):
+    """Fingerprint, plans and preprocessing count regions and leave the ignore label out."""
+    from autosam.pipeline import plan_and_preprocess
+    from autosam.preprocessing.storage import load_case
+    from raw_dataset_builder import write_raw_dataset
+
+    cases = {}
+    for i in range(3):
+        rng = np.random.default_rng(i)
+        label = np.zeros((8, 12, 12), np.uint8)
+        label[2:6, 3:9, 3:9] = 1
+        label[3:5, 4:8, 4:8] = 2
+        label[3:5, 5:7, 5:7] = 3
+        label[7] = 4  # the last slice unannotated
+        image = rng.normal(0, 1, label.shape).astype(np.float32) + label
+        cases[f"b{i}"] = ([image], label)
+    write_raw_dataset(autosam_dirs["raw"], "Dataset604_Regions", cases, labels={**BRATS, "ignore": 4},
+                      channel_names={"0": "T1"})
+    dj_path = autosam_dirs["raw"] / "Dataset604_Regions" / "dataset.json"
+    dj = json.loads(dj_path.read_text())
+    write_json(dj_path, {**dj, "regions_class_order": [1, 2, 3]})
+    plans = plan_and_preprocess(604, num_processes=1, configurations=("3d",), verify=True)
+    assert plans.regions_class_order == [1, 2, 3] and plans.num_classes == 3
+    assert plans.label_manager.foreground_regions == [(1, 2, 3), (2, 3), (3,)] and plans.label_manager.ignore_label == 4
+    from autosam.plugins import get_plugin_system
+
+    assert get_plugin_system().methods.get(plans.default_method).supports_regions
+    fingerprint = json.loads((autosam_dirs["preprocessed"] / "Dataset604_Regions" / "dataset_fingerprint.json").read_text())
+    assert sorted(fingerprint["class_statistics"]) == ["1", "2", "3"]  # labels, never ignore
+    folder = autosam_dirs["preprocessed"] / "Dataset604_Regions" / plans.configuration("3d").data_identifier
+    _, seg, props = load_case(folder, "b0")
+    assert 4 in np.unique(seg) and "4" not in props["class_locations"] and "3" in props["class_locations"]

@@ -2,7 +2,9 @@
 
 Network: :class:`dynamic_network_architectures.architectures.unet.PlainConvUNet` with the topology
 the planner wrote to ``plans.configurations[c].network`` (instance norm, leaky ReLU, He init),
-deep supervision; loss: soft Dice + cross-entropy, weighted over the deep-supervision outputs;
+deep supervision; loss: soft Dice + cross-entropy, weighted over the deep-supervision outputs (for
+region-based datasets one sigmoid output per region with BCE + Dice; voxels of an ``ignore`` label
+masked out of both terms);
 optimiser: SGD (Nesterov, momentum 0.99, lr 1e-2, weight decay 3e-5) with the poly schedule
 ``lr * (1 - epoch / epochs) ** 0.9``; gradient clipping at 12 (done by the core). Runs shorter than
 :data:`SGD_MIN_ITERATIONS` iterations use AdamW instead (``optimizer="auto"``, see the README:
