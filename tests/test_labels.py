@@ -338,8 +338,8 @@ def test_sparse_annotation_with_ignore_label_still_learns(autosam_dirs):
     write_json(dense / "dataset.json", DATASET_JSON)
     dense_summary = evaluate_folder(dense / "ref", dense / "pred", dense / "dataset.json")
     assert len(dense_summary["metric_per_case"]) == 3
-    print("dense foreground-mean Dice", dense_summary["foreground_mean"]["Dice"])
-    assert dense_summary["foreground_mean"]["Dice"] >= 0.75, dense_summary["mean"]
+    # measured (seed 1): 0.84; with unannotated voxels trained as background instead: 0.22
+    assert dense_summary["foreground_mean"]["Dice"] >= 0.7, dense_summary["mean"]
 
 
 def test_plan_and_preprocess_region_dataset_with_ignore_label(autosam_dirs):
@@ -374,3 +374,24 @@ def test_plan_and_preprocess_region_dataset_with_ignore_label(autosam_dirs):
     folder = autosam_dirs["preprocessed"] / "Dataset604_Regions" / plans.configuration("3d").data_identifier
     _, seg, props = load_case(folder, "b0")
     assert 4 in np.unique(seg) and "4" not in props["class_locations"] and "3" in props["class_locations"]
+
+
+def test_ensemble_of_region_probabilities_paints_regions(tmp_path):
+    from autosam.postprocessing.ensemble import ensemble_folders
+    from autosam.utils.files import save_npz
+
+    p1 = np.zeros((2, *GEOMETRY.shape), np.float32)
+    p1[0, 1:3] = 0.9  # region (1, 2) on slices 1-2
+    p1[1, 2] = 0.8  # region (2,) on slice 2
+    p2 = p1.copy()
+    p2[1, 2] = 0.0  # the second model misses (2,): mean 0.4, below 0.5
+    p2[1, 1] = 1.0  # and sees it on slice 1: mean 0.5, not above 0.5
+    for folder, probs in ((tmp_path / "a", p1), (tmp_path / "b", p2)):
+        save_npz(folder / "x.npz", probabilities=probs)
+        write_json(folder / "x.json", {"geometry": GEOMETRY.to_dict(), "regions": [[1, 2], [2]],
+                                       "regions_class_order": [1, 2]})
+    ensemble_folders([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    seg, _ = read_image(tmp_path / "out" / "x.nii.gz")
+    expected = np.zeros(GEOMETRY.shape, np.uint8)
+    expected[1:3] = 1
+    assert np.array_equal(seg, expected)

@@ -196,11 +196,7 @@ class LabelManager:
                              f"{tuple(probabilities.shape)}")
         if not self.has_regions:
             return probabilities.argmax(dim)
-        probabilities = probabilities.movedim(dim, 0)
-        seg = torch.zeros(probabilities.shape[1:], dtype=torch.int16, device=probabilities.device)
-        for i, value in enumerate(self.regions_class_order):
-            seg[probabilities[i] > 0.5] = value
-        return seg
+        return paint_regions(probabilities.movedim(dim, 0), self.regions_class_order)
 
     def convert_logits_to_segmentation(self, logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
         return self.convert_probabilities_to_segmentation(self.apply_inference_nonlin(logits.float(), dim), dim)
@@ -211,6 +207,18 @@ class LabelManager:
         if self.has_regions:
             return (logits > 0).transpose(0, 1)
         return self.masks_of(logits.argmax(1))
+
+
+def paint_regions(probabilities, regions_class_order: Sequence[int]):
+    """Label map from R x *S region probabilities (numpy or torch): from background, region ``r`` is
+    painted with ``regions_class_order[r]`` where its probability exceeds 0.5, later regions on top."""
+    if isinstance(probabilities, torch.Tensor):
+        seg = torch.zeros(probabilities.shape[1:], dtype=torch.int16, device=probabilities.device)
+    else:
+        seg = np.zeros(probabilities.shape[1:], dtype=np.uint8 if max(regions_class_order) < 256 else np.uint16)
+    for channel, value in enumerate(regions_class_order):
+        seg[probabilities[channel] > 0.5] = value
+    return seg
 
 
 def label_manager_of(dataset_json: dict, source: str = "dataset.json") -> LabelManager:
