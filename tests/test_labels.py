@@ -357,6 +357,7 @@ def test_plan_and_preprocess_region_dataset_with_ignore_label(autosam_dirs):
         label[3:5, 5:7, 5:7] = 3
         label[7] = 4  # the last slice unannotated
         image = rng.normal(0, 1, label.shape).astype(np.float32) + label
+        image[label == 4] += 100  # unannotated voxels: not foreground, not in the intensity statistics
         cases[f"b{i}"] = ([image], label)
     write_raw_dataset(autosam_dirs["raw"], "Dataset604_Regions", cases, labels={**BRATS, "ignore": 4},
                       channel_names={"0": "T1"})
@@ -371,6 +372,7 @@ def test_plan_and_preprocess_region_dataset_with_ignore_label(autosam_dirs):
     assert get_plugin_system().methods.get(plans.default_method).supports_regions
     fingerprint = json.loads((autosam_dirs["preprocessed"] / "Dataset604_Regions" / "dataset_fingerprint.json").read_text())
     assert sorted(fingerprint["class_statistics"]) == ["1", "2", "3"]  # labels, never ignore
+    assert fingerprint["foreground_intensity_properties_per_channel"]["0"]["max"] < 50
     folder = autosam_dirs["preprocessed"] / "Dataset604_Regions" / plans.configuration("3d").data_identifier
     _, seg, props = load_case(folder, "b0")
     assert 4 in np.unique(seg) and "4" not in props["class_locations"] and "3" in props["class_locations"]

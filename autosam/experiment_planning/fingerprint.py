@@ -89,7 +89,8 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
         raise ValueError(f"{ds.folder / 'imagesTr'}: no training cases found")
     quota = max(1, INTENSITY_SAMPLE_BUDGET // len(ds.cases))
     fg_labels = ds.foreground_labels
-    jobs = [(c.identifier, c.images, c.label, fg_labels, quota, i) for i, c in enumerate(ds.cases)]
+    ignore = ds.label_manager.ignore_label  # declared, but not a class: no statistics, not foreground
+    jobs = [(c.identifier, c.images, c.label, fg_labels, quota, i, ignore) for i, c in enumerate(ds.cases)]
     measures: dict[str, CaseMeasure] = {}
     bar = None
     if progress:
@@ -114,7 +115,6 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
         if bar is not None:
             bar.close()
     cases = [measures[c.identifier] for c in ds.cases]
-    ignore = ds.label_manager.ignore_label  # declared, but not a class: no statistics, no warning
     for m in cases:
         m.undeclared_labels = [v for v in m.undeclared_labels if v != ignore]
         if m.undeclared_labels:

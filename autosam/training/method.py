@@ -38,7 +38,7 @@ class MethodContext:
     options: Any  # an instance of the method's Options dataclass
     device: torch.device
     num_input_channels: int
-    num_classes: int  # including background
+    num_classes: int  # network outputs: classes incl. background (not ignore), or one per foreground region
     num_epochs: int = 1
     iterations_per_epoch: int = 1
     fold: int | str = 0
