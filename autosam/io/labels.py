@@ -84,12 +84,14 @@ class LabelManager:
         self.regions_class_order: list[int] | None = None
         self.foreground_regions: list[tuple[int, ...]] | None = None
         self.region_names: list[str] = []
+        self._region_keys: list[int | tuple[int, ...]] = []
         if self.has_regions:
             regions = []
             for name, value in parsed.items():
                 if name == IGNORE_NAME or value == 0:
                     continue
                 regions.append(value if isinstance(value, tuple) else (value,))
+                self._region_keys.append(value)  # as declared: an integer region keeps its key "3"
                 self.region_names.append(name)
             if regions_class_order is None:
                 raise LabelError(f"{source}: 'labels' defines regions (lists of labels), so 'regions_class_order' is "
@@ -138,8 +140,9 @@ class LabelManager:
 
     @property
     def evaluation_keys(self) -> list[int | tuple[int, ...]]:
-        """What is scored: the foreground regions (tuples) or the foreground labels (ints)."""
-        return list(self.foreground_regions) if self.has_regions else self.foreground_labels
+        """What is scored: the foreground regions (tuples; a region declared as one integer stays an
+        integer, as in nnU-Net) or the foreground labels (ints)."""
+        return list(self._region_keys) if self.has_regions else self.foreground_labels
 
     @property
     def output_names(self) -> list[str]:
