@@ -48,6 +48,9 @@ def test_regions_brats():
     # probabilities -> label map: regions painted in regions_class_order, later ones on top
     probs = torch.tensor([[0.9, 0.9, 0.9, 0.1], [0.1, 0.8, 0.8, 0.1], [0.1, 0.1, 0.7, 0.9]])
     assert lm.convert_probabilities_to_segmentation(probs).tolist() == [1, 2, 3, 3]
+    logits = torch.logit(probs)[None]  # 1 x 3 x 4, classes on axis 1
+    assert lm.convert_logits_to_segmentation(logits, dim=1).tolist() == [[1, 2, 3, 3]]
+    assert lm.predicted_masks(logits).tolist() == (probs > 0.5)[:, None].tolist()
     seg = np.array([0, 1, 2, 3])
     assert lm.masks_of(seg).tolist() == [[False, True, True, True], [False, False, True, True], [False, False, False, True]]
 

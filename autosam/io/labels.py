@@ -182,10 +182,6 @@ class LabelManager:
             return None
         return seg != self.ignore_label
 
-    def region_targets(self, seg: torch.Tensor) -> torch.Tensor:
-        """B x 1 x *S integer labels -> B x R x *S float region targets (region-based datasets)."""
-        return self.masks_of(seg[:, 0], self.foreground_regions).transpose(0, 1).float()
-
     # ------------------------------------------------------------------ network outputs
     def apply_inference_nonlin(self, logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """Sigmoid per region (region-based) or softmax over the classes."""
@@ -222,10 +218,6 @@ def paint_regions(probabilities, regions_class_order: Sequence[int]):
     for channel, value in enumerate(regions_class_order):
         seg[probabilities[channel] > 0.5] = value
     return seg
-
-
-def label_manager_of(dataset_json: dict, source: str = "dataset.json") -> LabelManager:
-    return LabelManager.from_dataset_json(dataset_json, source)
 
 
 def metric_key(key: int | tuple[int, ...]) -> str:
