@@ -208,8 +208,14 @@ def undeclared_label_values(seg: np.ndarray, declared: set[int]) -> list[int]:
         return []
     if np.issubdtype(seg.dtype, np.integer):
         lo, hi = int(seg.min()), int(seg.max())
-        if hi - lo < 1 << 20:  # counting is much faster than sorting the volume
-            present = np.flatnonzero(np.bincount((seg.ravel() - lo).astype(np.intp, copy=False), minlength=1)) + lo
+        if hi - lo < 1 << 20:  # counting is much faster than sorting the volume; in pieces, to bound memory
+            seen = np.zeros(hi - lo + 1, dtype=bool)
+            flat = seg.reshape(-1)
+            for start in range(0, flat.size, 1 << 22):
+                piece = flat[start:start + (1 << 22)].astype(np.intp)
+                piece -= lo
+                seen |= np.bincount(piece, minlength=seen.size).astype(bool)
+            present = np.flatnonzero(seen) + lo
         else:
             present = np.unique(seg)
     else:
