@@ -98,7 +98,8 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
         raise ValueError(f"{ds.folder / 'imagesTr'}: no training cases found")
     quota = max(1, INTENSITY_SAMPLE_BUDGET // len(ds.cases))
     fg_labels = ds.foreground_labels
-    jobs = [(c.identifier, c.images, c.label, fg_labels, quota, i) for i, c in enumerate(ds.cases)]
+    ignore = ds.label_manager.ignore_label  # declared, but not a class: no statistics, not foreground
+    jobs = [(c.identifier, c.images, c.label, fg_labels, quota, i, ignore) for i, c in enumerate(ds.cases)]
     measures: dict[str, CaseMeasure] = {}
     bar = None
     if progress:
@@ -125,7 +126,7 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
     cases = [measures[c.identifier] for c in ds.cases]
     undeclared = {c.label: m.undeclared_labels for c, m in zip(ds.cases, cases) if m.undeclared_labels}
     if undeclared:
-        declared = {0, *ds.foreground_labels}
+        declared = set(ds.label_manager.declared_values)
         if not undeclared_labels_to_background:
             raise DatasetError(f"{ds.folder}: " + undeclared_labels_message(undeclared, declared))
         for path, values in undeclared.items():
@@ -141,7 +142,7 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
             np.median([np.prod(m.shape_after_crop) / np.prod(m.shape_before_crop) for m in cases])
         ),
         foreground_intensity_properties_per_channel=_intensity_properties(cases, ds),
-        class_statistics=aggregate_class_stats(cases, ds.labels),
+        class_statistics=aggregate_class_stats(cases, ds.label_manager.label_names()),
         num_labelled_cases=sum(1 for c in ds.cases if c.label is not None),
     )
 

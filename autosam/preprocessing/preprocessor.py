@@ -23,7 +23,7 @@ import numpy as np
 
 from autosam import paths
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans
-from autosam.io.dataset import DatasetError, declared_label_values, undeclared_label_values, undeclared_labels_message
+from autosam.io.dataset import DatasetError, undeclared_label_values, undeclared_labels_message
 from autosam.io.image import read_case_with_label, read_image
 from autosam.preprocessing import storage
 from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
@@ -53,7 +53,7 @@ def preprocess_case(image_paths: Sequence[str | Path], plans: Plans, configurati
     conf = plans.configuration(configuration_name)
     data, seg, geometry = read_case_with_label(image_paths, label_path)
     if seg is not None:
-        declared = declared_label_values(plans.labels)
+        declared = set(plans.label_manager.declared_values)
         undeclared = undeclared_label_values(seg, declared)
         if undeclared and not undeclared_labels_to_background:
             raise DatasetError(undeclared_labels_message({label_path: undeclared}, declared))
@@ -89,18 +89,21 @@ def preprocess_case(image_paths: Sequence[str | Path], plans: Plans, configurati
         "shape_after_cropping_and_before_resampling": shape_after_crop,
         "spacing": [float(s) for s in target],
         "separate_axis": axis,
-        "class_locations": sample_class_locations(seg[0], seed_key or str(image_paths[0])) if seg is not None else {},
+        "class_locations": sample_class_locations(seg[0], seed_key or str(image_paths[0]),
+                                                  exclude=plans.label_manager.ignore_label) if seg is not None else {},
     }
     return data, seg, properties
 
 
-def sample_class_locations(seg: np.ndarray, seed_key: str, per_class: int = CLASS_LOCATIONS_PER_CLASS) -> dict:
-    """``{label: [[z, y, x], ...]}``: up to ``per_class`` random voxels of every foreground label.
+def sample_class_locations(seg: np.ndarray, seed_key: str, per_class: int = CLASS_LOCATIONS_PER_CLASS,
+                           exclude: int | None = None) -> dict:
+    """``{label: [[z, y, x], ...]}``: up to ``per_class`` random voxels of every foreground label
+    (not of ``exclude``, the ignore label).
 
     One pass over the volume (foreground indices grouped by label with a sort), seeded by the case.
     """
     flat = seg.ravel()
-    fg = np.flatnonzero(flat > 0)
+    fg = np.flatnonzero((flat > 0) & (flat != exclude)) if exclude is not None else np.flatnonzero(flat > 0)
     if fg.size == 0:
         return {}
     labels = flat[fg]
@@ -156,10 +159,9 @@ def _undeclared_in(job) -> tuple[str, list[int]]:
     return label, undeclared_label_values(seg, declared)
 
 
-def check_label_values(label_files: Sequence[str | Path], labels: dict, num_processes: int = 2,
+def check_label_values(label_files: Sequence[str | Path], declared: set[int], num_processes: int = 2,
                        progress: bool = False) -> None:
-    """Raise :class:`DatasetError` listing every file of ``label_files`` that holds a value ``labels`` does not declare."""
-    declared = declared_label_values(labels)
+    """Raise :class:`DatasetError` listing every file of ``label_files`` that holds a value not in ``declared``."""
     jobs = [(str(p), declared) for p in label_files]
     found = {label: values for label, values in _map_jobs(_undeclared_in, jobs, num_processes, progress, "check labels")
              if values}
@@ -202,7 +204,7 @@ def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NA
         folders_wanted = {pre / plans.configurations[c].data_identifier for c in wanted}
         to_check = [c.label for c in ds.cases if c.label is not None
                     and not all(storage.is_complete(f, c.identifier, needs_seg=True) for f in folders_wanted)]
-        check_label_values(to_check, plans.labels, num_processes, progress)
+        check_label_values(to_check, set(plans.label_manager.declared_values), num_processes, progress)
 
     write_json(pre / "dataset.json", ds.dataset_json)
     _copy_ground_truth(ds, pre / "gt_segmentations")
