@@ -192,6 +192,25 @@ def test_preprocessing_checks_labels_even_with_a_stale_fingerprint(autosam_dirs)
     assert seg.max() == 0 and props["class_locations"] == {}
 
 
+def test_ignore_label_and_region_values_count_as_declared(autosam_dirs):
+    folder = _dataset(autosam_dirs["raw"], labels={"background": 0, "a": 1, "ignore": 2})
+    _, label = simple_case(1)
+    label[0, 0, :3] = 2  # unannotated voxels
+    write_image(folder / "labelsTr" / "c1.nii.gz", label, geometry(label.shape))
+    extract_fingerprint(301, num_processes=1)
+    _, label = simple_case(2)
+    label[0, 0, 0] = 3
+    write_image(folder / "labelsTr" / "c2.nii.gz", label, geometry(label.shape))
+    with pytest.raises(DatasetError, match=re.escape("c2.nii.gz: label value(s) [3] are not declared")):
+        extract_fingerprint(301, num_processes=1, overwrite=True)
+    _, label = simple_case(1)  # no ignore label below: c1 loses its unannotated voxels
+    write_image(folder / "labelsTr" / "c1.nii.gz", label, geometry(label.shape))
+    dj = read_json(folder / "dataset.json")  # a region's values are declared through its list
+    write_json(folder / "dataset.json", dict(dj, labels={"background": 0, "whole": [1, 3], "core": 3},
+                                             regions_class_order=[1, 3]))
+    extract_fingerprint(301, num_processes=1, overwrite=True)
+
+
 # ------------------------------------------------------------------------------ dropped cases
 def test_image_without_channel_suffix_stops_with_the_file_named(autosam_dirs):
     folder = _dataset(autosam_dirs["raw"])
