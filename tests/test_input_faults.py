@@ -74,6 +74,17 @@ def test_truncated_uncompressed_nifti_and_intact_multi_member_gzip(volume, tmp_p
     assert np.array_equal(back, arr)
 
 
+@pytest.mark.parametrize("ending", [".mha", ".nrrd"])
+def test_other_formats_truncated_are_errors_naming_the_file(tmp_path, ending):
+    arr = np.random.default_rng(0).normal(size=(12, 20, 24)).astype(np.float32)
+    path = tmp_path / f"img{ending}"
+    write_image(path, arr, geometry(arr.shape))
+    _truncate(path)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: cannot be read as an image (")) as err:
+        read_image(path)
+    assert "No such file or directory" not in str(err.value)  # ITK's stale errno is left out
+
+
 def _dataset(root, name="Dataset301_Faults", n=3, labels=None, label_value=1):
     cases = {f"c{i}": simple_case(i, label_value=label_value) for i in range(n)}
     return write_raw_dataset(root, name, cases, labels=labels)

@@ -6,6 +6,7 @@ written image has exactly the geometry of the one it came from.
 """
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,7 +59,7 @@ def read_image(path: str | Path, on_data: Callable[[bytes, "NiftiLayout", int], 
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ValueError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]})") from None
+        raise ValueError(f"{path}: cannot be read as an image ({_itk_reason(exc)})") from None
     if img.GetDimension() != 3:
         raise ValueError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
     if img.GetNumberOfComponentsPerPixel() != 1:
@@ -104,6 +105,16 @@ def read_case_with_label(image_paths: Sequence[str | Path], label_path: str | Pa
             raise ValueError(f"{label_path}: label shape {seg_arr.shape} differs from image shape {data.shape[1:]}")
         seg = seg_arr[None]
     return data, seg, geometry
+
+
+def _itk_reason(exc: RuntimeError) -> str:
+    """The informative line of an ITK read error. ITK appends ``Reason: <strerror>`` from a stale
+    ``errno`` (``No such file or directory`` for a file that exists but is truncated), so that
+    line is left out when another one says more."""
+    lines = [re.sub(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ", "", ln.strip()) for ln in str(exc).splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("Exception thrown") and not ln.endswith(":")]
+    useful = [ln for ln in lines if not ln.startswith("Reason:")] or lines
+    return useful[-1] if useful else type(exc).__name__
 
 
 def write_image(path: str | Path, array: np.ndarray, geometry: ImageGeometry) -> None:
