@@ -51,3 +51,29 @@ def default_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+class CaseProgress:
+    """A per-case progress bar for prediction commands, created on the first update (so that
+    nothing is drawn when an error comes first); ``quiet`` draws nothing. Call it as
+    ``progress(case, done, total)`` and ``close()`` it at the end."""
+
+    def __init__(self, quiet: bool = False, desc: str = "cases"):
+        self.quiet = quiet
+        self.desc = desc
+        self.bar = None
+
+    def __call__(self, case: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="case")
+        self.bar.update(done - self.bar.n)
+        if case:
+            self.bar.set_postfix_str(case)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from autosam.cli.common import default_device, parse_method_overrides
+from autosam.cli.common import CaseProgress, default_device, parse_method_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,23 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except (argparse.ArgumentTypeError, ValueError) as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from tqdm import tqdm
-
     from autosam.inference.predictor import predict_folder
 
     device = args.device or default_device()
-    bar = None
-
-    def progress(case: str, done: int, total: int) -> None:
-        nonlocal bar
-        if args.quiet:
-            return
-        if bar is None:
-            bar = tqdm(total=total, desc="cases", unit="case")
-        bar.update(done - bar.n)
-        if case:
-            bar.set_postfix_str(case)
-
+    progress = CaseProgress(args.quiet)
     start = time.perf_counter()
     try:
         written = predict_folder(args.i, args.o, args.d, args.c, args.m, folds, checkpoint=args.checkpoint,
@@ -79,12 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                                  method_overrides=overrides, progress=progress, patch_progress=not args.quiet,
                                  boxes_json=args.boxes_json)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
-        if bar is not None:
-            bar.close()
+        progress.close()
         print(f"autosam_predict: error: {exc}", file=sys.stderr)
         return 2
-    if bar is not None:
-        bar.close()
+    progress.close()
     mode = " with the manual boxes of --boxes-json (localisation skipped)" if args.boxes_json is not None else ""
     print(f"{len(written)} prediction(s) written to {args.o}{mode} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -77,12 +77,15 @@ def _first_existing(candidates: Sequence[Path]) -> Path | None:
 
 
 def load_plans_and_dataset_json(model_folder: Path, plans_name: str) -> tuple[Plans, dict]:
+    """The model folder's ``plans.json`` and ``dataset.json``; for a model folder without them, the
+    dataset's plans and dataset.json in the preprocessed (or raw) folder."""
     dataset_name = model_folder.parent.name
-    plans_path = _first_existing([model_folder / "plans.json", paths.preprocessed_dir() / dataset_name / f"{plans_name}.json"])
+    plans_path = _first_existing([model_folder / "plans.json"]) or _first_existing(
+        [paths.preprocessed_dir() / dataset_name / f"{plans_name}.json"])
     if plans_path is None:
         raise FileNotFoundError(f"{model_folder}: no plans.json, and no {plans_name}.json in the preprocessed folder of {dataset_name}")
-    dj_path = _first_existing([model_folder / "dataset.json", paths.preprocessed_dir() / dataset_name / "dataset.json",
-                               paths.raw_dir() / dataset_name / "dataset.json"])
+    dj_path = _first_existing([model_folder / "dataset.json"]) or _first_existing(
+        [paths.preprocessed_dir() / dataset_name / "dataset.json", paths.raw_dir() / dataset_name / "dataset.json"])
     if dj_path is None:
         raise FileNotFoundError(f"{model_folder}: no dataset.json here nor in the preprocessed/raw folders of {dataset_name}")
     return Plans.load(plans_path), read_json(dj_path)
