@@ -41,3 +41,125 @@ def test_predict_from_a_model_folder_outside_the_results(autosam_dirs, tmp_path,
     assert modelfolder_main(["-i", str(tmp_path / "images"), "-o", str(tmp_path / "p2"), "-m", str(elsewhere),
                              "-f", "3"]) == 2
     assert "fold_3" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ model zips
+import json  # noqa: E402
+import stat  # noqa: E402
+import zipfile  # noqa: E402
+
+from autosam.cli.model_sharing import main_export, main_install  # noqa: E402
+
+
+def _export(autosam_dirs, tmp_path, *extra):
+    model = tiny_model_folder(autosam_dirs["results"])
+    for fold in (0, 1):  # cross-validation predictions to share
+        (model / f"fold_{fold}" / "validation").mkdir()
+        (model / f"fold_{fold}" / "validation" / "summary.json").write_text("{}")
+    out = tmp_path / "shared" / "model.zip"
+    assert main_export(["-d", "990", "-c", "3d", "-m", "unet", "-o", str(out), *extra]) == 0
+    return model, out
+
+
+def test_zip_round_trip_into_a_fresh_results_folder_gives_the_same_masks(autosam_dirs, tmp_path, monkeypatch, capsys):
+    model, out = _export(autosam_dirs, tmp_path, "-f", "0", "1", "-chk", "checkpoint_final.pth", "--exp_cv_preds")
+    with zipfile.ZipFile(out) as zf:
+        names = set(zf.namelist())
+        manifest = json.loads(zf.read("autosam_model.json"))
+    prefix = f"{NAME}/{MODEL}"
+    assert {f"{prefix}/plans.json", f"{prefix}/dataset.json", f"{prefix}/fold_0/checkpoint_final.pth",
+            f"{prefix}/fold_1/checkpoint_final.pth", f"{prefix}/fold_1/validation/summary.json"} <= names
+    entry = manifest["models"][0]
+    assert (entry["method"], entry["distribution"], entry["folds"]) == ("unet", "autosam", ["0", "1"])
+    assert entry["version"]  # the plugin's version as recorded in the checkpoints
+    write_images(tmp_path / "images", n=2)
+    assert predict_main(["-i", str(tmp_path / "images"), "-o", str(tmp_path / "original"), "-d", NAME, "-c", "3d",
+                         "-m", "unet", "-f", "0", "1", "--quiet"]) == 0
+
+    fresh = tmp_path / "fresh_results"
+    monkeypatch.setenv("AUTOSAM_RESULTS", str(fresh))
+    assert main_install([str(out)]) == 0
+    installed = fresh / NAME / MODEL
+    assert (installed / "fold_0" / "checkpoint_final.pth").read_bytes() == (model / "fold_0" / "checkpoint_final.pth").read_bytes()
+    assert json.loads((installed / "installed_from.json").read_text())["version"] == entry["version"]
+    assert predict_main(["-i", str(tmp_path / "images"), "-o", str(tmp_path / "installed"), "-d", NAME, "-c", "3d",
+                         "-m", "unet", "-f", "0", "1", "--quiet"]) == 0
+    original, again = _masks(tmp_path / "original"), _masks(tmp_path / "installed")
+    assert sorted(original) == sorted(again) == ["img_000.nii.gz", "img_001.nii.gz"]
+    for name in original:
+        np.testing.assert_array_equal(again[name], original[name])
+
+    # never overwritten without --force; with it, swapped in whole
+    (installed / "fold_0" / "marker.txt").write_text("local change")
+    capsys.readouterr()
+    assert main_install([str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and (installed / "fold_0" / "marker.txt").is_file()
+    assert main_install([str(out), "--force"]) == 0
+    assert not (installed / "fold_0" / "marker.txt").exists()
+    assert [p.name for p in (fresh / NAME).iterdir()] == [MODEL]  # no staging or replaced folder left behind
+
+
+def test_export_errors_name_what_is_missing(autosam_dirs, tmp_path, capsys):
+    tiny_model_folder(autosam_dirs["results"], folds=(0,))
+    out = tmp_path / "m.zip"
+    assert main_export(["-d", "990", "-m", "msam", "-o", str(out)]) == 2
+    assert "trained models: unet__autosamPlans__3d" in capsys.readouterr().err
+    assert main_export(["-d", "990", "-f", "0", "1", "-o", str(out)]) == 2
+    assert "fold_1: no checkpoint_final.pth" in capsys.readouterr().err and not out.exists()
+    assert main_export(["-d", "990", "-f", "0", "1", "--not_strict", "-o", str(out)]) == 0
+    with zipfile.ZipFile(out) as zf:
+        assert json.loads(zf.read("autosam_model.json"))["models"][0]["folds"] == ["0"]
+
+
+def _hostile_zip(path, members, manifest=None, links=()):
+    manifest = manifest or {"format": "autosam-model-zip", "format_version": 1, "dataset": NAME,
+                            "models": [{"folder": MODEL, "method": "unet", "plugin": "unet", "distribution": "autosam",
+                                        "version": "0.1.0"}]}
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("autosam_model.json", json.dumps(manifest))
+        for name, data in members.items():
+            zf.writestr(name, data)
+        for name, target in links:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+    return path
+
+
+@pytest.mark.parametrize("member, problem", [
+    ("/tmp/evil.txt", "absolute path"),
+    (f"{NAME}/{MODEL}/../../../evil.txt", "'..'"),
+    (f"{NAME}/{MODEL}/fold_0/evil.py", "not part of a model's layout"),
+    (f"{NAME}/other__autosamPlans__3d/plans.json", "outside the model folders"),
+    (f"{NAME}\\{MODEL}\\plans.json", "backslash"),
+])
+def test_install_refuses_members_outside_the_layout(autosam_dirs, tmp_path, capsys, member, problem):
+    valid = {f"{NAME}/{MODEL}/plans.json": "{}", f"{NAME}/{MODEL}/dataset.json": "{}",
+             f"{NAME}/{MODEL}/fold_0/checkpoint_final.pth": "x"}
+    z = _hostile_zip(tmp_path / "evil.zip", {**valid, member: "pwned"})
+    assert main_install([str(z)]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "nothing was installed" in err
+    assert list(autosam_dirs["results"].iterdir()) == []  # nothing written anywhere
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_install_refuses_links_and_unknown_methods(autosam_dirs, tmp_path, capsys):
+    valid = {f"{NAME}/{MODEL}/plans.json": "{}", f"{NAME}/{MODEL}/dataset.json": "{}",
+             f"{NAME}/{MODEL}/fold_0/checkpoint_final.pth": "x"}
+    z = _hostile_zip(tmp_path / "link.zip", valid, links=[(f"{NAME}/{MODEL}/fold_0/progress.png", "/etc/passwd")])
+    assert main_install([str(z)]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    ghost = "ghost__autosamPlans__3d"
+    manifest = {"format": "autosam-model-zip", "format_version": 1, "dataset": NAME,
+                "models": [{"folder": ghost, "method": "ghost", "plugin": "ghost", "distribution": "ghost-seg",
+                            "version": "2.3.1"}]}
+    z = _hostile_zip(tmp_path / "ghost.zip", {f"{NAME}/{ghost}/plans.json": "{}", f"{NAME}/{ghost}/dataset.json": "{}",
+                                              f"{NAME}/{ghost}/fold_0/checkpoint_final.pth": "x"}, manifest)
+    assert main_install([str(z)]) == 2
+    err = capsys.readouterr().err
+    assert "'ghost-seg'" in err and "2.3.1" in err and "pip install 'ghost-seg==2.3.1'" in err
+    assert list(autosam_dirs["results"].iterdir()) == []
+    (tmp_path / "notzip.zip").write_text("hello")
+    assert main_install([str(tmp_path / "notzip.zip")]) == 2
+    assert "not a zip file" in capsys.readouterr().err
