@@ -77,3 +77,26 @@ class CaseProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def fold_value(text: str) -> int | str:
+    """A fold on the command line: ``0``, ``1``, ... or ``all``."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"fold {text!r}: give a fold number or 'all'") from None
+
+
+def parse_with_method_overrides(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """``parser.parse_known_args`` for prediction commands: returns ``(args, method overrides,
+    folds)`` with the leftover ``--name value`` flags as method options (:func:`parse_method_overrides`)
+    and ``args.f`` read by :func:`fold_value` (``None`` when not given); argparse's error otherwise."""
+    args, extra = parser.parse_known_args(argv)
+    try:
+        overrides = parse_method_overrides(extra)
+        folds = [fold_value(f) for f in args.f] if args.f else None
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        parser.error(str(exc))
+    return args, overrides, folds

@@ -7,9 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-
-def _fold(text: str):
-    return text if text == "all" else int(text)
+from autosam.cli.common import fold_value
 
 
 def main_export(argv: list[str] | None = None) -> int:
@@ -40,7 +38,7 @@ def main_export(argv: list[str] | None = None) -> int:
     from autosam.inference.model_sharing import export_model_to_zip
 
     try:
-        folds = [_fold(f) for f in a.f] if a.f else None
+        folds = [fold_value(f) for f in a.f] if a.f else None
         exported = export_model_to_zip(a.d, a.o, a.c, a.m, a.plans, folds, a.chk, not a.not_strict, a.exp_cv_preds)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"autosam_export_model_to_zip: error: {exc}", file=sys.stderr)

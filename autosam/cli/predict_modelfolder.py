@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from autosam.cli.common import CaseProgress, default_device, parse_method_overrides
+from autosam.cli.common import CaseProgress, default_device, parse_with_method_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,18 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fold(text: str):
-    return text if text == "all" else int(text)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    try:
-        overrides = parse_method_overrides(extra)
-        folds = [_fold(f) for f in args.f] if args.f else None
-    except (argparse.ArgumentTypeError, ValueError) as exc:
-        parser.error(str(exc))
+    args, overrides, folds = parse_with_method_overrides(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autosam.inference.predictor import Predictor, predict_folder_with_model
 
