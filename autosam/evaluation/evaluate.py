@@ -12,6 +12,10 @@ Every prediction file (named like its reference, ending with the dataset's ``fil
 evaluated; a prediction without reference is an error. References without prediction are listed
 under ``"references_without_prediction"`` (an error with ``strict=True``).
 
+Ignore label: the voxels whose reference is the ignore label (the label named ``ignore`` in
+dataset.json, or ``-il`` of ``autosam_evaluate_simple``) are left out of every metric of every
+label, with whatever the prediction holds there (nnU-Net's rule).
+
 Undefined values: Dice/IoU of a label absent from both masks are NaN (written as ``NaN`` like
 nnU-Net does) and left out of the means. An infinite HD95 (label in exactly one of the two masks)
 is written as ``null`` with ``"HD95_infinite": true``; the means of HD95 are over the finite values
@@ -45,7 +49,7 @@ def foreground_labels(dataset_json: dict) -> list[int]:
 
 
 def evaluate_case(reference_file: str | Path, prediction_file: str | Path, labels: Sequence[int],
-                  compute_hd95: bool = True) -> dict:
+                  compute_hd95: bool = True, ignore_label: int | None = None) -> dict:
     """Metrics of one case; checks that both images have the same shape and spacing."""
     ref, ref_geom = read_image(reference_file)
     pred, pred_geom = read_image(prediction_file)
@@ -53,7 +57,7 @@ def evaluate_case(reference_file: str | Path, prediction_file: str | Path, label
         raise ValueError(f"{prediction_file}: shape {pred.shape} differs from the reference {reference_file} {ref.shape}")
     if not np.allclose(ref_geom.spacing, pred_geom.spacing, rtol=1e-3, atol=1e-4):
         raise ValueError(f"{prediction_file}: spacing {pred_geom.spacing} differs from the reference {reference_file} {ref_geom.spacing}")
-    metrics = case_metrics(ref, pred, labels, ref_geom.spacing, compute_hd95)
+    metrics = case_metrics(ref, pred, labels, ref_geom.spacing, compute_hd95, ignore_label)
     return {"reference_file": str(reference_file), "prediction_file": str(prediction_file), "metrics": metrics}
 
 
@@ -96,13 +100,31 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path
                     output_file: str | Path | None = None, num_processes: int = 1, *, strict: bool = False,
                     compute_hd95: bool = True, progress: Callable[[int, int], None] | None = None) -> dict:
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; return the summary dict and
-    write it atomically to ``output_file`` when given (JSON; infinite HD95 as ``null`` + flag)."""
-    ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    write it atomically to ``output_file`` when given (JSON; infinite HD95 as ``null`` + flag).
+    Labels and file ending come from ``dataset_json_path``; an ``ignore`` label's voxels are left out."""
     dataset_json = read_json(dataset_json_path)
     if "labels" not in dataset_json or "file_ending" not in dataset_json:
         raise ValueError(f"{dataset_json_path}: needs 'labels' and 'file_ending'")
-    ending = dataset_json["file_ending"]
+    all_labels = labels_of(dataset_json)
     labels = foreground_labels(dataset_json)
+    return evaluate_folder_labels(ref_dir, pred_dir, labels, dataset_json["file_ending"], output_file, num_processes,
+                                  strict=strict, compute_hd95=compute_hd95, progress=progress,
+                                  ignore_label=all_labels.get("ignore"),
+                                  label_names={lab: name for name, lab in all_labels.items() if lab in labels})
+
+
+def evaluate_folder_labels(ref_dir: str | Path, pred_dir: str | Path, labels: Sequence[int], file_ending: str = ".nii.gz",
+                           output_file: str | Path | None = None, num_processes: int = 1, *, strict: bool = False,
+                           compute_hd95: bool = True, progress: Callable[[int, int], None] | None = None,
+                           ignore_label: int | None = None, label_names: dict[int, str] | None = None) -> dict:
+    """:func:`evaluate_folder` with the labels given directly (no dataset.json): ``labels`` are
+    the label values to evaluate, ``ignore_label`` a reference value whose voxels are left out."""
+    ref_dir, pred_dir, ending = Path(ref_dir), Path(pred_dir), file_ending
+    labels = [int(lab) for lab in labels]
+    if not labels:
+        raise ValueError("give at least one label to evaluate")
+    if ignore_label is not None and ignore_label in labels:
+        raise ValueError(f"label {ignore_label} is both evaluated and the ignore label")
     for folder, what in ((ref_dir, "reference"), (pred_dir, "prediction")):
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: {what} folder does not exist")
@@ -120,7 +142,7 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path
             raise FileNotFoundError(f"{pred_dir}: no prediction for {len(unpredicted)} reference(s), e.g. {unpredicted[0]}")
         logger.info("%d reference(s) in %s have no prediction in %s", len(unpredicted), ref_dir, pred_dir)
 
-    jobs = [(ref_dir / p.name, p, labels, compute_hd95) for p in predictions]
+    jobs = [(ref_dir / p.name, p, labels, compute_hd95, ignore_label) for p in predictions]
     per_case: list[dict] = []
     if num_processes > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")  # safe inside processes that hold threads (training)
@@ -140,7 +162,8 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path
         "metric_per_case": [_jsonable_case(c) for c in per_case],
         "mean": {k: _jsonable_metrics(v) for k, v in mean.items()},
         "foreground_mean": _jsonable_metrics(foreground),
-        "labels": {str(lab): name for name, lab in labels_of(dataset_json).items() if lab in labels},
+        "labels": {str(lab): (label_names or {}).get(lab, str(lab)) for lab in labels},
+        "ignore_label": ignore_label,
         "references_without_prediction": unpredicted,
         "hd95_definition": "symmetric 95th percentile surface distance in mm; null + HD95_infinite=true "
                            "when the label is in exactly one of the two masks",

@@ -67,12 +67,19 @@ def hd95(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], percentile
 
 
 def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float] | None = None,
-                  compute_hd95: bool = True) -> dict[str, float]:
-    """Dice, IoU, HD95 (mm), TP, FP, FN, TN, n_ref, n_pred of two boolean masks of equal shape."""
+                  compute_hd95: bool = True, valid: np.ndarray | None = None) -> dict[str, float]:
+    """Dice, IoU, HD95 (mm), TP, FP, FN, TN, n_ref, n_pred of two boolean masks of equal shape.
+
+    ``valid`` (boolean, same shape): only these voxels count (nnU-Net's ignore label: the voxels
+    whose reference is the ignore label are left out of every metric, the prediction there too)."""
     ref = np.asarray(ref, dtype=bool)
     pred = np.asarray(pred, dtype=bool)
     if ref.shape != pred.shape:
         raise ValueError(f"reference shape {ref.shape} differs from prediction shape {pred.shape}")
+    n_valid = int(ref.size)
+    if valid is not None:
+        ref, pred = ref & valid, pred & valid
+        n_valid = int(np.count_nonzero(valid))
     spacing = [1.0] * ref.ndim if spacing is None else list(spacing)
     if len(spacing) != ref.ndim:
         raise ValueError(f"spacing {spacing} does not match a {ref.ndim}D mask")
@@ -81,7 +88,7 @@ def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float] | 
     n_pred = int(np.count_nonzero(pred))
     fp = n_pred - tp
     fn = n_ref - tp
-    tn = int(ref.size) - tp - fp - fn
+    tn = n_valid - tp - fp - fn
     if tp + fp + fn == 0:
         dice = iou = math.nan
     else:
@@ -94,8 +101,12 @@ def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float] | 
 
 
 def case_metrics(ref_labels: np.ndarray, pred_labels: np.ndarray, labels: Sequence[int],
-                 spacing: Sequence[float] | None = None, compute_hd95: bool = True) -> dict[str, dict[str, float]]:
-    """Metrics per label value (keys are ``str(label)``) for two integer label maps."""
+                 spacing: Sequence[float] | None = None, compute_hd95: bool = True,
+                 ignore_label: int | None = None) -> dict[str, dict[str, float]]:
+    """Metrics per label value (keys are ``str(label)``) for two integer label maps; voxels whose
+    reference is ``ignore_label`` are left out (see :func:`label_metrics`)."""
     if ref_labels.shape != pred_labels.shape:
         raise ValueError(f"reference shape {ref_labels.shape} differs from prediction shape {pred_labels.shape}")
-    return {str(int(lab)): label_metrics(ref_labels == lab, pred_labels == lab, spacing, compute_hd95) for lab in labels}
+    valid = None if ignore_label is None else ref_labels != ignore_label
+    return {str(int(lab)): label_metrics(ref_labels == lab, pred_labels == lab, spacing, compute_hd95, valid)
+            for lab in labels}
