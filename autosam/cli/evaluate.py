@@ -19,11 +19,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-ref", required=True, type=Path, help="folder with the reference label maps")
     p.add_argument("-pred", required=True, type=Path, help="folder with the predicted label maps (same file names)")
     p.add_argument("-djfile", required=True, type=Path, help="dataset.json (labels and file_ending)")
+    _add_output_options(p)
+    return p
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", type=Path, default=None, help="output JSON (default: PRED/summary.json)")
     p.add_argument("-np", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--strict", action="store_true", help="fail when a reference has no prediction")
+    p.add_argument("--chill", action="store_true",
+                   help="nnU-Net's flag, accepted: without --strict a missing prediction is never an error (it is "
+                        "listed under references_without_prediction in summary.json)")
     p.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster on large images)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     output = args.o if args.o is not None else args.pred / "summary.json"
     return _run("autosam_evaluate_folder", output, lambda progress: evaluate_folder(
-        args.ref, args.pred, args.djfile, output, num_processes=args.np, strict=args.strict,
-        compute_hd95=not args.no_hd95, progress=progress))
+        args.ref, args.pred, args.djfile, output, progress=progress, **_evaluation_kwargs(args)))
 
 
 def build_simple_parser() -> argparse.ArgumentParser:
@@ -50,13 +56,8 @@ def build_simple_parser() -> argparse.ArgumentParser:
     p.add_argument("pred", type=Path, help="folder with the predicted label maps (same file names)")
     p.add_argument("-l", type=int, nargs="+", required=True, help="label values to evaluate")
     p.add_argument("-il", type=int, default=None, help="ignore label: reference voxels with this value are left out")
-    p.add_argument("-o", type=Path, default=None, help="output JSON (default: PRED/summary.json)")
-    p.add_argument("-np", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--file_ending", default=".nii.gz", help="file ending of the label maps (default .nii.gz)")
-    p.add_argument("--strict", action="store_true", help="fail when a reference has no prediction")
-    p.add_argument("--chill", action="store_true",
-                   help="nnU-Net's flag; accepted for compatibility: missing predictions are never an error without --strict")
-    p.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster on large images)")
+    _add_output_options(p)
     return p
 
 
@@ -66,8 +67,12 @@ def main_simple(argv: list[str] | None = None) -> int:
 
     output = args.o if args.o is not None else args.pred / "summary.json"
     return _run("autosam_evaluate_simple", output, lambda progress: evaluate_folder_labels(
-        args.ref, args.pred, args.l, args.file_ending, output, num_processes=args.np, strict=args.strict,
-        compute_hd95=not args.no_hd95, progress=progress, ignore_label=args.il))
+        args.ref, args.pred, args.l, args.file_ending, output, progress=progress, ignore_label=args.il,
+        **_evaluation_kwargs(args)))
+
+
+def _evaluation_kwargs(args) -> dict:
+    return {"num_processes": args.np, "strict": args.strict, "compute_hd95": not args.no_hd95}
 
 
 def _run(prog: str, output: Path, evaluate) -> int:
