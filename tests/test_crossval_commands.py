@@ -11,18 +11,14 @@ from autosam.cli.choose import main_accumulate_crossval_results, main_determine_
 from autosam.io.image import read_image
 from autosam.postprocessing.find_best import find_best_configuration
 from autosam.utils.files import write_json
-from test_choose_and_combine import DJ, _fake_training, _ref, _write_case
+from test_choose_and_combine import DJ, _fake_training, _ref, _references, _write_case
 
 DS = "Dataset994_Crossval"
 
 
 @pytest.fixture
 def trained(autosam_dirs):
-    pre = autosam_dirs["preprocessed"] / DS
-    (pre / "gt_segmentations").mkdir(parents=True)
-    write_json(pre / "dataset.json", DJ)
-    for i in range(4):
-        _write_case(pre / "gt_segmentations", f"case_{i}", _ref(i))
+    pre = _references(autosam_dirs["preprocessed"], DS, 4)
     res = autosam_dirs["results"] / DS
     _fake_training(res, "good", [0, 1], 0.6, np.random.default_rng(0))
     return pre, res / "good__autosamPlans__3d"
