@@ -132,6 +132,7 @@ def _hostile_zip(path, members, manifest=None, links=()):
     (f"{NAME}/{MODEL}/fold_0/evil.py", "not part of a model's layout"),
     (f"{NAME}/other__autosamPlans__3d/plans.json", "outside the model folders"),
     (f"{NAME}\\{MODEL}\\plans.json", "backslash"),
+    ("elsewhere/", "a folder outside the model folders"),
 ])
 def test_install_refuses_members_outside_the_layout(autosam_dirs, tmp_path, capsys, member, problem):
     valid = {f"{NAME}/{MODEL}/plans.json": "{}", f"{NAME}/{MODEL}/dataset.json": "{}",

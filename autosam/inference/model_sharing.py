@@ -238,12 +238,12 @@ def check_members(zf: zipfile.ZipFile, zip_path: Path, manifest: dict) -> list[t
                 continue
             parts = member.split("/")
             inside = len(parts) >= 2 and parts[0] == dataset and parts[1] in folders
-            if info.is_dir():
-                if not inside and member.rstrip("/") != dataset:
-                    problem = "a folder outside the model folders of the manifest"
-                continue
             relative = "/".join(parts[2:])
-            if not inside:
+            if info.is_dir():
+                if inside or member.rstrip("/") == dataset:
+                    continue  # folders are created as their files need them
+                problem = "a folder outside the model folders of the manifest"
+            elif not inside:
                 problem = f"outside the model folders {sorted(folders)} of {dataset} named in {MANIFEST}"
             elif relative not in MODEL_FILES and not _FOLD_MEMBER_RE.match(relative):
                 problem = ("not part of a model's layout (plans.json, dataset.json, dataset_fingerprint.json, "
