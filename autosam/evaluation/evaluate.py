@@ -12,9 +12,10 @@ Every prediction file (named like its reference, ending with the dataset's ``fil
 evaluated; a prediction without reference is an error. References without prediction are listed
 under ``"references_without_prediction"`` (an error with ``strict=True``).
 
-Ignore label: the voxels whose reference is the ignore label (the label named ``ignore`` in
-dataset.json, or ``-il`` of ``autosam_evaluate_simple``) are left out of every metric of every
-label, with whatever the prediction holds there (nnU-Net's rule).
+Region-based datasets are scored per region (keys ``"(1, 2, 3)"``, as nnU-Net): a region's Dice
+compares the union of its labels in the reference and in the prediction. Voxels whose reference
+has the ``ignore`` label count in no metric (both masks are cleared there, TN excludes them);
+``autosam_evaluate_simple -il`` names such a label without a dataset.json.
 
 Undefined values: Dice/IoU of a label absent from both masks are NaN (written as ``NaN`` like
 nnU-Net does) and left out of the means. An infinite HD95 (label in exactly one of the two masks)
@@ -33,7 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from autosam.evaluation.metrics import case_metrics
-from autosam.io.dataset import labels_of
+from autosam.io.labels import LabelManager, metric_key
 from autosam.io.image import read_image
 from autosam.utils.files import read_json, write_json
 
@@ -42,13 +43,13 @@ logger = logging.getLogger(__name__)
 COUNT_METRICS = ("TP", "FP", "FN", "TN", "n_ref", "n_pred")
 
 
-def foreground_labels(dataset_json: dict) -> list[int]:
-    """Label values to evaluate: all but background (0) and an ``ignore`` label."""
-    labels = labels_of(dataset_json)
-    return sorted(v for k, v in labels.items() if v != 0 and k != "ignore")
+def foreground_labels(dataset_json: dict) -> list[int | tuple[int, ...]]:
+    """What to evaluate: the foreground regions of a region-based dataset (tuples of label values),
+    else every label but background (0) and ``ignore``."""
+    return LabelManager.from_dataset_json(dataset_json).evaluation_keys
 
 
-def evaluate_case(reference_file: str | Path, prediction_file: str | Path, labels: Sequence[int],
+def evaluate_case(reference_file: str | Path, prediction_file: str | Path, labels: Sequence[int | tuple[int, ...]],
                   compute_hd95: bool = True, ignore_label: int | None = None) -> dict:
     """Metrics of one case; checks that both images have the same shape and spacing."""
     ref, ref_geom = read_image(reference_file)
@@ -65,9 +66,9 @@ def _evaluate_case_args(args: tuple) -> dict:
     return evaluate_case(*args)
 
 
-def aggregate(per_case: list[dict], labels: Sequence[int]) -> tuple[dict, dict]:
-    """``mean`` per label (NaN Dice/IoU and infinite HD95 left out) and ``foreground_mean``."""
-    keys = [str(int(lab)) for lab in labels]
+def aggregate(per_case: list[dict], labels: Sequence[int | tuple[int, ...]]) -> tuple[dict, dict]:
+    """``mean`` per label or region (NaN Dice/IoU and infinite HD95 left out) and ``foreground_mean``."""
+    keys = [metric_key(lab) for lab in labels]
     mean: dict[str, dict] = {}
     for key in keys:
         values = [case["metrics"][key] for case in per_case]
@@ -101,26 +102,28 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path
                     compute_hd95: bool = True, progress: Callable[[int, int], None] | None = None) -> dict:
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; return the summary dict and
     write it atomically to ``output_file`` when given (JSON; infinite HD95 as ``null`` + flag).
-    Labels and file ending come from ``dataset_json_path``; an ``ignore`` label's voxels are left out."""
+    Labels (or regions), the ignore label and the file ending come from ``dataset_json_path``."""
     dataset_json = read_json(dataset_json_path)
     if "labels" not in dataset_json or "file_ending" not in dataset_json:
         raise ValueError(f"{dataset_json_path}: needs 'labels' and 'file_ending'")
-    all_labels = labels_of(dataset_json)
-    labels = foreground_labels(dataset_json)
+    label_manager = LabelManager.from_dataset_json(dataset_json, str(dataset_json_path))
+    labels = label_manager.evaluation_keys
     return evaluate_folder_labels(ref_dir, pred_dir, labels, dataset_json["file_ending"], output_file, num_processes,
                                   strict=strict, compute_hd95=compute_hd95, progress=progress,
-                                  ignore_label=all_labels.get("ignore"),
-                                  label_names={lab: name for name, lab in all_labels.items() if lab in labels})
+                                  ignore_label=label_manager.ignore_label,
+                                  label_names=dict(zip(labels, label_manager.output_names)))
 
 
-def evaluate_folder_labels(ref_dir: str | Path, pred_dir: str | Path, labels: Sequence[int], file_ending: str = ".nii.gz",
-                           output_file: str | Path | None = None, num_processes: int = 1, *, strict: bool = False,
-                           compute_hd95: bool = True, progress: Callable[[int, int], None] | None = None,
-                           ignore_label: int | None = None, label_names: dict[int, str] | None = None) -> dict:
-    """:func:`evaluate_folder` with the labels given directly (no dataset.json): ``labels`` are
-    the label values to evaluate, ``ignore_label`` a reference value whose voxels are left out."""
+def evaluate_folder_labels(ref_dir: str | Path, pred_dir: str | Path, labels: Sequence[int | tuple[int, ...]],
+                           file_ending: str = ".nii.gz", output_file: str | Path | None = None, num_processes: int = 1,
+                           *, strict: bool = False, compute_hd95: bool = True,
+                           progress: Callable[[int, int], None] | None = None, ignore_label: int | None = None,
+                           label_names: dict | None = None) -> dict:
+    """:func:`evaluate_folder` with the labels given directly (no dataset.json): ``labels`` are the
+    label values (or regions, tuples of values) to evaluate, ``ignore_label`` a reference value
+    whose voxels count in no metric, ``label_names`` names for the summary (default: the keys)."""
     ref_dir, pred_dir, ending = Path(ref_dir), Path(pred_dir), file_ending
-    labels = [int(lab) for lab in labels]
+    labels = [tuple(int(v) for v in lab) if isinstance(lab, (tuple, list)) else int(lab) for lab in labels]
     if not labels:
         raise ValueError("give at least one label to evaluate")
     if ignore_label is not None and ignore_label in labels:
@@ -162,7 +165,7 @@ def evaluate_folder_labels(ref_dir: str | Path, pred_dir: str | Path, labels: Se
         "metric_per_case": [_jsonable_case(c) for c in per_case],
         "mean": {k: _jsonable_metrics(v) for k, v in mean.items()},
         "foreground_mean": _jsonable_metrics(foreground),
-        "labels": {str(lab): (label_names or {}).get(lab, str(lab)) for lab in labels},
+        "labels": {metric_key(lab): (label_names or {}).get(lab, metric_key(lab)) for lab in labels},
         "ignore_label": ignore_label,
         "references_without_prediction": unpredicted,
         "hd95_definition": "symmetric 95th percentile surface distance in mm; null + HD95_infinite=true "

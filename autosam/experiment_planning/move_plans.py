@@ -5,7 +5,8 @@ weights it starts from (``autosam_train -pretrained_weights``).
 Everything the source planned is kept (configurations, spacings, patch and batch sizes, networks,
 normalisation schemes, the method sections and the source's foreground intensity statistics, which
 CT normalisation uses), except what belongs to the target: ``dataset_name``, ``labels`` and
-``channel_names`` come from the target's raw ``dataset.json``, and a new plans name renames the
+``channel_names`` (and ``regions_class_order`` of a region-based dataset) come from the target's
+raw ``dataset.json``, and a new plans name renames the
 preprocessed data folders (``data_identifier``) so that the two plans never share one.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from autosam import paths
 from autosam.experiment_planning.plans import Plans
-from autosam.io.dataset import dataset_name_from_id, labels_of, load_dataset_json
+from autosam.io.dataset import dataset_name_from_id, load_dataset_json
+from autosam.io.labels import LabelManager
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ def move_plans_between_datasets(source, target, source_plans_name: str, target_p
                        plans.channel_names, channels,
                        sorted({s for c in plans.configurations.values() for s in c.normalization_schemes}))
     plans.dataset_name = target_name
-    plans.labels = labels_of(target_dj)
+    label_manager = LabelManager.from_dataset_json(target_dj, str(target_dj_path))
+    plans.labels = label_manager.to_json()["labels"]
+    plans.regions_class_order = label_manager.regions_class_order
     plans.channel_names = channels
     if target_plans_name != source_plans_name:
         for conf in plans.configurations.values():
