@@ -458,10 +458,12 @@ class Predictor:
                                           self.use_mirroring, progress=self.progress)
         if output_file_truncated is not None:
             out = Path(f"{output_file_truncated}{model.dataset_json['file_ending']}")
-            export_prediction(probs, case_properties, model.configuration, out, save_or_return_probabilities)
+            export_prediction(probs, case_properties, model.configuration, out, save_or_return_probabilities,
+                              model.ctx.label_manager)
             return out
         return probabilities_to_segmentation(probs, case_properties, model.configuration,
-                                             return_probabilities=save_or_return_probabilities)
+                                             return_probabilities=save_or_return_probabilities,
+                                             label_manager=model.ctx.label_manager)
 
     def predict_from_list_of_npy_arrays(self, images: Sequence[np.ndarray], properties: Sequence[dict],
                                         output_files_truncated: Sequence[str | Path] | None = None,
