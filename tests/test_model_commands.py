@@ -35,7 +35,7 @@ def test_predict_from_a_model_folder_outside_the_results(autosam_dirs, tmp_path,
     capsys.readouterr()
     assert modelfolder_main(["-i", str(tmp_path / "images"), "-o", str(tmp_path / "p2"), "-m", str(elsewhere),
                              "-chk", "checkpoint_best.pth"]) == 2
-    assert "no fold_N folder has checkpoint_best.pth" in capsys.readouterr().err
+    assert "no fold has checkpoint_best.pth; found: fold_0/checkpoint_final.pth" in capsys.readouterr().err
     assert modelfolder_main(["-i", str(tmp_path / "images"), "-o", str(tmp_path / "p2"), "-m", str(tmp_path / "nope")]) == 2
     assert "model folder does not exist" in capsys.readouterr().err
     assert modelfolder_main(["-i", str(tmp_path / "images"), "-o", str(tmp_path / "p2"), "-m", str(elsewhere),

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from autosam.experiment_planning.plans import Plans
-from autosam.inference.predictor import Predictor, available_folds, checkpoint_kind, predict_folder
+from autosam.inference.predictor import Predictor, folds_with_checkpoint, predict_folder
 from autosam.io.image import read_case
 from autosam.preprocessing.preprocessor import preprocess_arrays, preprocess_case
 from model_helpers import tiny_model_folder, write_images
@@ -70,11 +70,11 @@ def test_arrays_give_exactly_the_masks_of_the_file_path(model, tmp_path):
 
 
 def test_checkpoint_names_and_fold_discovery(model):
-    assert checkpoint_kind("checkpoint_best.pth") == checkpoint_kind("best") == "best"
-    with pytest.raises(ValueError, match="checkpoint_final.pth"):
-        checkpoint_kind("model.pt")
-    assert available_folds(model) == [0, 1]
-    assert available_folds(model, "best") == []
+    assert folds_with_checkpoint(model, "checkpoint_final.pth") == folds_with_checkpoint(model) == [0, 1]
+    with pytest.raises(FileNotFoundError, match="no fold has checkpoint_best.pth"):
+        folds_with_checkpoint(model, "best")
+    with pytest.raises(ValueError, match="step_size"):
+        Predictor(step_size=1.5)
     with pytest.raises(FileNotFoundError, match="checkpoint_best.pth"):
         Predictor().initialize_from_trained_model_folder(model, checkpoint_name="checkpoint_best.pth")
     with pytest.raises(RuntimeError, match="initialize_from_trained_model_folder"):

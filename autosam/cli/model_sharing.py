@@ -2,16 +2,15 @@
 models as zip files (nnU-Net's commands of the same names, with its flags)."""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
-from autosam.cli.common import fold_value
+from autosam.cli.common import Parser, fold_value, normalize_configuration
 
 
 def main_export(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="autosam_export_model_to_zip",
         description="Write trained models of a dataset to one zip file: for each model folder "
                     "<method>__<plans>__<configuration>, its plans.json, dataset.json, dataset_fingerprint.json, the "
@@ -21,7 +20,8 @@ def main_export(argv: list[str] | None = None) -> int:
         epilog="example: autosam_export_model_to_zip -d 4 -c 3d -m unet -o hippocampus_unet.zip")
     p.add_argument("-d", required=True, help="dataset id (4) or name (Dataset004_Hippocampus)")
     p.add_argument("-o", required=True, type=Path, help="output zip file (written atomically)")
-    p.add_argument("-c", nargs="+", default=None, help="configurations (default: every trained one)")
+    p.add_argument("-c", nargs="+", default=None, type=normalize_configuration,
+                   help="configurations (default: every trained one; nnU-Net's 3d_fullres is 3d)")
     p.add_argument("-m", "-tr", nargs="+", default=None, dest="m",
                    help="methods (default: every trained one); -tr is nnU-Net's spelling")
     p.add_argument("-p", "--plans", default="autosamPlans", help="plans name (default: autosamPlans)")
@@ -50,7 +50,7 @@ def main_export(argv: list[str] | None = None) -> int:
 
 
 def main_install(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="autosam_install_pretrained_model_from_zip",
         description="Install the models of a zip written by autosam_export_model_to_zip into "
                     "AUTOSAM_RESULTS/<dataset>/. Every member is checked before anything is written: absolute "

@@ -3,14 +3,15 @@ with the most foreground (nnU-Net's ``nnUNetv2_plot_overlay_pngs``), and the sam
 next to their reference."""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
+from autosam.cli.common import Parser, normalize_configuration
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+
+def build_parser() -> Parser:
+    p = Parser(
         prog="autosam_plot_overlay_pngs",
         description="Write one PNG per case: the axial slice with the most foreground (each label's share of its "
                     "voxels in the slice, averaged over the labels, as nnU-Net chooses it), image in grey windowed to "
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", type=Path, default=None,
                    help="output folder (default: PRED/overlays with --pred, else "
                         "AUTOSAM_RESULTS/<dataset>/overlays/<configuration or raw>)")
-    p.add_argument("-c", default="3d", help="configuration of the preprocessed data (default 3d; 3d_fullres is 3d)")
+    p.add_argument("-c", default="3d", type=normalize_configuration,
+                   help="configuration of the preprocessed data (default 3d; nnU-Net's 3d_fullres is 3d)")
     p.add_argument("-p", "--plans", default="autosamPlans", help="plans name (default autosamPlans)")
     p.add_argument("--use_raw", action="store_true", help="draw the raw images and labels instead of the preprocessed data")
     p.add_argument("--pred", type=Path, default=None, help="folder of predicted label maps to draw against the reference")
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from autosam.io.dataset import dataset_name_from_id
     from autosam.utils import overlay
 
-    configuration = "3d" if a.c == "3d_fullres" else a.c
+    configuration = a.c
     try:
         if not 0 <= a.overlay_intensity <= 1:
             raise ValueError(f"-overlay_intensity {a.overlay_intensity}: give a value between 0 and 1")

@@ -1,10 +1,13 @@
 """``autosam_plan_and_preprocess`` and its three steps as separate commands (nnU-Net-style):
 
 - ``autosam_extract_fingerprint -d ID [-np N] [--verify_dataset_integrity] [--clean]``
-- ``autosam_plan_experiment -d ID [-pl PLANNER] [--gpu_memory_gb G] [--target auto|gpu|cpu] [-overwrite_plans_name NAME]``
+- ``autosam_plan_experiment -d ID [-pl PLANNER] [-gpu_memory_target G] [--target auto|gpu|cpu] [-overwrite_plans_name NAME]``
 - ``autosam_preprocess -d ID [-plans_name NAME] [-c CONFIGS...] [-np N]``
-- ``autosam_plan_and_preprocess -d ID [-np N] [-pl PLANNER] [-c CONFIGS...] [--verify_dataset_integrity] [--gpu_memory_gb G] [--target T]``
+- ``autosam_plan_and_preprocess -d ID [-np N] [-npfp N] [-pl PLANNER] [-c CONFIGS...] [--verify_dataset_integrity]
+  [--clean] [--no_pp] [-gpu_memory_target G] [--target T]``
 - ``autosam_move_plans_between_datasets -s SOURCE -t TARGET -sp SOURCE_PLANS [-tp TARGET_PLANS]``
+
+Every command also takes ``--no_pbar`` (no progress bars), as nnU-Net's.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import argparse
 import logging
 import sys
 
+from autosam.cli.common import Parser, normalize_configuration
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
 
 EPILOG = ("Folders come from AUTOSAM_RAW, AUTOSAM_PREPROCESSED and AUTOSAM_RESULTS. "
@@ -36,7 +40,7 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
 def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("-pl", "--planner", default="default",
                    help="registered planner plugin (default 'default'); another planner writes <PLANNER>Plans.json")
-    p.add_argument("--gpu_memory_gb", type=float, default=8.0,
+    p.add_argument("-gpu_memory_target", "--gpu_memory_gb", dest="gpu_memory_gb", type=float, default=8.0,
                    help="GPU memory budget in GB for patch and batch size (default 8)")
     p.add_argument("--target", choices=("auto", "gpu", "cpu"), default="auto",
                    help="hardware to size the network and patch for: gpu (nnU-Net's rules), cpu (16 base features and a "
@@ -48,8 +52,9 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
 
 
 def _add_configs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--configurations", nargs="+", default=None,
-                   help="configurations to preprocess (default: all planned, i.e. 2d, 3d and 3d_lowres when planned)")
+    p.add_argument("-c", "--configurations", nargs="+", default=None, type=normalize_configuration,
+                   help="configurations to preprocess (default: all planned, i.e. 2d, 3d and 3d_lowres when planned; "
+                        "nnU-Net's 3d_fullres means 3d)")
 
 
 def _run(fn, args) -> int:
@@ -63,8 +68,10 @@ def _run(fn, args) -> int:
     return 0
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, epilog=EPILOG)
+def _parser(prog: str, description: str) -> Parser:
+    p = Parser(prog=prog, description=description, epilog=EPILOG)
+    p.add_argument("--no_pbar", action="store_true", help="no progress bars (for non-interactive jobs)")
+    return p
 
 
 def main_fingerprint(argv: list[str] | None = None) -> int:
@@ -77,7 +84,7 @@ def main_fingerprint(argv: list[str] | None = None) -> int:
     from autosam.experiment_planning.fingerprint import extract_fingerprint
 
     return _run(lambda d: extract_fingerprint(d, num_processes=args.num_processes, verify=args.verify_dataset_integrity,
-                                              overwrite=args.clean, progress=True), args)
+                                              overwrite=args.clean, progress=not args.no_pbar), args)
 
 
 def main_plan(argv: list[str] | None = None) -> int:
@@ -105,7 +112,7 @@ def main_preprocess(argv: list[str] | None = None) -> int:
     from autosam.preprocessing.preprocessor import preprocess_dataset
 
     return _run(lambda d: preprocess_dataset(d, plans_name=args.plans_name, configurations=args.configurations,
-                                             num_processes=args.num_processes, progress=True), args)
+                                             num_processes=args.num_processes, progress=not args.no_pbar), args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,14 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     _add_plan(p)
     _add_configs(p)
     _add_verify(p)
+    p.add_argument("-npfp", type=int, default=None,
+                   help="worker processes of the fingerprint extraction (default: -np)")
+    p.add_argument("--clean", action="store_true", help="recompute the fingerprint even if an up-to-date one exists")
+    p.add_argument("--no_pp", action="store_true", help="fingerprint and plan only, no preprocessing")
     args = p.parse_args(argv)
     from autosam.pipeline import plan_and_preprocess
 
     def run(d):
         plans = plan_and_preprocess(d, num_processes=args.num_processes, planner=args.planner,
                                     configurations=args.configurations, verify=args.verify_dataset_integrity,
-                                    gpu_memory_gb=args.gpu_memory_gb, plans_name=args.plans_name, progress=True,
-                                    target=args.target)
+                                    gpu_memory_gb=args.gpu_memory_gb, plans_name=args.plans_name,
+                                    progress=not args.no_pbar, target=args.target, preprocess=not args.no_pp,
+                                    clean=args.clean, num_processes_fingerprint=args.npfp)
         _summary(plans)
 
     return _run(run, args)
@@ -139,12 +151,8 @@ def _summary(plans) -> None:
     print(f"  default method: {plans.default_method} ({plans.default_method_rationale})")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def main_move_plans(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="autosam_move_plans_between_datasets",
         description="Copy the plans of a source dataset to a target dataset (nnU-Net's command of the same name): "
                     "configurations, spacings, patch and batch sizes, networks, normalisation and the source's "
@@ -171,3 +179,7 @@ def main_move_plans(argv: list[str] | None = None) -> int:
         return 2
     print(f"plans written to {written}; next: autosam_preprocess -d {a.t} -plans_name {written.stem}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

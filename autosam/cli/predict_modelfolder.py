@@ -2,17 +2,24 @@
 disk, for example one unpacked from a colleague's zip), as nnU-Net's ``nnUNetv2_predict_from_modelfolder``."""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 from pathlib import Path
 
-from autosam.cli.common import CaseProgress, default_device, parse_with_method_overrides
+from autosam.cli.common import (
+    CaseProgress,
+    Parser,
+    add_device,
+    default_device,
+    method_option_names,
+    parse_with_method_overrides,
+    step_size,
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="autosam_predict_from_modelfolder",
         description="Predict label maps for every case in a folder (<case>_0000.nii.gz, one file per channel) with a "
                     "trained model given by its folder (<method>__<plans>__<configuration>, holding plans.json, "
@@ -31,20 +38,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folds to ensemble (default: every fold_N that has the checkpoint, listed in the log); "
                         "'all' for a fold_all model")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth",
-                   help="checkpoint file name: checkpoint_final.pth (default), checkpoint_best.pth or "
-                        "checkpoint_latest.pth (final, best, latest also work)")
+                   help="checkpoint file name in fold_N/: checkpoint_final.pth (default), checkpoint_best.pth, ... "
+                        "(final, best, latest also work)")
+    p.add_argument("-step_size", "--step_size", dest="step_size", type=step_size, default=0.5,
+                   help="sliding-window step as a fraction of the patch size, in (0, 1]; larger is faster and less "
+                        "accurate (default 0.5, as nnU-Net)")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster in 3D)")
     p.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz (probabilities) and <case>.json")
-    p.add_argument("-device", "--device", default=None, choices=("cpu", "cuda", "mps"),
-                   help="default: cuda when available, else mps when available, else cpu")
+    add_device(p, "prediction")
     p.add_argument("-npp", "--num_processes", type=int, default=2,
-                   help="background threads for preprocessing/export overlapping prediction; 1 = sequential (default 2)")
+                   help="1 = everything in sequence; more = preprocess the next case and export previous ones in "
+                        "background threads while one case is predicted (default 2)")
+    p.add_argument("-nps", "--num_export_workers", dest="num_export_workers", type=int, default=1,
+                   help="exports (resampling to the input geometry, writing) allowed in flight in background threads; "
+                        "each holds one case's probabilities in memory (default 1; used when -npp > 1)")
     p.add_argument("--disable_progress_bar", "--quiet", dest="quiet", action="store_true", help="no progress bars")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, overrides, folds = parse_with_method_overrides(build_parser(), argv)
+    args, overrides, folds = parse_with_method_overrides(
+        build_parser(), argv, lambda a: method_option_names(a.m.name.split("__")[0]))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autosam.inference.predictor import Predictor, predict_folder_with_model
 
@@ -53,12 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.m.is_dir():
             raise FileNotFoundError(f"{args.m}: model folder does not exist")
-        predictor = Predictor(use_mirroring=not args.disable_tta, device=args.device or default_device())
+        predictor = Predictor(use_mirroring=not args.disable_tta, device=args.device or default_device(),
+                              step_size=args.step_size)
         predictor.initialize_from_trained_model_folder(args.m, folds, args.checkpoint, overrides)
         written = predict_folder_with_model(predictor.model, args.i, args.o, use_mirroring=not args.disable_tta,
                                             save_probabilities=args.save_probabilities,
                                             num_processes=args.num_processes, progress=progress,
-                                            patch_progress=not args.quiet)
+                                            patch_progress=not args.quiet, step_size=args.step_size,
+                                            num_export_workers=args.num_export_workers)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         progress.close()
         print(f"autosam_predict_from_modelfolder: error: {exc}", file=sys.stderr)

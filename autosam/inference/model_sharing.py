@@ -35,7 +35,7 @@ from typing import Sequence
 
 from autosam import __version__, paths
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
-from autosam.inference.predictor import CHECKPOINT_CHOICES, checkpoint_kind
+from autosam.inference.predictor import checkpoint_file_name
 from autosam.io.dataset import DATASET_RE, dataset_name_from_id
 from autosam.utils.files import atomic_path, write_json
 
@@ -50,7 +50,7 @@ MODEL_FOLDER_RE = re.compile(r"^[A-Za-z0-9_.\-]+__[A-Za-z0-9_.\-]+__[A-Za-z0-9_.
 MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 FOLD_RE = r"fold_(?:\d+|all)"
 _FOLD_MEMBER_RE = re.compile(
-    rf"^(?P<fold>{FOLD_RE})/(?:checkpoint_(?:{'|'.join(CHECKPOINT_CHOICES)})\.pth|progress\.png"
+    rf"^(?P<fold>{FOLD_RE})/(?:[A-Za-z0-9][A-Za-z0-9_.\-]*\.pth|progress\.png"
     r"|validation/[A-Za-z0-9][A-Za-z0-9_.\-]*)$")
 
 
@@ -135,7 +135,7 @@ def export_model_to_zip(dataset: str | int, output_file: str | Path, configurati
     results_ds = paths.results_dir() / name
     if not results_ds.is_dir():
         raise FileNotFoundError(f"{results_ds}: no trained models of {name}")
-    checkpoint_files = [f"checkpoint_{checkpoint_kind(c)}.pth" for c in checkpoints]
+    checkpoint_files = [checkpoint_file_name(c) for c in checkpoints]
     models = _trained_model_folders(results_ds, plans_name, methods, configurations)
     if not models:
         present = sorted(p.name for p in results_ds.iterdir() if p.is_dir() and MODEL_FOLDER_RE.match(p.name))
@@ -247,7 +247,7 @@ def check_members(zf: zipfile.ZipFile, zip_path: Path, manifest: dict) -> list[t
                 problem = f"outside the model folders {sorted(folders)} of {dataset} named in {MANIFEST}"
             elif relative not in MODEL_FILES and not _FOLD_MEMBER_RE.match(relative):
                 problem = ("not part of a model's layout (plans.json, dataset.json, dataset_fingerprint.json, "
-                           "fold_N/checkpoint_{final,best,latest}.pth, fold_N/progress.png, fold_N/validation/<file>)")
+                           "fold_N/<checkpoint>.pth, fold_N/progress.png, fold_N/validation/<file>)")
         if problem is not None:
             raise ModelZipError(f"{zip_path}: member {member!r}: {problem}; nothing was installed")
         files.append((info, PurePosixPath(member)))

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from autosam import paths
 from autosam.evaluation.evaluate import evaluate_folder
-from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, normalize_configuration
 from autosam.experiment_planning.splits import SPLITS_FILE
 from autosam.io.dataset import dataset_name_from_id
 from autosam.utils.files import read_json, write_json
@@ -40,6 +40,8 @@ def discover(results_ds: Path, methods: Sequence[str] | None, configurations: Se
              plans_name: str, folds: Sequence[int]) -> list[TrainedEntry]:
     """Trained (method, configuration)s whose every requested fold has validation predictions."""
     entries = []
+    if configurations:
+        configurations = [normalize_configuration(c) for c in configurations]
     for d in sorted(p for p in results_ds.iterdir() if p.is_dir() and p.name.count("__") == 2):
         method, plans, config = d.name.split("__")
         if plans != plans_name or (methods and method not in methods) or (configurations and config not in configurations):

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from autosam import paths
-from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans, normalize_configuration
 from autosam.io.image import ImageGeometry, read_case_with_label
 from autosam.preprocessing import storage
 from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
@@ -195,7 +195,7 @@ def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NA
     if not plans_file.is_file():
         raise FileNotFoundError(f"{plans_file}: no plans {plans_name!r}; run autosam_plan_experiment -d {ds.name} first")
     plans = Plans.load(plans_file)
-    wanted = list(plans.configurations) if configurations is None else list(configurations)
+    wanted = list(plans.configurations) if configurations is None else [normalize_configuration(c) for c in configurations]
     missing = [c for c in wanted if c not in plans.configurations]
     if missing:
         # 3d_lowres exists only when the planner's rule calls for it; asking for it is not an error then
