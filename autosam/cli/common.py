@@ -266,3 +266,19 @@ def add_device(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("-device", "--device", dest="device", choices=("cpu", "cuda", "mps"), default=None,
                    help=f"device for {what} (default: cuda when available, else mps when available, else cpu)")
 
+
+def add_prediction_options(p: argparse.ArgumentParser) -> None:
+    """The options shared by the prediction commands: ``-step_size``, ``--disable_tta``,
+    ``--save_probabilities``, ``-device``, ``-npp`` and ``-nps`` (nnU-Net's spellings)."""
+    p.add_argument("-step_size", "--step_size", dest="step_size", type=step_size, default=0.5,
+                   help="sliding-window step as a fraction of the patch size, in (0, 1]; larger is faster and less "
+                        "accurate (default 0.5, as nnU-Net)")
+    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster in 3D)")
+    p.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz (probabilities) and <case>.json")
+    add_device(p, "prediction")
+    p.add_argument("-npp", "--num_processes", dest="num_processes", type=int, default=2,
+                   help="1 = everything in sequence; more = preprocess the next case and export previous ones in "
+                        "background threads while one case is predicted (default 2)")
+    p.add_argument("-nps", "--num_export_workers", dest="num_export_workers", type=int, default=1,
+                   help="exports (resampling to the input geometry, writing) allowed in flight in background threads; "
+                        "each holds one case's probabilities in memory (default 1; used when -npp > 1)")

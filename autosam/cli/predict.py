@@ -9,12 +9,11 @@ from pathlib import Path
 from autosam.cli.common import (
     CaseProgress,
     Parser,
-    add_device,
+    add_prediction_options,
     default_device,
     method_option_names,
     normalize_configuration,
     parse_with_method_overrides,
-    step_size,
 )
 
 
@@ -44,18 +43,7 @@ def build_parser() -> Parser:
     p.add_argument("-chk", "--checkpoint", dest="checkpoint", default="final", metavar="CHECKPOINT",
                    help="checkpoint of each fold: final, best, latest or a file name in fold_N/ as in nnU-Net "
                         "(checkpoint_final.pth, checkpoint_best.pth); default final")
-    p.add_argument("-step_size", "--step_size", dest="step_size", type=step_size, default=0.5,
-                   help="sliding-window step as a fraction of the patch size, in (0, 1]; larger is faster and less "
-                        "accurate (default 0.5, as nnU-Net)")
-    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster in 3D)")
-    p.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz (probabilities) and <case>.json")
-    add_device(p, "prediction")
-    p.add_argument("-npp", "--num_processes", dest="num_processes", type=int, default=2,
-                   help="1 = everything in sequence; more = preprocess the next case and export previous ones in "
-                        "background threads while one case is predicted (default 2)")
-    p.add_argument("-nps", "--num_export_workers", dest="num_export_workers", type=int, default=1,
-                   help="exports (resampling to the input geometry, writing) allowed in flight in background threads; "
-                        "each holds one case's probabilities in memory (default 1; used when -npp > 1)")
+    add_prediction_options(p)
     p.add_argument("--boxes-json", type=Path, default=None, metavar="FILE",
                    help='box prompts per case for a method that takes them (medlsam): {"case": {"label": [z0, y0, x0, '
                         'z1, y1, x1]}}, voxel indices of the input image (z, y, x, inclusive); the method\'s own '

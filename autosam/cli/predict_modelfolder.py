@@ -10,11 +10,10 @@ from pathlib import Path
 from autosam.cli.common import (
     CaseProgress,
     Parser,
-    add_device,
+    add_prediction_options,
     default_device,
     method_option_names,
     parse_with_method_overrides,
-    step_size,
 )
 
 
@@ -40,18 +39,7 @@ def build_parser() -> Parser:
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth",
                    help="checkpoint file name in fold_N/: checkpoint_final.pth (default), checkpoint_best.pth, ... "
                         "(final, best, latest also work)")
-    p.add_argument("-step_size", "--step_size", dest="step_size", type=step_size, default=0.5,
-                   help="sliding-window step as a fraction of the patch size, in (0, 1]; larger is faster and less "
-                        "accurate (default 0.5, as nnU-Net)")
-    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster in 3D)")
-    p.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz (probabilities) and <case>.json")
-    add_device(p, "prediction")
-    p.add_argument("-npp", "--num_processes", type=int, default=2,
-                   help="1 = everything in sequence; more = preprocess the next case and export previous ones in "
-                        "background threads while one case is predicted (default 2)")
-    p.add_argument("-nps", "--num_export_workers", dest="num_export_workers", type=int, default=1,
-                   help="exports (resampling to the input geometry, writing) allowed in flight in background threads; "
-                        "each holds one case's probabilities in memory (default 1; used when -npp > 1)")
+    add_prediction_options(p)
     p.add_argument("--disable_progress_bar", "--quiet", dest="quiet", action="store_true", help="no progress bars")
     return p
 
