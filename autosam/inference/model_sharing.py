@@ -17,8 +17,7 @@ configuration, the folds and the checkpoints. Installing refuses, before anythin
 zip whose members are not exactly this layout: an absolute path, a ``..`` component, a backslash,
 a link, a duplicate name, a file outside the model folders of the manifest or of an unexpected
 kind, or a zip whose declared unpacked size does not fit on the disk. It refuses a model whose
-method is not installed (the error names the package and version
-to install), and never replaces an installed model folder unless asked to (``force``); a
+method is not installed (the error names the package and version to install), and never replaces an installed model folder unless asked to (``force``); a
 replacement is swapped in whole, so an interrupted install leaves the old model or the new one.
 """
 from __future__ import annotations
