@@ -145,7 +145,7 @@ def test_install_refuses_members_outside_the_layout(autosam_dirs, tmp_path, caps
     assert not (tmp_path / "evil.txt").exists()
 
 
-def test_install_refuses_links_and_unknown_methods(autosam_dirs, tmp_path, capsys):
+def test_install_refuses_links_unknown_methods_and_too_little_disk(autosam_dirs, tmp_path, capsys, monkeypatch):
     valid = {f"{NAME}/{MODEL}/plans.json": "{}", f"{NAME}/{MODEL}/dataset.json": "{}",
              f"{NAME}/{MODEL}/fold_0/checkpoint_final.pth": "x"}
     z = _hostile_zip(tmp_path / "link.zip", valid, links=[(f"{NAME}/{MODEL}/fold_0/progress.png", "/etc/passwd")])
@@ -160,6 +160,16 @@ def test_install_refuses_links_and_unknown_methods(autosam_dirs, tmp_path, capsy
     assert main_install([str(z)]) == 2
     err = capsys.readouterr().err
     assert "'ghost-seg'" in err and "2.3.1" in err and "pip install 'ghost-seg==2.3.1'" in err
+    assert list(autosam_dirs["results"].iterdir()) == []
+    import shutil as _shutil
+    from collections import namedtuple
+
+    z = _hostile_zip(tmp_path / "big.zip", valid)
+    usage = namedtuple("usage", "total used free")
+    with monkeypatch.context() as m:
+        m.setattr(_shutil, "disk_usage", lambda path: usage(10, 10, 3))  # 3 bytes free
+        assert main_install([str(z)]) == 2
+    assert "GB free; nothing was installed" in capsys.readouterr().err
     assert list(autosam_dirs["results"].iterdir()) == []
     (tmp_path / "notzip.zip").write_text("hello")
     assert main_install([str(tmp_path / "notzip.zip")]) == 2

@@ -66,7 +66,7 @@ def main_install(argv: list[str] | None = None) -> int:
 
     try:
         installed = install_model_from_zip(a.zip, force=a.force)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         print(f"autosam_install_pretrained_model_from_zip: error: {exc}", file=sys.stderr)
         return 2
     for folder in installed:

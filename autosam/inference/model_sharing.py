@@ -16,8 +16,8 @@ that provided it and that distribution's version (read from the checkpoints), th
 configuration, the folds and the checkpoints. Installing refuses, before anything is written, a
 zip whose members are not exactly this layout: an absolute path, a ``..`` component, a backslash,
 a link, a duplicate name, a file outside the model folders of the manifest or of an unexpected
-kind. It refuses a model whose method is not installed (the error names the package and version
-to install), and never replaces an installed model folder unless asked to (``force``); a
+kind, or a zip whose declared unpacked size does not fit on the disk. It refuses a model whose
+method is not installed (the error names the package and version to install), and never replaces an installed model folder unless asked to (``force``); a
 replacement is swapped in whole, so an interrupted install leaves the old model or the new one.
 """
 from __future__ import annotations
@@ -310,6 +310,12 @@ def install_model_from_zip(zip_file: str | Path, force: bool = False) -> list[Pa
         existing = [t for t in targets if t.exists()]
         if existing and not force:
             raise FileExistsError(f"{existing[0]}: a model is installed here already; --force replaces it")
+        # the sizes the zip declares bound what unpacking writes (zipfile stops there): check them first
+        volume = next(p for p in (target_ds, *target_ds.parents) if p.exists())
+        needed, free = sum(info.file_size for info, _ in files), shutil.disk_usage(volume).free
+        if needed > free:
+            raise OSError(f"{zip_file}: unpacking needs {needed / 1e9:.2f} GB, {volume} has {free / 1e9:.2f} GB free; "
+                          "nothing was installed")
         target_ds.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".install-", dir=target_ds))
         try:
