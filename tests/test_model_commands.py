@@ -3,6 +3,7 @@ autosam_install_pretrained_model_from_zip (tiny untrained models, no training)."
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,28 @@ def test_install_refuses_links_unknown_methods_and_too_little_disk(autosam_dirs,
     (tmp_path / "notzip.zip").write_text("hello")
     assert main_install([str(tmp_path / "notzip.zip")]) == 2
     assert "not a zip file" in capsys.readouterr().err
+
+
+class _Planted:
+    """Unpickling this runs code (creates a file): what a forged checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_install_refuses_a_forged_checkpoint_without_running_it(autosam_dirs, tmp_path, capsys):
+    import torch
+
+    marker = tmp_path / "code_ran"
+    forged = tmp_path / "forged.pth"
+    torch.save({"method": "unet", "network": {}, "payload": _Planted(marker)}, forged)
+    valid = {f"{NAME}/{MODEL}/plans.json": "{}", f"{NAME}/{MODEL}/dataset.json": "{}"}
+    z = _hostile_zip(tmp_path / "forged.zip", {**valid, f"{NAME}/{MODEL}/fold_0/checkpoint_final.pth": forged.read_bytes()})
+    assert main_install([str(z)]) == 2
+    err = capsys.readouterr().err
+    assert "fold_0/checkpoint_final.pth" in err and "nothing was installed" in err
+    assert not marker.exists()  # never unpickled
+    assert not any((autosam_dirs["results"] / NAME).iterdir())  # staging removed, nothing installed

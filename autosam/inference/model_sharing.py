@@ -17,7 +17,9 @@ configuration, the folds and the checkpoints. Installing refuses, before anythin
 zip whose members are not exactly this layout: an absolute path, a ``..`` component, a backslash,
 a link, a duplicate name, a file outside the model folders of the manifest or of an unexpected
 kind, or a zip whose declared unpacked size does not fit on the disk. It refuses a model whose
-method is not installed (the error names the package and version to install), and never replaces an installed model folder unless asked to (``force``); a
+method is not installed (the error names the package and version to install), and a checkpoint
+that does not load with ``torch.load(weights_only=True)`` (a forged pickle never runs) or holds
+another method than its manifest entry; and it never replaces an installed model folder unless asked to (``force``); a
 replacement is swapped in whole, so an interrupted install leaves the old model or the new one.
 """
 from __future__ import annotations
@@ -324,6 +326,7 @@ def install_model_from_zip(zip_file: str | Path, force: bool = False) -> list[Pa
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(destination, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
+            _verify_checkpoints(staging, manifest, zip_file)
             for m in manifest["models"]:  # provenance, next to the model's own files
                 write_json(staging / m["folder"] / INSTALLED_FROM, {"zip": str(zip_file.resolve()), **m})
             for target in targets:
@@ -331,6 +334,25 @@ def install_model_from_zip(zip_file: str | Path, force: bool = False) -> list[Pa
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return targets
+
+
+def _verify_checkpoints(staging: Path, manifest: dict, zip_path: Path) -> None:
+    """Every unpacked checkpoint must load without running code (``torch.load(weights_only=True)``,
+    :func:`autosam.training.checkpoint.load_checkpoint`) and hold the method its manifest entry names."""
+    from autosam.training.checkpoint import load_checkpoint
+
+    for m in manifest["models"]:
+        for path in sorted((staging / m["folder"]).glob("fold_*/*.pth")):
+            member = f"{manifest['dataset']}/{m['folder']}/{path.parent.name}/{path.name}"
+            try:
+                ckpt = load_checkpoint(path)
+            except ValueError as exc:
+                raise ModelZipError(f"{zip_path}: member {member!r}: {str(exc).replace(str(path), 'checkpoint')}; "
+                                    "nothing was installed") from None
+            if ckpt.get("method") != m["method"]:
+                raise ModelZipError(f"{zip_path}: member {member!r} holds method {ckpt.get('method')!r}, the manifest "
+                                    f"says {m['method']!r}; nothing was installed")
+            del ckpt
 
 
 def _swap_in(new: Path, target: Path) -> None:
