@@ -1,8 +1,10 @@
-"""Commands that choose and combine: find_best_configuration, ensemble, post-processing."""
+"""Commands that choose and combine: find_best_configuration, ensemble, post-processing, and the two
+steps of find_best_configuration on their own (accumulate_crossval_results, determine_postprocessing)."""
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -107,4 +109,75 @@ def main_apply_postprocessing(argv: list[str] | None = None) -> int:
         print(f"autosam_apply_postprocessing: {a.pp_file if isinstance(exc, KeyError) else ''} {exc}", file=sys.stderr)
         return 1
     print(f"post-processed {len(written)} case(s) into {a.output} (rules: {rules or 'none'})")
+    return 0
+
+
+def main_accumulate_crossval_results(argv: list[str] | None = None) -> int:
+    p = Parser(
+        prog="autosam_accumulate_crossval_results",
+        description="Copy the validation predictions of the folds of one trained model into one folder and evaluate "
+                    "them against the references in the preprocessed gt_segmentations (summary.json there), as the "
+                    "first step of autosam_find_best_configuration does. Every validation case of the folds (per "
+                    "splits_final.json) must have a prediction. The folder also gets dataset.json and plans.json, "
+                    "ready for autosam_determine_postprocessing -i FOLDER -ref GT.",
+        epilog="example: autosam_accumulate_crossval_results 4 -c 3d -m unet -f 0 1 2 3 4")
+    p.add_argument("dataset", help="dataset id (4) or name (Dataset004_Hippocampus)")
+    p.add_argument("-c", required=True, type=normalize_configuration,
+                   help="configuration (2d, 3d, 3d_lowres; nnU-Net's 3d_fullres is 3d)")
+    p.add_argument("-m", "-tr", dest="m", default="unet", help="method (default unet); -tr is nnU-Net's spelling")
+    p.add_argument("-f", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0 1 2 3 4)")
+    p.add_argument("-p", "--plans", default="autosamPlans", help="plans name (default autosamPlans)")
+    p.add_argument("-o", default=None,
+                   help="output folder (default: <model folder>/crossval_results_folds_<folds>); replaced as a whole")
+    p.add_argument("-np", "--num_processes", type=int, default=1, help="worker processes for the evaluation (default 1)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from autosam.postprocessing.find_best import accumulate_crossval_results
+
+    try:
+        folder, summary = accumulate_crossval_results(a.dataset, a.c, a.m, a.f, a.plans, a.o, a.num_processes)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"autosam_accumulate_crossval_results: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(summary['metric_per_case'])} case(s) of folds {' '.join(map(str, a.f))} in {folder}; "
+          f"foreground mean Dice {summary['foreground_mean'].get('Dice', float('nan')):.4f} ({folder / 'summary.json'})")
+    return 0
+
+
+def main_determine_postprocessing(argv: list[str] | None = None) -> int:
+    p = Parser(
+        prog="autosam_determine_postprocessing",
+        description="Decide, on a folder of cross-validation predictions, which post-processing to keep: keeping the "
+                    "largest connected component of all foreground as one region, then of each label, each step kept "
+                    "only when the foreground-mean Dice rises and no label's Dice drops (nnU-Net's rule, as in "
+                    "autosam_find_best_configuration). Writes INPUT/postprocessing.json (for "
+                    "autosam_apply_postprocessing -pp) and, unless --remove_postprocessed, the post-processed label "
+                    "maps to INPUT/postprocessed.",
+        epilog="example: autosam_determine_postprocessing -i crossval_results_folds_0_1_2_3_4 -ref gt_segmentations")
+    p.add_argument("-i", required=True, type=Path, help="folder of predicted label maps (cross-validation predictions)")
+    p.add_argument("-ref", required=True, type=Path, help="folder of the reference label maps (same file names)")
+    p.add_argument("-dataset_json", type=Path, default=None,
+                   help="dataset.json with labels and file_ending (default: INPUT/dataset.json)")
+    p.add_argument("-np", "--num_processes", type=int, default=1, help="worker processes for the evaluations (default 1)")
+    p.add_argument("--remove_postprocessed", action="store_true",
+                   help="do not keep the post-processed label maps in INPUT/postprocessed")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from autosam.postprocessing.postprocess import apply_postprocessing_folder, determine_postprocessing
+    from autosam.utils.files import read_json
+
+    dataset_json = a.dataset_json or a.i / "dataset.json"
+    try:
+        if not dataset_json.is_file():
+            raise FileNotFoundError(f"{dataset_json}: no dataset.json; give one with -dataset_json")
+        result = determine_postprocessing(a.i, a.ref, dataset_json, num_processes=a.num_processes)
+        if not a.remove_postprocessed:
+            apply_postprocessing_folder(a.i, a.i / "postprocessed", result["rules"], read_json(dataset_json)["file_ending"])
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"autosam_determine_postprocessing: error: {exc}", file=sys.stderr)
+        return 2
+    rules = ", ".join(f"largest component of {r}" for r in result["rules"]) or "none (no step raised the Dice)"
+    print(f"post-processing: {rules}; foreground mean Dice {result['foreground_mean_dice_before']:.4f} -> "
+          f"{result['foreground_mean_dice_after']:.4f}; rules in {a.i / 'postprocessing.json'}"
+          + ("" if a.remove_postprocessed else f", post-processed label maps in {a.i / 'postprocessed'}"))
     return 0

@@ -58,6 +58,56 @@ def default_device() -> str:
     return "cpu"
 
 
+class CaseProgress:
+    """A per-case progress bar for prediction commands, created on the first update (so that
+    nothing is drawn when an error comes first); ``quiet`` draws nothing. Call it as
+    ``progress(case, done, total)`` and ``close()`` it at the end."""
+
+    def __init__(self, quiet: bool = False, desc: str = "cases"):
+        self.quiet = quiet
+        self.desc = desc
+        self.bar = None
+
+    def __call__(self, case: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="case")
+        self.bar.update(done - self.bar.n)
+        if case:
+            self.bar.set_postfix_str(case)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def fold_value(text: str) -> int | str:
+    """A fold on the command line: ``0``, ``1``, ... or ``all``."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"fold {text!r}: give a fold number or 'all'") from None
+
+
+def parse_with_method_overrides(parser: "Parser", argv: list[str] | None, option_names=lambda args: None):
+    """``parser.parse_known_args`` for prediction commands: returns ``(args, method overrides,
+    folds)``. The leftover ``--name value`` flags are method options, checked by
+    :func:`method_overrides_from` against ``option_names(args)`` (the method's option names, or
+    None when unknown here); ``args.f`` is read by :func:`fold_value` (``None`` when not given)."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = method_overrides_from(parser, extra, option_names(args)) if extra else {}
+    try:
+        folds = [fold_value(f) for f in args.f] if args.f else None
+    except ValueError as exc:
+        parser.error(f"argument -f: {exc}")
+    return args, overrides, folds
+
+
 # ---------------------------------------------------------------------------------------------- parsing
 class Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` for autosam's commands, strict about flag spellings.
@@ -216,3 +266,19 @@ def add_device(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("-device", "--device", dest="device", choices=("cpu", "cuda", "mps"), default=None,
                    help=f"device for {what} (default: cuda when available, else mps when available, else cpu)")
 
+
+def add_prediction_options(p: argparse.ArgumentParser) -> None:
+    """The options shared by the prediction commands: ``-step_size``, ``--disable_tta``,
+    ``--save_probabilities``, ``-device``, ``-npp`` and ``-nps`` (nnU-Net's spellings)."""
+    p.add_argument("-step_size", "--step_size", dest="step_size", type=step_size, default=0.5,
+                   help="sliding-window step as a fraction of the patch size, in (0, 1]; larger is faster and less "
+                        "accurate (default 0.5, as nnU-Net)")
+    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster in 3D)")
+    p.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz (probabilities) and <case>.json")
+    add_device(p, "prediction")
+    p.add_argument("-npp", "--num_processes", dest="num_processes", type=int, default=2,
+                   help="1 = everything in sequence; more = preprocess the next case and export previous ones in "
+                        "background threads while one case is predicted (default 2)")
+    p.add_argument("-nps", "--num_export_workers", dest="num_export_workers", type=int, default=1,
+                   help="exports (resampling to the input geometry, writing) allowed in flight in background threads; "
+                        "each holds one case's probabilities in memory (default 1; used when -npp > 1)")

@@ -5,6 +5,7 @@
 - ``autosam_preprocess -d ID [-plans_name NAME] [-c CONFIGS...] [-np N] [--undeclared_labels_to_background]``
 - ``autosam_plan_and_preprocess -d ID [-np N] [-npfp N] [-pl PLANNER] [-c CONFIGS...] [--verify_dataset_integrity]
   [--clean] [--no_pp] [-gpu_memory_target G] [--target T] [--undeclared_labels_to_background]``
+- ``autosam_move_plans_between_datasets -s SOURCE -t TARGET -sp SOURCE_PLANS [-tp TARGET_PLANS]``
 
 Every command also takes ``--no_pbar`` (no progress bars), as nnU-Net's.
 """
@@ -133,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_plan(p)
     _add_configs(p)
     _add_verify(p)
-    _add_undeclared(p)
     p.add_argument("-npfp", type=int, default=None,
                    help="worker processes of the fingerprint extraction (default: -np)")
     p.add_argument("--clean", action="store_true", help="recompute the fingerprint even if an up-to-date one exists")
     p.add_argument("--no_pp", action="store_true", help="fingerprint and plan only, no preprocessing")
+    _add_undeclared(p)
     args = p.parse_args(argv)
     from autosam.pipeline import plan_and_preprocess
 
@@ -161,6 +162,36 @@ def _summary(plans) -> None:
         print(f"  {name:10s} spacing {[round(s, 3) for s in c.spacing]} patch {c.patch_size} batch {c.batch_size} "
               f"norm {c.normalization_schemes} data {c.data_identifier}")
     print(f"  default method: {plans.default_method} ({plans.default_method_rationale})")
+
+
+def main_move_plans(argv: list[str] | None = None) -> int:
+    p = Parser(
+        prog="autosam_move_plans_between_datasets",
+        description="Copy the plans of a source dataset to a target dataset (nnU-Net's command of the same name): "
+                    "configurations, spacings, patch and batch sizes, networks, normalisation and the source's "
+                    "intensity statistics are kept; the dataset name, labels and channel names come from the "
+                    "target's raw dataset.json. Then run autosam_preprocess -d TARGET -plans_name TARGET_PLANS. "
+                    "The two datasets must have the same number of channels.",
+        epilog="example: autosam_move_plans_between_datasets -s 2 -t 4 -sp autosamPlans -tp autosamPlansFrom2. "
+               + EPILOG)
+    p.add_argument("-s", required=True, help="source dataset id or name")
+    p.add_argument("-t", required=True, help="target dataset id or name (its raw dataset.json is read)")
+    p.add_argument("-sp", required=True, help="source plans name (autosamPlans for autosamPlans.json)")
+    p.add_argument("-tp", default=None,
+                   help="target plans name (default: the source's; a distinct name such as autosamPlansFrom2 is "
+                        "clearer, and keeps the target's own autosamPlans)")
+    p.add_argument("--overwrite", action="store_true", help="replace target plans of that name (default: refuse)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from autosam.experiment_planning.move_plans import move_plans_between_datasets
+
+    try:
+        written = move_plans_between_datasets(a.s, a.t, a.sp, a.tp, a.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"autosam_move_plans_between_datasets: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"plans written to {written}; next: autosam_preprocess -d {a.t} -plans_name {written.stem}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 from autosam.cli.common import (
+    CaseProgress,
     Parser,
-    add_device,
+    add_prediction_options,
     default_device,
     method_option_names,
-    method_overrides_from,
     normalize_configuration,
-    step_size,
+    parse_with_method_overrides,
 )
 
 
@@ -43,18 +43,7 @@ def build_parser() -> Parser:
     p.add_argument("-chk", "--checkpoint", dest="checkpoint", default="final", metavar="CHECKPOINT",
                    help="checkpoint of each fold: final, best, latest or a file name in fold_N/ as in nnU-Net "
                         "(checkpoint_final.pth, checkpoint_best.pth); default final")
-    p.add_argument("-step_size", "--step_size", dest="step_size", type=step_size, default=0.5,
-                   help="sliding-window step as a fraction of the patch size, in (0, 1]; larger is faster and less "
-                        "accurate (default 0.5, as nnU-Net)")
-    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster in 3D)")
-    p.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz (probabilities) and <case>.json")
-    add_device(p, "prediction")
-    p.add_argument("-npp", "--num_processes", dest="num_processes", type=int, default=2,
-                   help="1 = everything in sequence; more = preprocess the next case and export previous ones in "
-                        "background threads while one case is predicted (default 2)")
-    p.add_argument("-nps", "--num_export_workers", dest="num_export_workers", type=int, default=1,
-                   help="exports (resampling to the input geometry, writing) allowed in flight in background threads; "
-                        "each holds one case's probabilities in memory (default 1; used when -npp > 1)")
+    add_prediction_options(p)
     p.add_argument("--boxes-json", type=Path, default=None, metavar="FILE",
                    help='box prompts per case for a method that takes them (medlsam): {"case": {"label": [z0, y0, x0, '
                         'z1, y1, x1]}}, voxel indices of the input image (z, y, x, inclusive); the method\'s own '
@@ -63,39 +52,14 @@ def build_parser() -> Parser:
     return p
 
 
-def _fold(text: str):
-    return text if text == "all" else int(text)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, overrides, folds = parse_with_method_overrides(
+        build_parser(), argv, lambda a: method_option_names(a.m, a.d, a.c, a.plans))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if extra:
-        overrides = method_overrides_from(parser, extra, method_option_names(args.m, args.d, args.c, args.plans))
-    else:
-        overrides = {}
-    try:
-        folds = None if args.f is None else [_fold(f) for f in args.f]
-    except ValueError as exc:
-        parser.error(f"argument -f: {exc}")
-    from tqdm import tqdm
-
     from autosam.inference.predictor import predict_folder
 
     device = args.device or default_device()
-    bar = None
-
-    def progress(case: str, done: int, total: int) -> None:
-        nonlocal bar
-        if args.quiet:
-            return
-        if bar is None:
-            bar = tqdm(total=total, desc="cases", unit="case")
-        bar.update(done - bar.n)
-        if case:
-            bar.set_postfix_str(case)
-
+    progress = CaseProgress(args.quiet)
     start = time.perf_counter()
     try:
         written = predict_folder(args.i, args.o, args.d, args.c, args.m, folds, checkpoint=args.checkpoint,
@@ -105,12 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                                  boxes_json=args.boxes_json, step_size=args.step_size,
                                  num_export_workers=args.num_export_workers)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
-        if bar is not None:
-            bar.close()
+        progress.close()
         print(f"autosam_predict: error: {exc}", file=sys.stderr)
         return 2
-    if bar is not None:
-        bar.close()
+    progress.close()
     mode = " with the manual boxes of --boxes-json (localisation skipped)" if args.boxes_json is not None else ""
     print(f"{len(written)} prediction(s) written to {args.o}{mode} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -105,12 +105,15 @@ def _first_existing(candidates: Sequence[Path]) -> Path | None:
 
 
 def load_plans_and_dataset_json(model_folder: Path, plans_name: str) -> tuple[Plans, dict]:
+    """The model folder's ``plans.json`` and ``dataset.json``; for a model folder without them, the
+    dataset's plans and dataset.json in the preprocessed (or raw) folder."""
     dataset_name = model_folder.parent.name
-    plans_path = _first_existing([model_folder / "plans.json", paths.preprocessed_dir() / dataset_name / f"{plans_name}.json"])
+    plans_path = _first_existing([model_folder / "plans.json"]) or _first_existing(
+        [paths.preprocessed_dir() / dataset_name / f"{plans_name}.json"])
     if plans_path is None:
         raise FileNotFoundError(f"{model_folder}: no plans.json, and no {plans_name}.json in the preprocessed folder of {dataset_name}")
-    dj_path = _first_existing([model_folder / "dataset.json", paths.preprocessed_dir() / dataset_name / "dataset.json",
-                               paths.raw_dir() / dataset_name / "dataset.json"])
+    dj_path = _first_existing([model_folder / "dataset.json"]) or _first_existing(
+        [paths.preprocessed_dir() / dataset_name / "dataset.json", paths.raw_dir() / dataset_name / "dataset.json"])
     if dj_path is None:
         raise FileNotFoundError(f"{model_folder}: no dataset.json here nor in the preprocessed/raw folders of {dataset_name}")
     return Plans.load(plans_path), read_json(dj_path)
@@ -241,23 +244,43 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     takes them; checked completely before anything is written, and recorded in ``predict_args.json``.
     Returns the written label files.
     """
-    from autosam.preprocessing.preprocessor import preprocess_case
-
-    input_folder, output_folder = Path(input_folder), Path(output_folder)
+    input_folder = Path(input_folder)
     configuration = normalize_configuration(configuration)
     if not input_folder.is_dir():
         raise FileNotFoundError(f"{input_folder}: input folder does not exist")
     if method == "auto":
         method = resolve_auto_method(dataset_id, plans_name, configuration)
-    if not 0 < step_size <= 1:
-        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
     model_folder = find_model_folder(dataset_id, method, configuration, plans_name)
     if folds is None:
         folds = folds_with_checkpoint(model_folder, checkpoint)
         logger.info("folds with %s in %s: %s (the default: all of them)", checkpoint_file_name(checkpoint),
                     model_folder, ", ".join(map(str, folds)))
     model = load_trained_model(model_folder, folds, checkpoint, device, method_overrides)
+    return predict_folder_with_model(model, input_folder, output_folder, use_mirroring=use_mirroring,
+                                     save_probabilities=save_probabilities, num_processes=num_processes,
+                                     progress=progress, patch_progress=patch_progress, boxes_json=boxes_json,
+                                     step_size=step_size, num_export_workers=num_export_workers)
+
+
+def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, output_folder: str | Path,
+                              use_mirroring: bool = True, save_probabilities: bool = False, num_processes: int = 2,
+                              progress: Callable[[str, int, int], None] | None = None,
+                              patch_progress: bool | Callable = False, boxes_json: str | Path | None = None,
+                              step_size: float = 0.5, num_export_workers: int = 1) -> list[Path]:
+    """:func:`predict_folder` with a model already loaded (:func:`load_trained_model`), for example
+    from a model folder outside ``AUTOSAM_RESULTS`` (``autosam_predict_from_modelfolder``)."""
+    from autosam.preprocessing.preprocessor import preprocess_case
+
+    input_folder, output_folder = Path(input_folder), Path(output_folder)
+    if not input_folder.is_dir():
+        raise FileNotFoundError(f"{input_folder}: input folder does not exist")
+    if not 0 < step_size <= 1:
+        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
     model.ctx.step_size = step_size
+    configuration = model.configuration.name
+    folds = [f.fold for f in model.folds]
+    checkpoint = model.folds[0].checkpoint.name if model.folds[0].checkpoint else None
+    device = model.ctx.device
     cases = list_prediction_inputs(input_folder, model.dataset_json)
     if not cases:
         raise FileNotFoundError(f"{input_folder}: no images named <case>_0000{model.dataset_json['file_ending']}")
@@ -376,3 +399,101 @@ def _options_dict(options: Any) -> dict:
     import dataclasses
 
     return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(vars(options))
+
+
+# ------------------------------------------------------------------------------ Python API
+class Predictor:
+    """Prediction from Python, in the manner of nnU-Net v2's ``nnUNetPredictor``::
+
+        predictor = Predictor(device="cpu")
+        predictor.initialize_from_trained_model_folder("results/Dataset004_Hippocampus/unet__autosamPlans__3d")
+        seg = predictor.predict_single_npy_array(image, {"spacing": [1.0, 0.8, 0.8]})
+
+    ``image`` is C x Z x Y x X (one channel per input modality, in the order of ``channel_names``),
+    ``spacing`` is (z, y, x) in mm, as :func:`autosam.io.image.read_image` returns them. The array
+    goes through exactly the steps a file goes through in :func:`predict_folder` (same
+    preprocessing, fold ensemble and export), so the same image gives the same mask either way.
+    """
+
+    def __init__(self, use_mirroring: bool = True, device: str | torch.device = "cpu", progress: bool = False,
+                 step_size: float = 0.5):
+        if not 0 < step_size <= 1:
+            raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+        self.use_mirroring = use_mirroring
+        self.device = device
+        self.progress = progress
+        self.step_size = step_size
+        self.model: TrainedModel | None = None
+
+    def initialize_from_trained_model_folder(self, model_folder: str | Path, use_folds: Sequence[int | str] | None = None,
+                                             checkpoint_name: str = "checkpoint_final.pth",
+                                             method_overrides: dict | None = None) -> "Predictor":
+        """Load the folds (default: every fold that has the checkpoint, logged) of a model folder
+        ``<method>__<plans>__<configuration>``, anywhere on disk."""
+        folds = list(use_folds) if use_folds else folds_with_checkpoint(model_folder, checkpoint_name)
+        if not use_folds:
+            logger.info("folds with %s in %s: %s", checkpoint_file_name(checkpoint_name), model_folder,
+                        ", ".join(map(str, folds)))
+        self.model = load_trained_model(model_folder, folds, checkpoint_name, self.device, method_overrides)
+        self.model.ctx.step_size = self.step_size
+        return self
+
+    def _require_model(self) -> TrainedModel:
+        if self.model is None:
+            raise RuntimeError("call initialize_from_trained_model_folder first")
+        return self.model
+
+    def predict_single_npy_array(self, image: np.ndarray, properties: dict, output_file_truncated: str | Path | None = None,
+                                 save_or_return_probabilities: bool = False):
+        """Segment one image held in memory.
+
+        :param image: C x Z x Y x X array.
+        :param properties: ``{"spacing": [z, y, x]}``, optionally ``origin`` and ``direction``
+            (SimpleITK convention, used when writing a file), or autosam case properties with ``geometry``.
+        :param output_file_truncated: when given, write ``<output_file_truncated><file_ending>``
+            (and with ``save_or_return_probabilities`` the ``.npz``/``.json`` next to it) and return its path.
+        :returns: the label map (Z x Y x X, uint8 or int16) in the image's geometry, or
+            ``(label map, probabilities K x Z x Y x X)`` with ``save_or_return_probabilities``.
+        """
+        from autosam.inference.export import probabilities_to_segmentation
+        from autosam.preprocessing.preprocessor import geometry_of_array, preprocess_arrays
+
+        model = self._require_model()
+        image = np.asarray(image)
+        geometry = geometry_of_array(image, properties)
+        data, _seg, case_properties = preprocess_arrays(image, geometry, model.plans, model.configuration.name)
+        probs = predict_preprocessed_case(model.method, model.folds, data, case_properties, model.ctx,
+                                          self.use_mirroring, progress=self.progress)
+        if output_file_truncated is not None:
+            out = Path(f"{output_file_truncated}{model.dataset_json['file_ending']}")
+            export_prediction(probs, case_properties, model.configuration, out, save_or_return_probabilities,
+                              model.ctx.label_manager)
+            return out
+        return probabilities_to_segmentation(probs, case_properties, model.configuration,
+                                             return_probabilities=save_or_return_probabilities,
+                                             label_manager=model.ctx.label_manager)
+
+    def predict_from_list_of_npy_arrays(self, images: Sequence[np.ndarray], properties: Sequence[dict],
+                                        output_files_truncated: Sequence[str | Path] | None = None,
+                                        save_probabilities: bool = False) -> list:
+        """:meth:`predict_single_npy_array` for each image (``properties`` one dict per image, or a
+        single dict shared by all); returns the label maps, or the written paths when
+        ``output_files_truncated`` is given."""
+        if isinstance(properties, dict):
+            properties = [properties] * len(images)
+        if len(properties) != len(images):
+            raise ValueError(f"{len(images)} image(s) but {len(properties)} properties")
+        if output_files_truncated is not None and len(output_files_truncated) != len(images):
+            raise ValueError(f"{len(images)} image(s) but {len(output_files_truncated)} output file name(s)")
+        results = []
+        for i, (image, props) in enumerate(zip(images, properties)):
+            out = output_files_truncated[i] if output_files_truncated is not None else None
+            results.append(self.predict_single_npy_array(image, props, out, save_probabilities))
+        return results
+
+    def predict_from_files(self, input_folder: str | Path, output_folder: str | Path, save_probabilities: bool = False,
+                           num_processes: int = 2) -> list[Path]:
+        """Every case of ``input_folder`` into ``output_folder`` (as ``autosam_predict``)."""
+        return predict_folder_with_model(self._require_model(), input_folder, output_folder, self.use_mirroring,
+                                         save_probabilities, num_processes, patch_progress=self.progress,
+                                         step_size=self.step_size)
