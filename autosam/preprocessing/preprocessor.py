@@ -25,7 +25,7 @@ from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans
 from autosam.io.image import read_case_with_label
 from autosam.preprocessing import storage
 from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
-from autosam.preprocessing.normalization import normalize
+from autosam.preprocessing.normalization import ZSCORE_CLIP_PERCENTILES, normalize
 from autosam.preprocessing.resampling import compute_new_shape, resample_image, resample_segmentation, separate_axis
 from autosam.utils.files import atomic_path, read_json, write_json
 
@@ -112,6 +112,7 @@ def preprocessing_signature(plans: Plans, configuration_name: str) -> dict:
         "spacing": conf.spacing,
         "normalization_schemes": conf.normalization_schemes,
         "use_mask_for_norm": conf.use_mask_for_norm,
+        "zscore_clip_percentiles": ZSCORE_CLIP_PERCENTILES,
         "resampling": vars(conf.resampling),
         "intensity": plans.foreground_intensity_properties_per_channel,
         "class_locations_per_class": CLASS_LOCATIONS_PER_CLASS,
