@@ -219,7 +219,10 @@ def _convert_file(job: _Job) -> tuple[_Job, int]:
         if dim != 3:
             raise DatasetError(f"{source}: a label map must be 3D, got {dim}D")
         arr = sitk.GetArrayFromImage(img)
-        cast = as_integer_labels(arr, source)
+        try:
+            cast = as_integer_labels(arr, source)
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
         if cast is arr:
             _copy(source, folder / source.name)
         else:
