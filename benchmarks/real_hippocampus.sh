@@ -20,6 +20,8 @@
 #                       planner's default, CPU_ITERS to override)
 #        SAM_EPOCHS     epochs per SAM method (default 10), SAM_ITERS iterations per epoch (default 50)
 #        SAM_METHODS    (default "sautomed masksam medlsam msam")
+#        NNUNET_TRAIN   0: plan and preprocess with nnU-Net but skip its training (250 iterations at
+#                       several seconds each; for smoke runs)
 #        INSTALL_BENCH  1: pip install -e ".[bench]" when nnunetv2 is missing (default: skip nnU-Net with a message)
 #        NP             worker processes for conversion and preprocessing (default 2)
 # Each training's log is in WORKDIR/logs/; a summary table is printed at the end and written to
@@ -79,11 +81,27 @@ if has nnunet; then
     nnUNetv2_plan_and_preprocess -d 4 -c 3d_fullres -np "$NP" > "$WORK/logs/nnunet_plan.log" 2>&1
     # the same fold 0 as autosam: its splits_final.json has nnU-Net's format
     cp "$AUTOSAM_PREPROCESSED/$DS/splits_final.json" "$nnUNet_preprocessed/$DS/splits_final.json"
-    stamp "nnU-Net: train fold 0, nnUNetTrainer_1epoch (250 iterations), CPU"
-    /usr/bin/time -f "nnU-Net: wall %e s" nnUNetv2_train 4 3d_fullres 0 -tr nnUNetTrainer_1epoch -device cpu \
-      > "$WORK/logs/nnunet_train.log" 2>&1
-    tail -n 1 "$WORK/logs/nnunet_train.log"
+    python - "$nnUNet_preprocessed/$DS/nnUNetPlans.json" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))["configurations"]["3d_fullres"]
+print(f"nnU-Net plans 3d_fullres: patch {c['patch_size']}, batch {c['batch_size']}, "
+      f"features {c['architecture']['arch_kwargs']['features_per_stage']}, spacing {c['spacing']}")
+EOF
+    if [ "${NNUNET_TRAIN:-1}" = 1 ]; then
+      stamp "nnU-Net: train fold 0, nnUNetTrainer_1epoch (250 iterations), CPU"
+      /usr/bin/time -f "nnU-Net: wall %e s" nnUNetv2_train 4 3d_fullres 0 -tr nnUNetTrainer_1epoch -device cpu \
+        > "$WORK/logs/nnunet_train.log" 2>&1
+      tail -n 1 "$WORK/logs/nnunet_train.log"
+    else
+      echo "NNUNET_TRAIN=0: nnU-Net's training skipped"
+    fi
   fi
+  python - "$AUTOSAM_PREPROCESSED/$DS/autosamPlansGPU.json" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))["configurations"]["3d"]
+print(f"autosam plans --target gpu, 3d: patch {c['patch_size']}, batch {c['batch_size']}, "
+      f"features {c['network']['features_per_stage']}, spacing {c['spacing']}")
+EOF
   stamp "autosam unet, nnU-Net-sized plans, SGD, $NNUNET_ITERS iterations"
   /usr/bin/time -f "autosam unet (nnU-Net-sized): wall %e s" \
     autosam_train 4 3d unet 0 --plans autosamPlansGPU --epochs 1 --iters-per-epoch "$NNUNET_ITERS" \
