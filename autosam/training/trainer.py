@@ -32,7 +32,7 @@ from autosam.training.dataloading import (
     shutdown_loader,
 )
 from autosam.training.logger import TrainingHistory
-from autosam.training.method import MethodContext
+from autosam.training.method import MethodContext, check_label_support
 from autosam.training.run_support import (
     attach_log_file,
     default_iterations_per_epoch,
@@ -86,6 +86,7 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
     if configuration not in method.configurations:
         raise ValueError(f"method {method.name!r} does not support configuration {configuration!r}; "
                          f"it supports: {', '.join(method.configurations)}")
+    check_label_support(method, plans.label_manager, str(plans_path))  # before anything is written
     options = method.make_options(config.methods.get(method.name), method_overrides)
 
     data_folder = pre_folder / config.data_identifier
@@ -255,11 +256,12 @@ class _Loop:
         # a fresh worker seed per (seed, start epoch): a resumed run does not replay the first batches
         seed = ctx.seed + 7919 * self.start_epoch
         custom = method.make_train_loader(ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
+        ignore = ctx.label_manager.ignore_label  # never a foreground-sampling target
         train = iter(custom) if custom is not None else make_loader(
             self.dataset.subset(self.train_keys), bs, patch, ds_scales, train=True,
-            num_workers=self.num_workers, seed=seed)
+            num_workers=self.num_workers, seed=seed, ignore_label=ignore)
         val = make_loader(self.dataset.subset(self.val_keys), bs, patch, ds_scales, train=False,
-                          num_workers=min(1, self.num_workers), seed=ctx.seed + 1)
+                          num_workers=min(1, self.num_workers), seed=ctx.seed + 1, ignore_label=ignore)
         return train, val
 
     def to_device(self, batch: dict) -> dict:
@@ -296,8 +298,9 @@ class _Loop:
 
     @torch.no_grad()
     def validate_patches(self, val_loader) -> tuple[float, list[float]]:
-        k = self.ctx.num_classes
-        tp, fp, fn = (torch.zeros(k - 1, dtype=torch.float64) for _ in range(3))
+        labels = self.ctx.label_manager  # one pseudo Dice per foreground class or region
+        k = len(labels.evaluation_keys)
+        tp, fp, fn = (torch.zeros(k, dtype=torch.float64) for _ in range(3))
         losses = []
         n = max(1, math.ceil(self.ctx.iterations_per_epoch / 5))
         self.network.eval()
@@ -309,13 +312,15 @@ class _Loop:
             if result.output is None:
                 continue
             target = batch["target"][0] if isinstance(batch["target"], (list, tuple)) else batch["target"]
-            pred = result.output.argmax(1).cpu()
             ref = target[:, 0].cpu()
-            for c in range(1, k):
-                p, r = pred == c, ref == c
-                tp[c - 1] += (p & r).sum()
-                fp[c - 1] += (p & ~r).sum()
-                fn[c - 1] += (~p & r).sum()
+            pred, refs = labels.predicted_masks(result.output.float().cpu()), labels.masks_of(ref)
+            valid = labels.valid_mask(ref)  # ignored voxels count nowhere
+            if valid is not None:
+                pred = pred & valid
+            dims = tuple(range(1, pred.ndim))
+            tp += (pred & refs).sum(dims)
+            fp += (pred & ~refs).sum(dims)
+            fn += (~pred & refs).sum(dims)
         self.network.train()
         denom = 2 * tp + fp + fn
         dice = [float(2 * t / d) if d > 0 else math.nan for t, d in zip(tp, denom)]
@@ -367,7 +372,7 @@ class _Loop:
         self.method.on_epoch_end(self.network, ctx, dict(train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice,
                                                          ema_pseudo_dice=ema, lr=lr, epoch_time=seconds))
         try:
-            names = [n for n, v in sorted(ctx.plans.labels.items(), key=lambda x: x[1]) if v != 0]
+            names = ctx.label_manager.output_names
             self.history.plot(self.fold_dir / "progress.png", names, pseudo_dice=self.method.per_epoch_metric)
         except Exception as exc:  # a plotting problem must not stop training
             logger.warning("progress.png not written: %s", exc)
