@@ -50,7 +50,7 @@ mkdir -p "$AUTOSAM_RAW" "$AUTOSAM_PREPROCESSED" "$AUTOSAM_RESULTS" "$nnUNet_prep
 DS=Dataset004_Hippocampus
 has() { case " $STEPS " in *" $1 "*) return 0;; *) return 1;; esac; }
 stamp() { echo "[$(date +%T)] $* (load average $(cut -d' ' -f1-3 /proc/loadavg))"; }
-echo "workdir $WORK; task $TASK; $(nproc) cores; steps: $STEPS"
+echo "workdir $WORK; task $TASK; $(getconf _NPROCESSORS_ONLN) cores; steps: $STEPS"
 
 # ---------------------------------------------------------------- 1. convert, plan and preprocess
 if has convert; then

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -28,6 +27,7 @@ from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
 from autosam.preprocessing.normalization import ZSCORE_CLIP_PERCENTILES, normalize
 from autosam.preprocessing.resampling import compute_new_shape, resample_image, resample_segmentation, separate_axis
 from autosam.utils.files import atomic_path, read_json, write_json
+from autosam.utils.parallel import imap_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +124,6 @@ def preprocessing_signature(plans: Plans, configuration_name: str) -> dict:
     return sig
 
 
-def _worker_init() -> None:
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
 def _run_job(job) -> str:
     plans_dict, configuration_name, folder, key, images, label = job
     from autosam.utils.typed_json import from_jsonable
@@ -222,28 +216,8 @@ def _check_signature(folder: Path, signature: dict) -> None:
 
 
 def _run_jobs(jobs: list, num_processes: int, progress: bool, desc: str) -> None:
-    if not jobs:
-        return
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc=desc, unit="case")
-    try:
-        if num_processes > 1 and len(jobs) > 1:
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(num_processes, len(jobs)), initializer=_worker_init) as pool:
-                for _ in pool.imap_unordered(_run_job, jobs, chunksize=1):
-                    if bar is not None:
-                        bar.update()
-        else:
-            for job in jobs:
-                _run_job(job)
-                if bar is not None:
-                    bar.update()
-    finally:
-        if bar is not None:
-            bar.close()
+    for _ in imap_jobs(_run_job, jobs, num_processes, progress, desc=desc):
+        pass
 
 
 def _copy_ground_truth(ds, folder: Path) -> None:
