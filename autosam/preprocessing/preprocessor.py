@@ -6,7 +6,8 @@
 scipy and SimpleITK (not torch or the plugins the parent may hold); every file is written
 atomically and a case counts as done only once its properties file exists, so a re-run redoes
 exactly the incomplete cases. A change of the plans' preprocessing parameters (spacing,
-normalisation, resampling) invalidates the folder's cases.
+normalisation, resampling) invalidates the folder's cases. Label values that ``dataset.json``
+does not declare stop the run before anything is written (or, when asked, become background).
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from autosam import paths
-from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans
-from autosam.io.image import read_case_with_label
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans, normalize_configuration
+from autosam.io.dataset import DatasetError, undeclared_label_values, undeclared_labels_message
+from autosam.io.image import ImageGeometry, read_case_with_label, read_image
 from autosam.preprocessing import storage
 from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
 from autosam.preprocessing.normalization import ZSCORE_CLIP_PERCENTILES, normalize
@@ -38,16 +40,66 @@ CONFIG_FILE = "preprocessing_config.json"
 
 # ------------------------------------------------------------------------------ one case
 def preprocess_case(image_paths: Sequence[str | Path], plans: Plans, configuration_name: str,
-                    label_path: str | Path | None = None, seed_key: str | None = None):
+                    label_path: str | Path | None = None, seed_key: str | None = None,
+                    undeclared_labels_to_background: bool = False):
     """Read, crop, normalise and resample one case.
+
+    A label value the plans' labels do not declare is a ``ValueError`` naming the label file, or
+    with ``undeclared_labels_to_background`` is set to 0 (background).
 
     :returns: ``(data, seg, properties)``: C x Z x Y x X float32, 1 x Z x Y x X int16 (``None``
         without ``label_path``), and the properties dict described in :mod:`autosam.preprocessing.storage`.
     """
-    conf = plans.configuration(configuration_name)
     data, seg, geometry = read_case_with_label(image_paths, label_path)
+    if seg is not None:
+        declared = set(plans.label_manager.declared_values)
+        undeclared = undeclared_label_values(seg, declared)
+        if undeclared and not undeclared_labels_to_background:
+            raise DatasetError(undeclared_labels_message({label_path: undeclared}, declared))
+        if undeclared:
+            seg = np.where(np.isin(seg, undeclared), 0, seg)
     if data.shape[0] != plans.num_channels:
         raise ValueError(f"{image_paths[0]}: {data.shape[0]} channel file(s) given, the plans expect {plans.num_channels}")
+    return preprocess_arrays(data, geometry, plans, configuration_name, seg, seed_key or str(image_paths[0]))
+
+
+def geometry_of_array(image: np.ndarray, properties: dict) -> ImageGeometry:
+    """The :class:`ImageGeometry` of an in-memory C x Z x Y x X image: ``properties["spacing"]``
+    (z, y, x, mm) is required; ``origin`` and ``direction`` (SimpleITK's x, y, z convention) default
+    to 0 and the identity (they matter only when the prediction is written to a file). A
+    ``properties["geometry"]`` dict (as in autosam's case properties) is used as it is."""
+    image = np.asarray(image)
+    if image.ndim != 4:
+        raise ValueError(f"image must be C x Z x Y x X (4 axes), got shape {image.shape}")
+    if "geometry" in properties:
+        geometry = ImageGeometry.from_dict(properties["geometry"])
+    else:
+        if "spacing" not in properties:
+            raise ValueError("properties need 'spacing' (z, y, x in mm) of the image")
+        geometry = ImageGeometry(spacing=tuple(float(s) for s in properties["spacing"]),
+                                 origin=tuple(float(o) for o in properties.get("origin", (0.0, 0.0, 0.0))),
+                                 direction=tuple(float(d) for d in properties.get("direction", (1, 0, 0, 0, 1, 0, 0, 0, 1))),
+                                 shape=tuple(int(s) for s in image.shape[1:]))
+    if len(geometry.spacing) != 3 or any(not s > 0 for s in geometry.spacing):
+        raise ValueError(f"spacing must be three positive numbers (z, y, x), got {list(geometry.spacing)}")
+    if tuple(geometry.shape) != tuple(image.shape[1:]):
+        raise ValueError(f"properties' geometry shape {list(geometry.shape)} differs from the image's {list(image.shape[1:])}")
+    return geometry
+
+
+def preprocess_arrays(data: np.ndarray, geometry: ImageGeometry | dict, plans: Plans, configuration_name: str,
+                      seg: np.ndarray | None = None, seed_key: str = "array"):
+    """:func:`preprocess_case` for an image already in memory (C x Z x Y x X, any real dtype) with
+    its geometry (an :class:`ImageGeometry`, or properties with ``spacing``, see
+    :func:`geometry_of_array`). The same steps as from files, so the same image gives the same
+    preprocessed data. ``data`` is not modified."""
+    conf = plans.configuration(configuration_name)
+    if not isinstance(geometry, ImageGeometry):
+        geometry = geometry_of_array(data, geometry)
+    if data.ndim != 4:
+        raise ValueError(f"image must be C x Z x Y x X (4 axes), got shape {data.shape}")
+    if data.shape[0] != plans.num_channels:
+        raise ValueError(f"image has {data.shape[0]} channel(s), the plans expect {plans.num_channels}")
     shape_before = [int(s) for s in data.shape[1:]]
     cropped, cseg, bbox = crop_to_nonzero(data, seg)
     data = np.array(cropped, dtype=np.float32)  # own copy; frees the uncropped arrays
@@ -76,7 +128,7 @@ def preprocess_case(image_paths: Sequence[str | Path], plans: Plans, configurati
         "shape_after_cropping_and_before_resampling": shape_after_crop,
         "spacing": [float(s) for s in target],
         "separate_axis": axis,
-        "class_locations": sample_class_locations(seg[0], seed_key or str(image_paths[0]),
+        "class_locations": sample_class_locations(seg[0], seed_key,
                                                   exclude=plans.label_manager.ignore_label) if seg is not None else {},
     }
     return data, seg, properties
@@ -125,22 +177,41 @@ def preprocessing_signature(plans: Plans, configuration_name: str) -> dict:
 
 
 def _run_job(job) -> str:
-    plans_dict, configuration_name, folder, key, images, label = job
+    plans_dict, configuration_name, folder, key, images, label, to_background = job
     from autosam.utils.typed_json import from_jsonable
 
     plans = from_jsonable(Plans, plans_dict) if isinstance(plans_dict, dict) else plans_dict
-    data, seg, props = preprocess_case(images, plans, configuration_name, label, seed_key=key)
+    data, seg, props = preprocess_case(images, plans, configuration_name, label, seed_key=key,
+                                       undeclared_labels_to_background=to_background)
     storage.save_case(Path(folder), key, data, seg, props)
     return key
 
 
+def _undeclared_in(job) -> tuple[str, list[int]]:
+    label, declared = job
+    seg, _ = read_image(label)
+    return label, undeclared_label_values(seg, declared)
+
+
+def check_label_values(label_files: Sequence[str | Path], declared: set[int], num_processes: int = 2,
+                       progress: bool = False) -> None:
+    """Raise :class:`DatasetError` listing every file of ``label_files`` that holds a value not in ``declared``."""
+    jobs = [(str(p), declared) for p in label_files]
+    found = {label: values for label, values in imap_jobs(_undeclared_in, jobs, num_processes, progress, "check labels")
+             if values}
+    if found:
+        raise DatasetError(undeclared_labels_message(dict(sorted(found.items())), declared))
+
+
 def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NAME,
                        configurations: Iterable[str] | None = ("2d", "3d"), num_processes: int = 2,
-                       progress: bool = False) -> dict[str, Path]:
+                       progress: bool = False, undeclared_labels_to_background: bool = False) -> dict[str, Path]:
     """Preprocess the training cases for ``configurations`` (``None``: all in the plans).
 
     Also writes ``gt_segmentations/``, ``dataset.json`` and ``splits_final.json`` (kept if present).
-    Returns ``{configuration: data folder}``.
+    Returns ``{configuration: data folder}``. Before anything is written, the label files of the
+    cases still to do are checked for values the plans do not declare: one :class:`DatasetError`
+    lists them all, unless ``undeclared_labels_to_background`` (they become background).
     """
     from autosam.experiment_planning.splits import get_or_create_splits
     from autosam.io.dataset import open_raw_dataset
@@ -151,7 +222,7 @@ def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NA
     if not plans_file.is_file():
         raise FileNotFoundError(f"{plans_file}: no plans {plans_name!r}; run autosam_plan_experiment -d {ds.name} first")
     plans = Plans.load(plans_file)
-    wanted = list(plans.configurations) if configurations is None else list(configurations)
+    wanted = list(plans.configurations) if configurations is None else [normalize_configuration(c) for c in configurations]
     missing = [c for c in wanted if c not in plans.configurations]
     if missing:
         # 3d_lowres exists only when the planner's rule calls for it; asking for it is not an error then
@@ -162,6 +233,12 @@ def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NA
         if missing:
             raise ValueError(f"plans {plans_file} have no configuration(s) {missing}; available: {sorted(plans.configurations)}")
         wanted = [c for c in wanted if c in plans.configurations]
+
+    if not undeclared_labels_to_background:  # labels of the cases that some configuration still needs
+        folders_wanted = {pre / plans.configurations[c].data_identifier for c in wanted}
+        to_check = [c.label for c in ds.cases if c.label is not None
+                    and not all(storage.is_complete(f, c.identifier, needs_seg=True) for f in folders_wanted)]
+        check_label_values(to_check, set(plans.label_manager.declared_values), num_processes, progress)
 
     write_json(pre / "dataset.json", ds.dataset_json)
     _copy_ground_truth(ds, pre / "gt_segmentations")
@@ -182,7 +259,7 @@ def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NA
         todo = [c for c in ds.cases if not storage.is_complete(folder, c.identifier, needs_seg=c.label is not None)]
         logger.info("%s -> %s: %d of %d cases to do", cname, folder, len(todo), len(ds.cases))
         jobs = [(plans_dict, cname, str(folder), c.identifier, [str(p) for p in c.images],
-                 str(c.label) if c.label is not None else None) for c in todo]
+                 str(c.label) if c.label is not None else None, undeclared_labels_to_background) for c in todo]
         _run_jobs(jobs, num_processes, progress, desc=f"preprocess {conf.data_identifier}")
     return folders
 
