@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from autosam.cli import choose, evaluate, plan_and_preprocess, predict, train
+from autosam.cli import choose, convert_msd, evaluate, plan_and_preprocess, predict, train
 from autosam.cli.common import Parser, suggest_flag
 from autosam.experiment_planning.plans import normalize_configuration
 from autosam.io.image import ImageGeometry, write_image
@@ -97,6 +97,7 @@ def test_single_dash_device_is_no_longer_the_dataset_flag(monkeypatch):
     (evaluate.main, ["r", "p", "-djfil", "d.json"], "-djfil (did you mean -djfile?)"),
     (choose.main_find_best, ["5", "--disable_ensemble"], "(did you mean --disable_ensembling?)"),
     (plan_and_preprocess.main, ["-d", "5", "-gpu_memory", "8"], "(did you mean --gpu_memory_gb?)"),
+    (convert_msd.main, ["-i", "Task04_Hippocampus", "-overwriteid", "4"], "-overwriteid (did you mean -overwrite_id?)"),
 ])
 def test_wrong_flag_exits_2_with_did_you_mean(main, argv, hint, capsys):
     with pytest.raises(SystemExit) as info:

@@ -1,16 +1,16 @@
 """``autosam_convert_MSD_dataset``: a Medical Segmentation Decathlon task folder -> the raw format."""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
+from autosam.cli.common import Parser
 from autosam.dataset_conversion.msd import convert_msd_dataset
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="autosam_convert_MSD_dataset",
         description="Convert a Medical Segmentation Decathlon task folder (TaskNN_Name with dataset.json, "
         "imagesTr, labelsTr, optional imagesTs) into nnU-Net v2's raw format in $AUTOSAM_RAW, as "
