@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from autosam.utils.precision import default_device, parse_device  # noqa: F401 - re-exported for the CLIs
+
 
 def parse_method_overrides(extra: list[str]) -> dict[str, str | list[str]]:
     """Method option flags left over by ``argparse.parse_known_args`` -> ``{option: value}``.
@@ -42,12 +44,8 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def default_device() -> str:
-    """``cuda`` when available, else ``mps`` when available, else ``cpu``."""
-    import torch
+def error_text(exc: BaseException) -> str:
+    """The message of an error for the command line; out-of-memory errors get a hint."""
+    from autosam.utils.precision import OOM_HINT, is_oom
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return f"{exc}\nhint: {OOM_HINT}" if is_oom(exc) else str(exc)

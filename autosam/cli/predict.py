@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from autosam.cli.common import default_device, parse_method_overrides
+from autosam.cli.common import default_device, error_text, parse_device, parse_method_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final", help="which checkpoint (default final)")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster in 3D)")
     p.add_argument("--save_probabilities", action="store_true", help="also write <case>.npz (probabilities) and <case>.json")
-    p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda when available, else cpu")
+    p.add_argument("--device", type=parse_device, default=None, metavar="DEVICE",
+                   help="cpu, cuda, cuda:N or mps; default: cuda when available (else mps, else cpu). On CUDA the "
+                        "network runs in its training precision (bf16 where native, else fp16)")
     p.add_argument("-npp", "--num_processes", type=int, default=2,
                    help="background threads for preprocessing/export overlapping prediction; 1 = sequential (default 2)")
     p.add_argument("--boxes-json", type=Path, default=None, metavar="FILE",
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         if bar is not None:
             bar.close()
-        print(f"autosam_predict: error: {exc}", file=sys.stderr)
+        print(f"autosam_predict: error: {error_text(exc)}", file=sys.stderr)
         return 2
     if bar is not None:
         bar.close()

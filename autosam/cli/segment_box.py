@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from autosam.cli.common import parse_device
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -44,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write OUTPUT's stem + _probabilities.npz (one float16 map per label)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
+    p.add_argument("--device", type=parse_device, default=None, metavar="DEVICE",
+                   help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--batch-size", type=int, default=8, help="slices per encoder call")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    from autosam.cli.common import default_device
+    from autosam.cli.common import default_device, error_text
     from autosam.io.image import read_image, write_image
     from autosam.sam.backbones import build_backbone
     from autosam.sam.box_segment import segment_volume_with_boxes
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
     except (CheckpointError, ValueError) as exc:
         raise SystemExit(f"{args.input}: {exc}")
+    except RuntimeError as exc:  # CUDA out of memory among them: the message and a hint
+        raise SystemExit(f"autosam_segment_box: error: {error_text(exc)}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_image(args.output, label_map, geometry)
     if args.save_probabilities:

@@ -7,7 +7,7 @@ import logging
 import sys
 import typing
 
-from autosam.cli.common import default_device, parse_method_overrides
+from autosam.cli.common import default_device, error_text, parse_device, parse_method_overrides
 
 VALUE_FLAGS = {"--epochs", "--iters-per-epoch", "--device", "--seed", "--plans", "--num-workers"}
 
@@ -32,8 +32,10 @@ def build_parser(method=None) -> argparse.ArgumentParser:
     p.add_argument("--iters-per-epoch", type=int, default=None,
                    help="training iterations per epoch (default: clip(2 x training voxels / voxels per batch, 10, 250), "
                         "i.e. nnU-Net's 250 on real datasets, fewer on tiny ones)")
-    p.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None,
-                   help="default: cuda when available (else mps, else cpu); AMP is used on cuda only")
+    p.add_argument("--device", type=parse_device, default=None, metavar="DEVICE",
+                   help="cpu, cuda, cuda:N (the N-th visible GPU) or mps; default: cuda when available (else mps, "
+                        "else cpu). On CUDA: bf16 autocast where the card computes bf16 natively, else fp16 with "
+                        "gradient scaling")
     p.add_argument("--c", dest="resume", action="store_true",
                    help="continue from the last completed epoch (checkpoint_latest.pth)")
     p.add_argument("--val", dest="validation_only", action="store_true",
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             method_overrides=overrides, num_workers=args.num_workers, progress=not args.quiet,
         )
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
-        print(f"autosam_train: error: {exc}", file=sys.stderr)
+        print(f"autosam_train: error: {error_text(exc)}", file=sys.stderr)
         return 1
     print(f"results: {fold_dir}")
     print(f"progress plot: {fold_dir / 'progress.png'}")

@@ -27,6 +27,7 @@ from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, ConfigurationP
 from autosam.inference.export import export_prediction
 from autosam.io.dataset import dataset_name_from_id, list_prediction_inputs
 from autosam.training.method import Method, MethodContext
+from autosam.training.run_support import pick_device
 from autosam.utils.files import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -96,9 +97,9 @@ def _parse_folder_name(model_folder: Path) -> tuple[str, str, str]:
 
 
 def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0,), checkpoint: str = "final",
-                       device: str | torch.device = "cpu", method_overrides: dict | None = None) -> TrainedModel:
+                       device: str | torch.device | None = None, method_overrides: dict | None = None) -> TrainedModel:
     """Load the networks of ``folds`` (``0``.. or ``"all"``) from ``checkpoint_<checkpoint>.pth``."""
-    from autosam.training.checkpoint import load_checkpoint, method_entry_for_checkpoint
+    from autosam.training.checkpoint import load_checkpoint, method_entry_for_checkpoint, strip_compile_prefix, unwrap
 
     model_folder = Path(model_folder)
     if checkpoint not in CHECKPOINT_CHOICES:
@@ -106,7 +107,7 @@ def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0
     if not folds:
         raise ValueError("give at least one fold")
     _, plans_name, configuration_name = _parse_folder_name(model_folder)
-    device = torch.device(device)
+    device = pick_device(device)  # None: the best available device, as the command line
     if device.type == "cpu":
         from autosam.utils.cpu_allocator import tune_cpu_allocator
 
@@ -138,7 +139,7 @@ def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0
                              f"with {method.name!r}")
         network = method.build_network(ctx)
         try:
-            network.load_state_dict(ckpt["network"])
+            unwrap(network).load_state_dict(strip_compile_prefix(ckpt["network"]))
         except RuntimeError as exc:
             raise ValueError(f"{path}: weights do not fit the network built from the plans and options ({exc})") from None
         network.to(device).eval()
@@ -197,7 +198,7 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
 
 def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_id: str | int, configuration: str,
                    method: str, folds: Sequence[int | str] = (0,), checkpoint: str = "final", use_mirroring: bool = True,
-                   save_probabilities: bool = False, device: str | torch.device = "cpu", num_processes: int = 2,
+                   save_probabilities: bool = False, device: str | torch.device | None = None, num_processes: int = 2,
                    plans_name: str = DEFAULT_PLANS_NAME, method_overrides: dict | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
                    patch_progress: bool | Callable = False, boxes_json: str | Path | None = None) -> list[Path]:
@@ -229,7 +230,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     write_json(output_folder / "predict_args.json", {
         "input_folder": str(input_folder), "model_folder": str(model.model_folder), "method": model.method.name,
         "configuration": configuration, "folds": [str(f) for f in folds], "checkpoint": checkpoint,
-        "use_mirroring": use_mirroring, "save_probabilities": save_probabilities, "device": str(device),
+        "use_mirroring": use_mirroring, "save_probabilities": save_probabilities, "device": str(model.ctx.device),
         "options": _options_dict(model.ctx.options),
         "checkpoint_epochs": {str(f.fold): f.epoch for f in model.folds},
         "box_prompts": None if user_boxes is None else {

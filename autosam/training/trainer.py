@@ -11,7 +11,6 @@ import math
 import platform
 import random
 import time
-from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from autosam.training.run_support import (
     pick_device,
     write_model_folder_files,
 )
+from autosam.utils import precision
 from autosam.utils.files import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -177,20 +177,15 @@ class _Loop:
         if isinstance(self.loss_fn, torch.nn.Module):
             self.loss_fn = self.loss_fn.to(ctx.device)
         self.optimizer, self.scheduler = method.configure_optimizers(network, ctx)
-        self.amp_dtype = None
-        self.scaler = None
-        if ctx.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            if self.amp_dtype == torch.float16:
-                self.scaler = torch.amp.GradScaler("cuda")
+        self.amp_dtype = precision.amp_dtype(ctx.device)  # bf16 where native, else fp16 + GradScaler
+        self.scaler = precision.grad_scaler(self.amp_dtype, ctx.device)
+        logger.info("precision: %s on %s", precision.precision_name(self.amp_dtype), ctx.device)
         self.history = TrainingHistory()
         self.best_ema: float | None = None
         self.start_epoch = 0
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return precision.autocast(self.ctx.device, self.amp_dtype)
 
     # ------------------------------------------------------------------ resume / save
     def try_resume(self) -> None:
