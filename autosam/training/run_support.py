@@ -80,3 +80,18 @@ def write_model_folder_files(model_folder: Path, plans, dataset_json: dict, prep
     if fp.is_file():
         with atomic_path(model_folder / "dataset_fingerprint.json", ".json") as tmp:
             shutil.copyfile(fp, tmp)
+
+
+def compile_network(network: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(network)`` with an eager fallback: when the compiler fails (no C compiler or
+    Triton on the node, an unsupported operator) the module runs eagerly with a warning instead of
+    stopping training. The compiled module's state dict carries ``_orig_mod.`` prefixes; checkpoints
+    are written without them (:func:`autosam.training.checkpoint.unwrap`)."""
+    try:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True  # compiler errors -> eager execution, logged by torch
+        return torch.compile(network)
+    except Exception as exc:  # torch.compile unavailable on this platform
+        logger.warning("torch.compile is not available (%s: %s); the network runs eagerly", type(exc).__name__, exc)
+        return network

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_EPOCHS = 1000
 DEFAULT_SEED = 12345
 EMA_MOMENTUM = 0.9  # ema = 0.9 * ema + 0.1 * mean pseudo Dice (nnU-Net)
+PROGRESS_EVERY = 10  # iterations between updates of the progress bar's running mean loss
 
 
 def model_folder(dataset_name: str, method: str, plans_name: str, configuration: str) -> Path:
@@ -111,6 +112,9 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
         from autosam.utils.cpu_allocator import tune_cpu_allocator
 
         tune_cpu_allocator()
+    elif dev.type == "cuda":
+        torch.cuda.set_device(dev)  # cuda:N: allocations and kernels without an index go to N too
+        torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick its fastest kernels (nnU-Net)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -250,11 +254,14 @@ class _Loop:
         # a fresh worker seed per (seed, start epoch): a resumed run does not replay the first batches
         seed = ctx.seed + 7919 * self.start_epoch
         custom = method.make_train_loader(ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
+        pin = ctx.device.type == "cuda"
         train = iter(custom) if custom is not None else make_loader(
             self.dataset.subset(self.train_keys), bs, patch, ds_scales, train=True,
-            num_workers=self.num_workers, seed=seed)
+            num_workers=self.num_workers, seed=seed, pin_memory=pin)
+        # validation draws a fifth of the batches: half the workers (nnU-Net), at least one if any
         val = make_loader(self.dataset.subset(self.val_keys), bs, patch, ds_scales, train=False,
-                          num_workers=min(1, self.num_workers), seed=ctx.seed + 1)
+                          num_workers=max(1, self.num_workers // 2) if self.num_workers > 0 else 0,
+                          seed=ctx.seed + 1, pin_memory=pin)
         return train, val
 
     def to_device(self, batch: dict) -> dict:
@@ -266,20 +273,22 @@ class _Loop:
                 out[key] = [move(t) for t in out[key]] if isinstance(out[key], (list, tuple)) else move(out[key])
         return out
 
-    def train_iteration(self, batch: dict) -> float | None:
+    def train_iteration(self, batch: dict) -> torch.Tensor | None:
+        """One optimiser step; returns the detached loss (still on the device: no host sync), or
+        ``None`` when the loss was not finite and the step was skipped."""
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             result = self.method.train_step(self.network, self.to_device(batch), self.loss_fn, self.ctx)
         loss = result.loss
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        # the one host sync of a step, once the backward pass is queued: a non-finite loss skips the update
         if not torch.isfinite(loss):
             logger.warning("epoch %d: non-finite loss %s; step skipped", self.ctx.epoch, float(loss))
+            self.optimizer.zero_grad(set_to_none=True)
             return None
         clip = getattr(self.ctx.options, "grad_clip", None)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
         if clip and clip > 0:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
         if self.scaler is not None:
@@ -287,34 +296,36 @@ class _Loop:
             self.scaler.update()
         else:
             self.optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
     @torch.no_grad()
     def validate_patches(self, val_loader) -> tuple[float, list[float]]:
         k = self.ctx.num_classes
-        tp, fp, fn = (torch.zeros(k - 1, dtype=torch.float64) for _ in range(3))
-        losses = []
+        # counts and losses stay on the device (one host sync at the end, not one per batch)
+        tp, fp, fn = (torch.zeros(k - 1, dtype=torch.int64, device=self.ctx.device) for _ in range(3))
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.ctx.device)
         n = max(1, math.ceil(self.ctx.iterations_per_epoch / 5))
         self.network.eval()
         for _ in range(n):
             batch = self.to_device(next(val_loader))
             with self.autocast():
                 result = self.method.validation_step(self.network, batch, self.loss_fn, self.ctx)
-            losses.append(float(result.loss))
+            loss_sum += result.loss.detach().float()
             if result.output is None:
                 continue
             target = batch["target"][0] if isinstance(batch["target"], (list, tuple)) else batch["target"]
-            pred = result.output.argmax(1).cpu()
-            ref = target[:, 0].cpu()
+            pred = result.output.argmax(1)
+            ref = target[:, 0].to(pred.device)
             for c in range(1, k):
                 p, r = pred == c, ref == c
                 tp[c - 1] += (p & r).sum()
                 fp[c - 1] += (p & ~r).sum()
                 fn[c - 1] += (~p & r).sum()
         self.network.train()
+        tp, fp, fn = (t.cpu().double() for t in (tp, fp, fn))
         denom = 2 * tp + fp + fn
         dice = [float(2 * t / d) if d > 0 else math.nan for t, d in zip(tp, denom)]
-        return float(np.mean(losses)), dice
+        return float(loss_sum) / n, dice
 
     def run_epoch(self, epoch: int, train_loader, val_loader) -> None:
         ctx = self.ctx
@@ -327,14 +338,17 @@ class _Loop:
             from tqdm import tqdm
 
             bar = tqdm(total=ctx.iterations_per_epoch, desc=f"epoch {epoch + 1}/{ctx.num_epochs}", unit="it", leave=False)
-        losses = []
-        for _ in range(ctx.iterations_per_epoch):
+        loss_sum = torch.zeros((), dtype=torch.float32, device=ctx.device)  # on the device: no sync per step
+        steps = 0
+        for i in range(ctx.iterations_per_epoch):
             value = self.train_iteration(next(train_loader))
             if value is not None:
-                losses.append(value)
+                loss_sum += value.float()
+                steps += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}" if value is not None else "nan")
+                if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == ctx.iterations_per_epoch:  # a host sync: not every step
+                    bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}" if steps else "nan")
         if bar is not None:
             bar.close()
         val_loss, dice = self.validate_patches(val_loader)
@@ -344,7 +358,7 @@ class _Loop:
         mean_dice = float(np.mean(valid)) if valid else 0.0
         ema = mean_dice if self.history.last("ema_pseudo_dice") is None else (
             EMA_MOMENTUM * self.history.last("ema_pseudo_dice") + (1 - EMA_MOMENTUM) * mean_dice)
-        train_loss = float(np.mean(losses)) if losses else math.nan
+        train_loss = float(loss_sum) / steps if steps else math.nan
         seconds = time.time() - start
         self.history.log(epoch, train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice, ema_pseudo_dice=ema,
                          lr=lr, epoch_time=seconds)
