@@ -151,7 +151,8 @@ class MedLSAM(Method):
         if key not in cache:
             from autosam.sam.backbones import build_backbone
 
-            bb = build_backbone(ctx.options.backbone, input_size=ctx.options.sam_input_size, checkpoint=ctx.options.sam_checkpoint)
+            bb = build_backbone(ctx.options.backbone, input_size=ctx.options.sam_input_size, checkpoint=ctx.options.sam_checkpoint,
+                                allow_random_init=ctx.options.allow_random_init)
             cache[key] = bb.to(ctx.device).eval()
         return cache[key]
 
