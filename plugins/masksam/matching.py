@@ -34,10 +34,10 @@ def slice_targets(seg: torch.Tensor, num_classes: int) -> list[SliceTarget]:
     flat = seg.reshape(b * t, h, w).long()
     classes = torch.arange(1, num_classes + 1, device=seg.device)
     onehot = flat[:, None] == classes[None, :, None, None]  # (B*T, K, H, W)
-    present = onehot.flatten(2).any(-1)  # (B*T, K)
+    present = onehot.flatten(2).any(-1).cpu()  # (B*T, K); one host sync for all slices, not one per slice
     out = []
     for i in range(b * t):
-        idx = present[i].nonzero().flatten()
+        idx = present[i].nonzero().flatten().to(seg.device)
         masks = onehot[i, idx].float()
         boxes, _ = boxes_from_masks(masks)
         out.append(SliceTarget(idx, masks, boxes))
