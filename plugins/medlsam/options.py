@@ -37,7 +37,7 @@ class MedLSAMOptions:
     # physical side, in voxels of each in-plane axis.
     box_margin_z_mm: float = 5.0
     box_margin_xy_fraction: float = 10.0 / 512.0
-    # explicit margin in mm (z, y, x); replaces the two above when given (the behaviour before session 5)
+    # explicit margin in mm (z, y, x); replaces the two above when given (an mm margin on every axis)
     box_margin_mm: list[float] | None = None
     # --- SAM segmentation stage
     backbone: str = "litemedsam"
