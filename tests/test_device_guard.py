@@ -1,5 +1,5 @@
 """Device bugs found on the CPU: every method trains a step and predicts a case under ``DeviceGuard``
-(tests/device_guard.py explains how a CPU run can see what would fail on a GPU)."""
+(tests/device_guard.py explains how a CPU run can see what would fail on a GPU) and fp16 autocast."""
 from __future__ import annotations
 
 import numpy as np
@@ -49,13 +49,21 @@ def test_guard_accepts_correct_device_handling():
     assert out.shape == (2, 2) and guard.checked > 0
 
 
+@pytest.mark.slow  # 10-80 s per method on a loaded CPU (fp16 is emulated there)
 @pytest.mark.parametrize("method", sorted(TINY_OPTIONS))
-def test_every_method_trains_and_predicts_without_host_tensors(method, autosam_dirs):
+def test_every_method_trains_and_predicts_without_host_tensors(method, autosam_dirs, monkeypatch, caplog):
     """One training step (with the patch validation, checkpointing and after_training hooks) and
-    the prediction of one case, with every operation checked by the guard."""
+    the prediction of one case, with every operation checked by the guard. As on a GPU without
+    native bf16, training and prediction run under fp16 autocast with gradient scaling (CPU autocast)."""
+    import logging
+
     from autosam.inference.predictor import load_trained_model, predict_preprocessed_case
     from autosam.training.dataloading import PreprocessedDataset
     from autosam.training.trainer import run_training
+    from autosam.utils import precision
+
+    monkeypatch.setattr(precision, "amp_dtype", lambda device: torch.float16)
+    caplog.set_level(logging.INFO, logger="autosam.training.trainer")
 
     make_tiny_preprocessed(autosam_dirs["preprocessed"], autosam_dirs["raw"], num_cases=4)
     dataset = PreprocessedDataset(autosam_dirs["preprocessed"] / NAME / "autosamPlans_3d")
@@ -67,4 +75,5 @@ def test_every_method_trains_and_predicts_without_host_tensors(method, autosam_d
         model = load_trained_model(fold_dir.parent, [0], "final", "cpu")
         probs = predict_preprocessed_case(model.method, model.folds, data, props, model.ctx, use_mirroring=False)
     assert probs.shape == (3, *data.shape[1:]) and torch.isfinite(probs).all()
+    assert "precision: fp16 on cpu" in caplog.text
     assert guard.checked > 100  # the guard saw the device tensors of the run

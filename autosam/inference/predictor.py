@@ -28,6 +28,7 @@ from autosam.inference.export import export_prediction
 from autosam.io.dataset import dataset_name_from_id, list_prediction_inputs
 from autosam.training.method import Method, MethodContext
 from autosam.training.run_support import pick_device
+from autosam.utils import precision
 from autosam.utils.files import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,8 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
     """Fold-ensemble probabilities (K x Z x Y x X, float32, CPU) of one preprocessed case.
 
     ``data`` is the preprocessed image (C x Z x Y x X). Each network predicts through
-    ``method.predict_volume``; the result is the mean of the folds' probabilities. The case's
+    ``method.predict_volume`` (on CUDA under autocast in the training precision,
+    :func:`autosam.utils.precision.amp_dtype`); the result is the mean of the folds' probabilities. The case's
     properties are visible to the method as ``ctx.extra["case_properties"]`` while it predicts.
     ``boxes`` (label -> boxes on the preprocessed grid) are passed on as box prompts to a method
     with ``accepts_boxes`` (it then skips its own localisation).
@@ -181,7 +183,9 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
             if isinstance(item, FoldModel):
                 method.load_extra_state(item.method_state)
             network.eval()
-            probs = method.predict_volume(network, tensor, ctx, use_mirroring=use_mirroring, progress=progress, **box_kw)
+            with precision.autocast(ctx.device):  # the training precision (bf16 or fp16 on CUDA), for every method
+                probs = method.predict_volume(network, tensor, ctx, use_mirroring=use_mirroring, progress=progress,
+                                              **box_kw)
             probs = probs.detach().to("cpu", torch.float32)
             if tuple(probs.shape) != expected:
                 raise ValueError(f"method {method.name!r} predicted shape {tuple(probs.shape)}; expected {expected}")
