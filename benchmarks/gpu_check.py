@@ -152,6 +152,21 @@ def prepare(work: Path, cases: int, target: str) -> tuple[Path, Path]:
     return raw / "imagesTs", raw
 
 
+def planned_options(method: str, options: dict) -> dict:
+    """``options`` plus the encoder input size the planner gives their backbone, when the plans'
+    section of ``method`` was sized for another backbone (e.g. LiteMedSAM's stride 4 vs ViT-B's 16)."""
+    from autosam.experiment_planning.plans import Plans
+    from autosam.plugins import get_backbone
+    from autosam.sam.sizing import encoder_input_size
+
+    pre = next(Path(os.environ["AUTOSAM_PREPROCESSED"]).glob(f"Dataset{DATASET_ID:03d}_*"))
+    section = Plans.load(pre / "autosamPlans.json").configuration("3d").methods.get(method) or {}
+    if "backbone" not in options or "input_size" not in section or "input_size" in options:
+        return options
+    slice_size = section.get("slice_size") or section["patch_size"][-2:]
+    return dict(options, input_size=str(encoder_input_size(list(slice_size)[-2:], get_backbone(options["backbone"]))))
+
+
 def gb(n_bytes) -> float:
     return round(n_bytes / 1e9, 3)
 
@@ -291,7 +306,8 @@ def main(argv=None) -> int:
     for method in args.methods:
         print(f"--- {method}", flush=True)
         try:
-            summary["methods"][method] = check_method(method, options[method], device, args, test_images, work, peak)
+            summary["methods"][method] = check_method(method, planned_options(method, options[method]), device, args,
+                                                      test_images, work, peak)
         except Exception as exc:  # report every method, then fail
             failed = True
             summary["methods"][method] = {"method": method, "status": "error", "error": f"{type(exc).__name__}: {exc}",
@@ -307,7 +323,7 @@ def main(argv=None) -> int:
     else:
         summary["ddp"] = {"status": "ran", "methods": {}}
         for method in args.methods:
-            row = check_ddp(method, options[method], args, work)
+            row = check_ddp(method, planned_options(method, options[method]), args, work)
             failed |= row["status"] != "ok"
             summary["ddp"]["methods"][method] = row
     summary["total_seconds"] = round(time.perf_counter() - start, 2)
