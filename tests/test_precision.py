@@ -239,3 +239,22 @@ def test_rng_state_holds_only_the_training_device(monkeypatch):
     ckpt_io.set_rng_state(old, torch.device("cuda", 5))
     ckpt_io.set_rng_state(old, torch.device("cpu"))  # --val on the CPU of a GPU-trained fold
     assert set_calls == [([2], "cuda:1")]
+
+
+@pytest.mark.parametrize("device, option, compiled", [("cuda", None, True), ("cuda", False, False), ("cpu", None, False),
+                                                      ("cpu", True, False)])
+def test_unet_compiles_by_default_on_cuda_only_with_an_eager_fallback(device, option, compiled):
+    import torch._dynamo
+
+    from autosam.plugins import get_method
+    from autosam.training.method import MethodContext
+    from training_data import DATASET_JSON, tiny_plans
+
+    method = get_method("unet")
+    plans = tiny_plans()
+    opts = method.make_options({}, {} if option is None else {"compile": str(option).lower()})
+    ctx = MethodContext(plans, plans.configuration("3d"), DATASET_JSON, opts, torch.device(device), 1, 3)
+    network = method.build_network(ctx)  # built on the CPU; torch.compile wraps it lazily
+    assert hasattr(network, "_orig_mod") == compiled
+    if compiled:
+        assert torch._dynamo.config.suppress_errors  # compiler failures run the module eagerly
