@@ -16,7 +16,8 @@ DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "ball"
                 "file_ending": ".nii.gz"}
 
 
-def tiny_plans(patch=(16, 32, 32), batch_size=2, features=(4, 8, 16)) -> Plans:
+def tiny_plans(patch=(16, 32, 32), batch_size=2, features=(4, 8, 16), dataset_json: dict | None = None) -> Plans:
+    dataset_json = dataset_json or DATASET_JSON
     topo = NetworkTopology(n_stages=3, features_per_stage=list(features), kernel_sizes=[[3, 3, 3]] * 3,
                            strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], n_conv_per_stage_encoder=[1, 1, 1],
                            n_conv_per_stage_decoder=[1, 1])
@@ -25,9 +26,9 @@ def tiny_plans(patch=(16, 32, 32), batch_size=2, features=(4, 8, 16)) -> Plans:
                             normalization_schemes=["ZScoreNormalization"], use_mask_for_norm=[False], network=topo)
     return Plans(schema_version=PLANS_SCHEMA_VERSION, dataset_name=NAME, plans_name="autosamPlans", planner="default",
                  gpu_memory_target_gb=8, original_median_spacing=[2.0, 1.0, 1.0], original_median_shape=[24, 40, 40],
-                 num_channels=1, channel_names={"0": "CT"}, labels=DATASET_JSON["labels"],
+                 num_channels=1, channel_names={"0": "CT"}, labels=dataset_json["labels"],
                  foreground_intensity_properties_per_channel={}, configurations={"3d": cfg}, default_method="unet",
-                 default_method_rationale="baseline")
+                 default_method_rationale="baseline", regions_class_order=dataset_json.get("regions_class_order"))
 
 
 def make_case(rng: np.random.Generator, shape=(24, 40, 40)):
@@ -43,14 +44,20 @@ def make_case(rng: np.random.Generator, shape=(24, 40, 40)):
 
 
 def make_tiny_preprocessed(pre_root: Path, raw_root: Path | None = None, num_cases: int = 6, seed: int = 0,
-                           shape=(24, 40, 40), patch=(16, 32, 32), features=(4, 8, 16)) -> Path:
-    """Write plans, dataset.json, splits (2 folds), cases with properties and gt_segmentations."""
+                           shape=(24, 40, 40), patch=(16, 32, 32), features=(4, 8, 16), dataset_json: dict | None = None,
+                           annotate=None) -> Path:
+    """Write plans, dataset.json, splits (2 folds), cases with properties and gt_segmentations.
+
+    ``dataset_json``: another one than :data:`DATASET_JSON` (e.g. regions over the labels 1 and 2).
+    ``annotate``: a function of the full label map (Z x Y x X) returning the stored one (e.g. with
+    unannotated voxels set to an ignore label)."""
     rng = np.random.default_rng(seed)
     folder = Path(pre_root) / NAME
-    plans = tiny_plans(patch, features=features)
+    dataset_json = dataset_json or DATASET_JSON
+    plans = tiny_plans(patch, features=features, dataset_json=dataset_json)
     folder.mkdir(parents=True, exist_ok=True)
     plans.save(folder / "autosamPlans.json")
-    write_json(folder / "dataset.json", DATASET_JSON)
+    write_json(folder / "dataset.json", dataset_json)
     keys = [f"case_{i:03d}" for i in range(num_cases)]
     half = num_cases // 2
     write_json(folder / "splits_final.json", [{"train": keys[half:], "val": keys[:half]},
@@ -59,6 +66,8 @@ def make_tiny_preprocessed(pre_root: Path, raw_root: Path | None = None, num_cas
                              shape=tuple(shape))
     for key in keys:
         img, seg = make_case(rng, shape)
+        if annotate is not None:
+            seg = np.asarray(annotate(seg[0]), dtype=np.int16)[None]
         locs = {str(c): np.argwhere(seg[0] == c)[::7].tolist() for c in (1, 2)}
         props = {"geometry": geometry.to_dict(), "shape_before_cropping": list(shape),
                  "bbox_used_for_cropping": [[0, s] for s in shape], "shape_after_cropping_and_before_resampling": list(shape),
@@ -67,7 +76,7 @@ def make_tiny_preprocessed(pre_root: Path, raw_root: Path | None = None, num_cas
         write_image(folder / "gt_segmentations" / f"{key}.nii.gz", seg[0].astype(np.uint8), geometry)
     if raw_root is not None:
         (Path(raw_root) / NAME).mkdir(parents=True, exist_ok=True)
-        write_json(Path(raw_root) / NAME / "dataset.json", DATASET_JSON)
+        write_json(Path(raw_root) / NAME / "dataset.json", dataset_json)
     return folder
 
 

@@ -14,7 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "IoU, HD95 (mm, anisotropic spacing honoured), TP/FP/FN/TN, n_ref/n_pred, the mean per label and "
                     "the foreground mean, in the layout of nnU-Net's summary.json. Dice/IoU of a label absent from "
                     "both images are NaN and left out of the means; HD95 of a label present in only one image is "
-                    "infinite (null + HD95_infinite in JSON) and left out of the HD95 means (counted in HD95_n_infinite).",
+                    "infinite (null + HD95_infinite in JSON) and left out of the HD95 means (counted in HD95_n_infinite). "
+                    "Region-based datasets (dataset.json labels that are lists) are scored per region, a region being "
+                    "the union of its labels; voxels whose reference is the 'ignore' label count in no metric.",
     )
     p.add_argument("-ref", required=True, type=Path, help="folder with the reference label maps")
     p.add_argument("-pred", required=True, type=Path, help="folder with the predicted label maps (same file names)")

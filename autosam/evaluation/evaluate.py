@@ -12,6 +12,10 @@ Every prediction file (named like its reference, ending with the dataset's ``fil
 evaluated; a prediction without reference is an error. References without prediction are listed
 under ``"references_without_prediction"`` (an error with ``strict=True``).
 
+Region-based datasets are scored per region (keys ``"(1, 2, 3)"``, as nnU-Net): a region's Dice
+compares the union of its labels in the reference and in the prediction. Voxels whose reference
+has the ``ignore`` label count in no metric (both masks are cleared there, TN excludes them).
+
 Undefined values: Dice/IoU of a label absent from both masks are NaN (written as ``NaN`` like
 nnU-Net does) and left out of the means. An infinite HD95 (label in exactly one of the two masks)
 is written as ``null`` with ``"HD95_infinite": true``; the means of HD95 are over the finite values
@@ -29,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from autosam.evaluation.metrics import case_metrics
-from autosam.io.dataset import labels_of
+from autosam.io.labels import LabelManager, metric_key
 from autosam.io.image import read_image
 from autosam.utils.files import read_json, write_json
 
@@ -38,14 +42,14 @@ logger = logging.getLogger(__name__)
 COUNT_METRICS = ("TP", "FP", "FN", "TN", "n_ref", "n_pred")
 
 
-def foreground_labels(dataset_json: dict) -> list[int]:
-    """Label values to evaluate: all but background (0) and an ``ignore`` label."""
-    labels = labels_of(dataset_json)
-    return sorted(v for k, v in labels.items() if v != 0 and k != "ignore")
+def foreground_labels(dataset_json: dict) -> list[int | tuple[int, ...]]:
+    """What to evaluate: the foreground regions of a region-based dataset (tuples of label values),
+    else every label but background (0) and ``ignore``."""
+    return LabelManager.from_dataset_json(dataset_json).evaluation_keys
 
 
-def evaluate_case(reference_file: str | Path, prediction_file: str | Path, labels: Sequence[int],
-                  compute_hd95: bool = True) -> dict:
+def evaluate_case(reference_file: str | Path, prediction_file: str | Path, labels: Sequence[int | tuple[int, ...]],
+                  compute_hd95: bool = True, ignore_label: int | None = None) -> dict:
     """Metrics of one case; checks that both images have the same shape and spacing."""
     ref, ref_geom = read_image(reference_file)
     pred, pred_geom = read_image(prediction_file)
@@ -53,7 +57,7 @@ def evaluate_case(reference_file: str | Path, prediction_file: str | Path, label
         raise ValueError(f"{prediction_file}: shape {pred.shape} differs from the reference {reference_file} {ref.shape}")
     if not np.allclose(ref_geom.spacing, pred_geom.spacing, rtol=1e-3, atol=1e-4):
         raise ValueError(f"{prediction_file}: spacing {pred_geom.spacing} differs from the reference {reference_file} {ref_geom.spacing}")
-    metrics = case_metrics(ref, pred, labels, ref_geom.spacing, compute_hd95)
+    metrics = case_metrics(ref, pred, labels, ref_geom.spacing, compute_hd95, ignore_label)
     return {"reference_file": str(reference_file), "prediction_file": str(prediction_file), "metrics": metrics}
 
 
@@ -61,9 +65,9 @@ def _evaluate_case_args(args: tuple) -> dict:
     return evaluate_case(*args)
 
 
-def aggregate(per_case: list[dict], labels: Sequence[int]) -> tuple[dict, dict]:
-    """``mean`` per label (NaN Dice/IoU and infinite HD95 left out) and ``foreground_mean``."""
-    keys = [str(int(lab)) for lab in labels]
+def aggregate(per_case: list[dict], labels: Sequence[int | tuple[int, ...]]) -> tuple[dict, dict]:
+    """``mean`` per label or region (NaN Dice/IoU and infinite HD95 left out) and ``foreground_mean``."""
+    keys = [metric_key(lab) for lab in labels]
     mean: dict[str, dict] = {}
     for key in keys:
         values = [case["metrics"][key] for case in per_case]
@@ -102,7 +106,8 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path
     if "labels" not in dataset_json or "file_ending" not in dataset_json:
         raise ValueError(f"{dataset_json_path}: needs 'labels' and 'file_ending'")
     ending = dataset_json["file_ending"]
-    labels = foreground_labels(dataset_json)
+    label_manager = LabelManager.from_dataset_json(dataset_json, str(dataset_json_path))
+    labels = label_manager.evaluation_keys
     for folder, what in ((ref_dir, "reference"), (pred_dir, "prediction")):
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: {what} folder does not exist")
@@ -120,7 +125,7 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path
             raise FileNotFoundError(f"{pred_dir}: no prediction for {len(unpredicted)} reference(s), e.g. {unpredicted[0]}")
         logger.info("%d reference(s) in %s have no prediction in %s", len(unpredicted), ref_dir, pred_dir)
 
-    jobs = [(ref_dir / p.name, p, labels, compute_hd95) for p in predictions]
+    jobs = [(ref_dir / p.name, p, labels, compute_hd95, label_manager.ignore_label) for p in predictions]
     per_case: list[dict] = []
     if num_processes > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")  # safe inside processes that hold threads (training)
@@ -140,7 +145,7 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path
         "metric_per_case": [_jsonable_case(c) for c in per_case],
         "mean": {k: _jsonable_metrics(v) for k, v in mean.items()},
         "foreground_mean": _jsonable_metrics(foreground),
-        "labels": {str(lab): name for name, lab in labels_of(dataset_json).items() if lab in labels},
+        "labels": {metric_key(lab): name for lab, name in zip(labels, label_manager.output_names)},
         "references_without_prediction": unpredicted,
         "hd95_definition": "symmetric 95th percentile surface distance in mm; null + HD95_infinite=true "
                            "when the label is in exactly one of the two masks",

@@ -67,12 +67,19 @@ def hd95(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], percentile
 
 
 def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float] | None = None,
-                  compute_hd95: bool = True) -> dict[str, float]:
-    """Dice, IoU, HD95 (mm), TP, FP, FN, TN, n_ref, n_pred of two boolean masks of equal shape."""
+                  compute_hd95: bool = True, valid: np.ndarray | None = None) -> dict[str, float]:
+    """Dice, IoU, HD95 (mm), TP, FP, FN, TN, n_ref, n_pred of two boolean masks of equal shape.
+
+    ``valid`` (boolean, same shape): only these voxels count (the others are the dataset's
+    ``ignore`` label): both masks are cleared outside it and TN counts valid voxels only."""
     ref = np.asarray(ref, dtype=bool)
     pred = np.asarray(pred, dtype=bool)
     if ref.shape != pred.shape:
         raise ValueError(f"reference shape {ref.shape} differs from prediction shape {pred.shape}")
+    n_voxels = int(ref.size)
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        ref, pred, n_voxels = ref & valid, pred & valid, int(np.count_nonzero(valid))
     spacing = [1.0] * ref.ndim if spacing is None else list(spacing)
     if len(spacing) != ref.ndim:
         raise ValueError(f"spacing {spacing} does not match a {ref.ndim}D mask")
@@ -81,7 +88,7 @@ def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float] | 
     n_pred = int(np.count_nonzero(pred))
     fp = n_pred - tp
     fn = n_ref - tp
-    tn = int(ref.size) - tp - fp - fn
+    tn = n_voxels - tp - fp - fn
     if tp + fp + fn == 0:
         dice = iou = math.nan
     else:
@@ -93,9 +100,21 @@ def label_metrics(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float] | 
     return out
 
 
-def case_metrics(ref_labels: np.ndarray, pred_labels: np.ndarray, labels: Sequence[int],
-                 spacing: Sequence[float] | None = None, compute_hd95: bool = True) -> dict[str, dict[str, float]]:
-    """Metrics per label value (keys are ``str(label)``) for two integer label maps."""
+def case_metrics(ref_labels: np.ndarray, pred_labels: np.ndarray, labels: Sequence[int | tuple[int, ...]],
+                 spacing: Sequence[float] | None = None, compute_hd95: bool = True,
+                 ignore_label: int | None = None) -> dict[str, dict[str, float]]:
+    """Metrics per label value or region for two integer label maps. A region (a tuple of label
+    values) compares the union of its labels in the reference and in the prediction. Keys are
+    ``"1"`` for labels and ``"(1, 2, 3)"`` for regions (nnU-Net's keys). Voxels whose reference is
+    ``ignore_label`` count in no metric."""
+    from autosam.io.labels import metric_key
+
     if ref_labels.shape != pred_labels.shape:
         raise ValueError(f"reference shape {ref_labels.shape} differs from prediction shape {pred_labels.shape}")
-    return {str(int(lab)): label_metrics(ref_labels == lab, pred_labels == lab, spacing, compute_hd95) for lab in labels}
+    valid = ref_labels != ignore_label if ignore_label is not None else None
+
+    def mask(seg, key):
+        return np.isin(seg, key) if isinstance(key, tuple) else seg == key
+
+    return {metric_key(lab): label_metrics(mask(ref_labels, lab), mask(pred_labels, lab), spacing, compute_hd95, valid)
+            for lab in labels}

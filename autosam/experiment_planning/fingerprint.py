@@ -89,7 +89,8 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
         raise ValueError(f"{ds.folder / 'imagesTr'}: no training cases found")
     quota = max(1, INTENSITY_SAMPLE_BUDGET // len(ds.cases))
     fg_labels = ds.foreground_labels
-    jobs = [(c.identifier, c.images, c.label, fg_labels, quota, i) for i, c in enumerate(ds.cases)]
+    ignore = ds.label_manager.ignore_label  # declared, but not a class: no statistics, not foreground
+    jobs = [(c.identifier, c.images, c.label, fg_labels, quota, i, ignore) for i, c in enumerate(ds.cases)]
     measures: dict[str, CaseMeasure] = {}
     bar = None
     if progress:
@@ -115,6 +116,7 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
             bar.close()
     cases = [measures[c.identifier] for c in ds.cases]
     for m in cases:
+        m.undeclared_labels = [v for v in m.undeclared_labels if v != ignore]
         if m.undeclared_labels:
             logger.warning("%s: label value(s) %s are not declared in dataset.json; ignored", m.identifier, m.undeclared_labels)
     return DatasetFingerprint(
@@ -127,7 +129,7 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
             np.median([np.prod(m.shape_after_crop) / np.prod(m.shape_before_crop) for m in cases])
         ),
         foreground_intensity_properties_per_channel=_intensity_properties(cases, ds),
-        class_statistics=aggregate_class_stats(cases, ds.labels),
+        class_statistics=aggregate_class_stats(cases, ds.label_manager.label_names()),
         num_labelled_cases=sum(1 for c in ds.cases if c.label is not None),
     )
 

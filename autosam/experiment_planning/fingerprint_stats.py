@@ -43,7 +43,10 @@ class CaseMeasure:
     undeclared_labels: list[int] = field(default_factory=list)
 
 
-def measure_case(identifier, image_paths, label_path, foreground_labels, quota: int, case_index: int) -> CaseMeasure:
+def measure_case(identifier, image_paths, label_path, foreground_labels, quota: int, case_index: int,
+                 ignore_label: int | None = None) -> CaseMeasure:
+    """Geometry, sampled foreground intensities and per-class measurements of one case. Voxels of
+    ``ignore_label`` (unannotated) are not foreground."""
     data, seg, geom = read_case_with_label(image_paths, label_path)
     cropped, cseg, _ = crop_to_nonzero(data, seg)
     m = CaseMeasure(
@@ -55,7 +58,7 @@ def measure_case(identifier, image_paths, label_path, foreground_labels, quota: 
         weight=0.0,
     )
     s = np.asarray(cseg[0]) if cseg is not None else None
-    fg = s > 0 if s is not None else None
+    fg = None if s is None else (s > 0) if ignore_label is None else (s > 0) & (s != ignore_label)
     n_fg = int(np.count_nonzero(fg)) if fg is not None else 0
     if n_fg == 0:  # used only when no case of the dataset has foreground
         m.from_foreground = False

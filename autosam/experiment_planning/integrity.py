@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autosam.io.dataset import DatasetError, labels_of, load_dataset_json
+from autosam.io.dataset import DatasetError, load_dataset_json
+from autosam.io.labels import LabelManager
 from autosam.io.image import SUPPORTED_ENDINGS, ImageGeometry, read_image
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def verify_dataset_integrity(folder: str | Path, num_processes: int = 1) -> None
         raise DatasetIntegrityError(folder, [f"{folder}: dataset folder does not exist"])
     try:
         dj = load_dataset_json(folder / "dataset.json")
-        declared_labels = set(labels_of(dj).values())
+        declared_labels = set(LabelManager.from_dataset_json(dj, str(folder / "dataset.json")).declared_values)
     except (DatasetError, ValueError) as exc:
         raise DatasetIntegrityError(folder, [str(exc)]) from None
     ending = dj["file_ending"]

@@ -68,9 +68,16 @@ def choose_default_method(fingerprint: Any, dataset_json: dict, plugin_system) -
     Votes for methods that are not installed are recorded but cannot win (unless no method is
     registered at all, e.g. in a bare plugin system).
     """
+    from autosam.io.labels import LabelManager
+    from autosam.training.method import label_support_problem
+
     votes = collect_votes(fingerprint, dataset_json, plugin_system)
     registered = set(plugin_system.methods.names())
     eligible = [v for v in votes if not registered or v[0] in registered]
+    # a method that cannot train these labels (regions, ignore label) cannot be the default
+    labels = LabelManager.from_dataset_json(dataset_json)
+    eligible = [v for v in eligible if v[0] not in registered
+                or label_support_problem(plugin_system.methods.get(v[0]), labels, plugin_system.methods) is None]
     if not eligible:
         return BASELINE_METHOD, BASELINE_RATIONALE, votes
     name, _score, rationale = eligible[0]

@@ -60,7 +60,7 @@ class Plans:
     original_median_shape: list[int]
     num_channels: int
     channel_names: dict[str, str]
-    labels: dict[str, int]
+    labels: dict[str, int | list[int]]  # dataset.json's labels (lists are regions)
     foreground_intensity_properties_per_channel: dict[str, dict]
     configurations: dict[str, ConfigurationPlan]
     default_method: str
@@ -68,6 +68,8 @@ class Plans:
     method_votes: list[list] = field(default_factory=list)  # [name, score, rationale]
     # "gpu" (nnU-Net's GPU-memory rules) or "cpu" (a CPU-sized network, see topology.py)
     compute_target: str = "gpu"
+    # region-based datasets: the label value each region is exported with (dataset.json's key)
+    regions_class_order: list[int] | None = None
 
     def configuration(self, name: str) -> ConfigurationPlan:
         try:
@@ -86,6 +88,14 @@ class Plans:
         return from_jsonable(cls, data, str(path))
 
     @property
+    def label_manager(self):
+        """The :class:`~autosam.io.labels.LabelManager` of these plans' labels."""
+        from autosam.io.labels import LabelManager
+
+        return LabelManager(self.labels, self.regions_class_order, f"plans {self.plans_name!r}")
+
+    @property
     def num_classes(self) -> int:
-        """Number of output classes including background (labels are 0..max)."""
-        return max(self.labels.values()) + 1
+        """Number of network outputs: classes 0..max including background (``ignore`` excluded),
+        or one per foreground region for a region-based dataset."""
+        return self.label_manager.num_segmentation_heads

@@ -7,7 +7,9 @@ plans' target spacing. Export undoes both:
    linear interpolation (nnU-Net's order 1 for probabilities); when the spacing is anisotropic
    (coarsest / finest > the plans' ``separate_z_anisotropy_threshold``) the coarse axis is
    resampled separately with ``label_order_z`` (0 = nearest), as preprocessing did;
-2. take the argmax (the class index is the label value, labels being 0..K-1);
+2. take the argmax (the class index is the label value, labels being 0..K-1), or for a region-based
+   dataset paint each region with its ``regions_class_order`` value where its sigmoid probability
+   exceeds 0.5 (:meth:`autosam.io.labels.LabelManager.convert_probabilities_to_segmentation`);
 3. un-crop into ``shape_before_cropping`` (background outside the crop box) and write with the
    original spacing, origin and direction.
 
@@ -95,8 +97,12 @@ def _resampling_of(configuration) -> ResamplingPlan:
 
 
 def probabilities_to_segmentation(probabilities, properties: dict, configuration=None,
-                                  return_probabilities: bool = False, chunk_voxels: int = 1 << 24):
+                                  return_probabilities: bool = False, chunk_voxels: int = 1 << 24,
+                                  label_manager=None):
     """Label map (and optionally probabilities) in the original image geometry.
+
+    ``label_manager``: the dataset's :class:`~autosam.io.labels.LabelManager`; needed for a
+    region-based dataset (sigmoid probabilities per region), optional otherwise (argmax).
 
     :returns: ``segmentation`` (Z x Y x X, uint8 or int16) or ``(segmentation, probabilities)``.
     """
@@ -116,19 +122,25 @@ def probabilities_to_segmentation(probabilities, properties: dict, configuration
     axis = separate_axis(current_spacing, original_spacing, resampling.separate_z_anisotropy_threshold)
     box = tuple(slice(a, b) for a, b in bbox)
 
-    seg_dtype = np.uint8 if num_classes <= 256 else np.int16
+    regions = label_manager is not None and label_manager.has_regions
+    if label_manager is not None and num_classes != label_manager.num_segmentation_heads:
+        raise ValueError(f"{num_classes} probability channels, but the labels need {label_manager.num_segmentation_heads}")
+    top_label = max(label_manager.regions_class_order) if regions else num_classes - 1
+    seg_dtype = np.uint8 if top_label < 256 else np.int16
     segmentation = np.zeros(full_shape, dtype=seg_dtype)
     seg_crop = segmentation[box]
     full_probs = None
     if return_probabilities:
         full_probs = np.zeros((num_classes, *full_shape), dtype=np.float32)
-        full_probs[0] = 1.0  # background outside the crop box
+        if not regions:
+            full_probs[0] = 1.0  # background outside the crop box (regions: probability 0 there)
     per_slice = num_classes * crop_shape[1] * crop_shape[2]
     step = max(1, chunk_voxels // max(per_slice, 1))
     for z0 in range(0, crop_shape[0], step):
         z1 = min(crop_shape[0], z0 + step)
         block = resample_probabilities(probs, crop_shape, axis, resampling.label_order_z, z_range=(z0, z1))
-        seg_crop[z0:z1] = torch.argmax(block, dim=0).numpy().astype(seg_dtype, copy=False)
+        labels = label_manager.convert_probabilities_to_segmentation(block) if regions else torch.argmax(block, dim=0)
+        seg_crop[z0:z1] = labels.numpy().astype(seg_dtype, copy=False)
         if full_probs is not None:
             full_probs[(slice(None), slice(bbox[0][0] + z0, bbox[0][0] + z1), box[1], box[2])] = block.numpy()
     return (segmentation, full_probs) if return_probabilities else segmentation
@@ -142,13 +154,14 @@ def output_stem(output_file: str | Path) -> Path:
 
 
 def export_prediction(probabilities, properties: dict, configuration, output_file: str | Path,
-                      save_probabilities: bool = False) -> Path:
+                      save_probabilities: bool = False, label_manager=None) -> Path:
     """Write the label map of ``probabilities`` (K x Z x Y x X on the preprocessed grid) to
     ``output_file`` with exactly the original image's shape, origin, spacing and direction.
 
     With ``save_probabilities``, also ``<case>.npz`` (``probabilities``, K x Z x Y x X float32 in the
-    original geometry) and ``<case>.json`` (geometry, class values of the probability channels).
-    Every file is written atomically. Returns ``output_file``.
+    original geometry) and ``<case>.json`` (geometry, class values of the probability channels, or
+    for a region-based dataset the regions and ``regions_class_order``: then the channels are the
+    regions' sigmoid probabilities). Every file is written atomically. Returns ``output_file``.
     """
     output_file = Path(output_file)
     check_properties(properties)
@@ -156,17 +169,19 @@ def export_prediction(probabilities, properties: dict, configuration, output_fil
     if list(geometry.shape) != [int(s) for s in properties["shape_before_cropping"]]:
         raise ValueError(f"{output_file}: properties' geometry shape {geometry.shape} differs from "
                          f"shape_before_cropping {properties['shape_before_cropping']}")
-    result = probabilities_to_segmentation(probabilities, properties, configuration, return_probabilities=save_probabilities)
+    result = probabilities_to_segmentation(probabilities, properties, configuration, return_probabilities=save_probabilities,
+                                           label_manager=label_manager)
     if save_probabilities:
         segmentation, probs = result
         stem = output_stem(output_file)
         save_npz(stem.with_name(stem.name + ".npz"), probabilities=probs)
-        write_json(stem.with_name(stem.name + ".json"), {
-            "geometry": geometry.to_dict(),
-            "class_values": list(range(probs.shape[0])),
-            "probabilities_shape": list(probs.shape),
-            "label_file": output_file.name,
-        })
+        info = {"geometry": geometry.to_dict(), "probabilities_shape": list(probs.shape), "label_file": output_file.name}
+        if label_manager is not None and label_manager.has_regions:
+            info.update(regions=[list(r) for r in label_manager.foreground_regions], region_names=label_manager.region_names,
+                        regions_class_order=label_manager.regions_class_order)
+        else:
+            info["class_values"] = list(range(probs.shape[0]))
+        write_json(stem.with_name(stem.name + ".json"), info)
     else:
         segmentation = result
     write_image(output_file, segmentation, geometry)

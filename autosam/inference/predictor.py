@@ -26,7 +26,7 @@ from autosam import paths
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, Plans
 from autosam.inference.export import export_prediction
 from autosam.io.dataset import dataset_name_from_id, list_prediction_inputs
-from autosam.training.method import Method, MethodContext
+from autosam.training.method import Method, MethodContext, check_label_support
 from autosam.training.run_support import pick_device
 from autosam.utils import precision
 from autosam.utils.files import read_json, write_json
@@ -130,6 +130,7 @@ def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0
         entry = method_entry_for_checkpoint(ckpt, path)
         if method is None:
             method = entry.obj
+            check_label_support(method, plans.label_manager, str(model_folder))  # before anything is written
             # the checkpoint's options are what was trained; command-line overrides go on top
             options = method.make_options(ckpt.get("options") or {}, method_overrides or {})
             ctx = MethodContext(plans=plans, configuration=configuration, dataset_json=dataset_json, options=options,
@@ -270,9 +271,9 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
                 for f in pending_exports:
                     f.result()
                 pending_exports = [background.submit(export_prediction, probs, properties, model.configuration, out,
-                                                     save_probabilities)]
+                                                     save_probabilities, model.ctx.label_manager)]
             else:
-                export_prediction(probs, properties, model.configuration, out, save_probabilities)
+                export_prediction(probs, properties, model.configuration, out, save_probabilities, model.ctx.label_manager)
             written.append(out)
         for f in pending_exports:
             f.result()

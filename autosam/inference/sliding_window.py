@@ -4,7 +4,7 @@ The volume (C x Z x Y x X) is covered by overlapping patches (``step_size`` 0.5 
 default, nnU-Net's rule for the step positions). Each patch's logits (averaged over all mirrorings
 of its spatial axes when ``use_mirroring``) are weighted with a Gaussian (sigma = patch / 8,
 maximum 1) and accumulated; the weighted average of the logits is turned into probabilities with a
-softmax over the classes. A 2D patch size (``len(patch_size) == 2``) predicts slice by slice along
+softmax over the classes (or, for region-based outputs, a sigmoid per channel). A 2D patch size (``len(patch_size) == 2``) predicts slice by slice along
 the first spatial axis (z), the network then receiving B x C x Y x X patches.
 
 Memory: the accumulators (K + 1 floats per voxel) and the input live on the prediction device when
@@ -141,6 +141,7 @@ def sliding_window_predict(
     mirror_axes: Sequence[int] | None = None,
     use_gaussian: bool = True,
     mirror_batch: int | None = None,
+    activation: str = "softmax",
 ) -> torch.Tensor:
     """Class probabilities (K x Z x Y x X, float32, CPU) of a whole volume.
 
@@ -157,7 +158,11 @@ def sliding_window_predict(
     :param mirror_axes: spatial axes (0-based, in the patch) to mirror; default all.
     :param mirror_batch: mirrored copies per call of ``logits_fn`` (default: all of them on the CPU,
         where batching is faster; 1 on other devices, where large patches could run out of memory).
+    :param activation: ``"softmax"`` over the classes, or ``"sigmoid"`` per channel (one output per
+        region of a region-based dataset).
     """
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
     device = torch.device(device)
     if mirror_batch is None:
         mirror_batch = 8 if device.type == "cpu" else 1
@@ -212,7 +217,7 @@ def sliding_window_predict(
             callback(done, len(tiles))
 
     del source
-    result = _normalise_and_softmax(logits_sum, weight_sum)
+    result = _normalise_and_softmax(logits_sum, weight_sum, activation=activation)
     result = result[(slice(None), *unpad)]
     return result.to("cpu").contiguous()
 
@@ -251,15 +256,20 @@ def _predict_mirrored(logits_fn: LogitsFn, x: torch.Tensor, combos: list[tuple[i
     return out
 
 
-def _normalise_and_softmax(logits_sum: torch.Tensor, weight_sum: torch.Tensor, chunk_voxels: int = 1 << 22) -> torch.Tensor:
-    """In place: divide by the weights and apply the softmax over classes, a few slices at a time."""
+def _normalise_and_softmax(logits_sum: torch.Tensor, weight_sum: torch.Tensor, chunk_voxels: int = 1 << 22,
+                           activation: str = "softmax") -> torch.Tensor:
+    """In place: divide by the weights and apply the softmax over classes (or a sigmoid per
+    channel), a few slices at a time."""
     n_slices = logits_sum.shape[1]
     per_slice = max(1, int(np.prod(logits_sum.shape[2:])) * logits_sum.shape[0])
     step = max(1, chunk_voxels // per_slice)
     for z0 in range(0, n_slices, step):
         block = logits_sum[:, z0: z0 + step]
         block /= weight_sum[z0: z0 + step]
-        block.copy_(torch.softmax(block, dim=0))
+        if activation == "sigmoid":
+            block.sigmoid_()
+        else:
+            block.copy_(torch.softmax(block, dim=0))
     return logits_sum
 
 

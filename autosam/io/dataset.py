@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autosam import paths
+from autosam.io.labels import LabelError, LabelManager
 from autosam.utils.files import read_json
 
 DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
@@ -66,25 +67,28 @@ class RawDataset:
         return len(self.dataset_json["channel_names"])
 
     @property
-    def labels(self) -> dict[str, int]:
-        return labels_of(self.dataset_json)
+    def label_manager(self) -> LabelManager:
+        return LabelManager.from_dataset_json(self.dataset_json, str(self.folder / "dataset.json"))
+
+    @property
+    def labels(self) -> dict[str, int | tuple[int, ...]]:
+        return self.label_manager.label_dict
 
     @property
     def foreground_labels(self) -> list[int]:
-        return sorted(v for v in self.labels.values() if v != 0)
+        """Label values other than background and ``ignore`` (those inside regions included)."""
+        return self.label_manager.foreground_labels
 
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 
 
-def labels_of(dataset_json: dict) -> dict[str, int]:
-    """Label name -> integer value (region-based label lists are not supported)."""
-    out = {}
-    for name, value in dataset_json["labels"].items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise DatasetError(f"dataset.json: label {name!r} has value {value!r}; autosam supports integer labels only")
-        out[name] = value
-    return out
+def labels_of(dataset_json: dict, source: str = "dataset.json") -> dict[str, int | tuple[int, ...]]:
+    """Label name -> integer value, or a tuple of values for a region (see :mod:`autosam.io.labels`)."""
+    try:
+        return LabelManager.from_dataset_json(dataset_json, source).label_dict
+    except LabelError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def load_dataset_json(path: Path) -> dict:
@@ -94,9 +98,7 @@ def load_dataset_json(path: Path) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in dj]
     if missing:
         raise DatasetError(f"{path}: missing required key(s) {missing}")
-    labels = labels_of(dj)
-    if labels.get("background", None) != 0 and 0 not in labels.values():
-        raise DatasetError(f"{path}: 'labels' must map a name (usually 'background') to 0")
+    labels_of(dj, str(path))  # validates labels, regions_class_order and the ignore label
     return dj
 
 

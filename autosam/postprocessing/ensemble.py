@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from autosam.io.image import ImageGeometry, write_image
+from autosam.io.labels import paint_regions
 from autosam.utils.files import read_json, save_npz, write_json
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,11 @@ def ensemble_folders(input_folders: Sequence[str | Path], output_folder: str | P
     out.mkdir(parents=True, exist_ok=True)
     for i, case in enumerate(common):
         probs, geometry, meta = ensemble_case(folders, case)
-        values = np.asarray(meta.get("class_values", list(range(probs.shape[0]))))
-        seg = values[np.argmax(probs, axis=0)].astype(np.uint8 if values.max() < 256 else np.uint16)
+        if meta.get("regions_class_order") is not None:  # sigmoid per region: paint in regions_class_order
+            seg = paint_regions(probs, meta["regions_class_order"])
+        else:
+            values = np.asarray(meta.get("class_values", list(range(probs.shape[0]))))
+            seg = values[np.argmax(probs, axis=0)].astype(np.uint8 if values.max() < 256 else np.uint16)
         write_image(out / f"{case}{file_ending}", seg, geometry)
         if save_probabilities:
             save_npz(out / f"{case}.npz", probabilities=probs)

@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from autosam.evaluation.evaluate import evaluate_folder
 from autosam.io.image import read_image, write_image
+from autosam.io.labels import LabelManager
 from autosam.utils.files import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def determine_postprocessing(pred_folder: str | Path, ref_folder: str | Path, da
     pred_folder, ref_folder = Path(pred_folder), Path(ref_folder)
     dj = read_json(dataset_json_path)
     ending = dj["file_ending"]
-    fg = sorted(v for v in dj["labels"].values() if isinstance(v, int) and v != 0)
+    label_manager = LabelManager.from_dataset_json(dj, str(dataset_json_path))
+    fg = label_manager.foreground_labels  # never the ignore label
     work = Path(work_folder) if work_folder else pred_folder.parent / f".{pred_folder.name}_pp_work"
     base = evaluate_folder(ref_folder, pred_folder, dataset_json_path, num_processes=num_processes, compute_hd95=False)
     best_dice, best_fg = _dice_by_label(base), base["foreground_mean"]["Dice"]
@@ -83,7 +85,8 @@ def determine_postprocessing(pred_folder: str | Path, ref_folder: str | Path, da
     candidates: list[tuple[list[int], Sequence[str] | None]] = []
     if len(fg) > 1:
         candidates.append((fg, None))
-    candidates += [([lab], [str(lab)]) for lab in fg]
+    # a region-based dataset is scored per region, not per label: no per-label "must rise" condition
+    candidates += [([lab], None if label_manager.has_regions else [str(lab)]) for lab in fg]
     current = pred_folder
     for labels, only in candidates:
         trial = work / f"trial_{'_'.join(map(str, labels))}"

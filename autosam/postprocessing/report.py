@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autosam.io.labels import sort_metric_keys
 from autosam.utils.files import atomic_path
 
 
@@ -29,7 +30,7 @@ def short_name(key: str) -> str:
 
 def write_report(folder: Path, summaries: dict[str, dict], ranking: list[str]) -> tuple[Path, Path]:
     """``comparison.md`` (per-class Dice and HD95 per candidate) and ``comparison.png`` (bar plots)."""
-    labels = sorted({k for s in summaries.values() for k in s["mean"]}, key=int)
+    labels = sort_metric_keys({k for s in summaries.values() for k in s["mean"]})
     names = next(iter(summaries.values())).get("labels", {})
     head = "| candidate | " + " | ".join(f"{names.get(l, l)} Dice" for l in labels) + " | fg-mean Dice | " + \
         " | ".join(f"{names.get(l, l)} HD95" for l in labels) + " | fg-mean HD95 |"

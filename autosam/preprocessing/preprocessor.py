@@ -76,18 +76,21 @@ def preprocess_case(image_paths: Sequence[str | Path], plans: Plans, configurati
         "shape_after_cropping_and_before_resampling": shape_after_crop,
         "spacing": [float(s) for s in target],
         "separate_axis": axis,
-        "class_locations": sample_class_locations(seg[0], seed_key or str(image_paths[0])) if seg is not None else {},
+        "class_locations": sample_class_locations(seg[0], seed_key or str(image_paths[0]),
+                                                  exclude=plans.label_manager.ignore_label) if seg is not None else {},
     }
     return data, seg, properties
 
 
-def sample_class_locations(seg: np.ndarray, seed_key: str, per_class: int = CLASS_LOCATIONS_PER_CLASS) -> dict:
-    """``{label: [[z, y, x], ...]}``: up to ``per_class`` random voxels of every foreground label.
+def sample_class_locations(seg: np.ndarray, seed_key: str, per_class: int = CLASS_LOCATIONS_PER_CLASS,
+                           exclude: int | None = None) -> dict:
+    """``{label: [[z, y, x], ...]}``: up to ``per_class`` random voxels of every foreground label
+    (not of ``exclude``, the ignore label).
 
     One pass over the volume (foreground indices grouped by label with a sort), seeded by the case.
     """
     flat = seg.ravel()
-    fg = np.flatnonzero(flat > 0)
+    fg = np.flatnonzero((flat > 0) & (flat != exclude)) if exclude is not None else np.flatnonzero(flat > 0)
     if fg.size == 0:
         return {}
     labels = flat[fg]

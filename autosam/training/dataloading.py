@@ -114,7 +114,7 @@ class PatchSampler(SlimDataLoaderBase):
     """
 
     def __init__(self, dataset: PreprocessedDataset, batch_size: int, patch_size, sample_size=None,
-                 oversample_foreground: float = 0.33):
+                 oversample_foreground: float = 0.33, ignore_label: int | None = None):
         super().__init__(dataset, batch_size)
         self.BATCH_SIZE = batch_size
         self.dataset = dataset
@@ -123,6 +123,8 @@ class PatchSampler(SlimDataLoaderBase):
         size = [int(v) for v in (sample_size or self.patch_size)]
         self.sample_size = [1, *size] if self.is_2d else size  # z, y, x cut from the volume
         self.oversample_foreground = oversample_foreground
+        # voxels of the ignore label are not foreground: never centre a forced patch on them
+        self.excluded_classes = {str(int(ignore_label))} if ignore_label is not None else set()
         if not dataset.keys:
             raise ValueError(f"{dataset.folder}: no training cases to sample from")
 
@@ -151,7 +153,8 @@ class PatchSampler(SlimDataLoaderBase):
         need = np.maximum(patch - shape, 0)
         lb = -(need // 2)
         ub = shape + need // 2 + need % 2 - patch
-        locations = {k: v for k, v in (props.get("class_locations") or {}).items() if len(v) > 0}
+        locations = {k: v for k, v in (props.get("class_locations") or {}).items()
+                     if len(v) > 0 and k not in self.excluded_classes}
         if force_fg and locations:
             cls = list(locations)[np.random.randint(len(locations))]
             centre = np.asarray(locations[cls][np.random.randint(len(locations[cls]))])[-3:]
@@ -272,8 +275,10 @@ def default_num_workers() -> int:
 
 def make_loader(dataset: PreprocessedDataset, batch_size: int, patch_size, ds_scales, *, train: bool,
                 num_workers: int = 0, seed: int = 0, oversample_foreground: float = 0.33,
-                augmentation: AugmentationParams | None = None, pin_memory: bool = False):
+                augmentation: AugmentationParams | None = None, ignore_label: int | None = None,
+                pin_memory: bool = False):
     """An endless iterator of batches; ``num_workers`` > 0 augments in background processes.
+    ``ignore_label``: the dataset's ignore label, excluded from foreground oversampling.
     ``pin_memory`` (for CUDA) puts the worker batches in page-locked memory, so that their copy to
     the GPU runs asynchronously."""
     if train:
@@ -283,7 +288,7 @@ def make_loader(dataset: PreprocessedDataset, batch_size: int, patch_size, ds_sc
         transforms = training_transforms(patch_size, ds_scales, params)
     else:
         sample_size, transforms = patch_size, validation_transforms(ds_scales)
-    sampler = PatchSampler(dataset, batch_size, patch_size, sample_size, oversample_foreground)
+    sampler = PatchSampler(dataset, batch_size, patch_size, sample_size, oversample_foreground, ignore_label)
     if num_workers <= 0:
         np.random.seed(seed % 2**32)
         return SingleThreadedAugmenter(sampler, transforms)

@@ -38,7 +38,7 @@ class MethodContext:
     options: Any  # an instance of the method's Options dataclass
     device: torch.device
     num_input_channels: int
-    num_classes: int  # including background
+    num_classes: int  # network outputs: classes incl. background (not ignore), or one per foreground region
     num_epochs: int = 1
     iterations_per_epoch: int = 1
     fold: int | str = 0
@@ -50,6 +50,11 @@ class MethodContext:
     @property
     def patch_size(self) -> list[int]:
         return list(self.configuration.patch_size)
+
+    @property
+    def label_manager(self):
+        """The plans' :class:`~autosam.io.labels.LabelManager` (classes or regions, ignore label)."""
+        return self.plans.label_manager
 
 
 @dataclass
@@ -80,6 +85,14 @@ class Method:
     # preprocessed grid): box prompts given by the user (``autosam_predict --boxes-json``) replace
     # the method's own localisation.
     accepts_boxes: ClassVar[bool] = False
+    # True when the method trains on region-based datasets (dataset.json labels that are lists):
+    # one output channel per foreground region (``ctx.num_classes`` of them), sigmoid probabilities
+    # from predict_volume, and a loss that builds region targets (``ctx.label_manager``).
+    supports_regions: ClassVar[bool] = False
+    # True when the method's loss leaves the voxels of the ``ignore`` label out (they carry the value
+    # ``ctx.label_manager.ignore_label`` in the targets, one above the last class). A method that
+    # does not declare it is refused on such datasets instead of learning ``ignore`` as a class.
+    supports_ignore_label: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ options
     def make_options(self, plans_section: dict | None = None, overrides: dict | None = None):
@@ -164,9 +177,36 @@ class Method:
             patch_size=self.train_patch_size(ctx),
             num_classes=ctx.num_classes,
             device=ctx.device,
+            activation="sigmoid" if ctx.label_manager.has_regions else "softmax",
             use_mirroring=use_mirroring,
             progress=progress,
         )
+
+
+def label_support_problem(method: "Method", label_manager, methods=None) -> str | None:
+    """Why ``method`` cannot handle a dataset with these labels (None when it can). ``methods``: the
+    plugin system's method registry, to list the methods that can."""
+    wanted = []
+    if label_manager.has_regions and not method.supports_regions:
+        wanted.append(("supports_regions", "region-based labels (lists in dataset.json 'labels')"))
+    if label_manager.has_ignore_label and not method.supports_ignore_label:
+        wanted.append(("supports_ignore_label", f"an 'ignore' label (value {label_manager.ignore_label})"))
+    if not wanted:
+        return None
+    if methods is None:
+        from autosam.plugins import get_plugin_system
+
+        methods = get_plugin_system().methods
+    able = sorted(n for n in methods.names() if all(getattr(methods.get(n), attr, False) for attr, _ in wanted))
+    return (f"method {method.name!r} does not support {' and '.join(what for _, what in wanted)}; "
+            f"methods that do: {', '.join(able) or 'none installed'}")
+
+
+def check_label_support(method: "Method", label_manager, where: str = "") -> None:
+    """Raise ``ValueError`` when ``method`` cannot train or predict these labels."""
+    problem = label_support_problem(method, label_manager)
+    if problem:
+        raise ValueError(f"{where}: {problem}" if where else problem)
 
 
 def build_options(options_cls: type, plans_section: dict, overrides: dict, method_name: str = ""):

@@ -31,7 +31,7 @@ from autosam.training.dataloading import (
     shutdown_loader,
 )
 from autosam.training.logger import TrainingHistory
-from autosam.training.method import MethodContext
+from autosam.training.method import MethodContext, check_label_support
 from autosam.training.run_support import (
     attach_log_file,
     default_iterations_per_epoch,
@@ -87,6 +87,7 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
     if configuration not in method.configurations:
         raise ValueError(f"method {method.name!r} does not support configuration {configuration!r}; "
                          f"it supports: {', '.join(method.configurations)}")
+    check_label_support(method, plans.label_manager, str(plans_path))  # before anything is written
     options = method.make_options(config.methods.get(method.name), method_overrides)
 
     data_folder = pre_folder / config.data_identifier
@@ -254,14 +255,15 @@ class _Loop:
         # a fresh worker seed per (seed, start epoch): a resumed run does not replay the first batches
         seed = ctx.seed + 7919 * self.start_epoch
         custom = method.make_train_loader(ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
+        ignore = ctx.label_manager.ignore_label  # never a foreground-sampling target
         pin = ctx.device.type == "cuda"
         train = iter(custom) if custom is not None else make_loader(
             self.dataset.subset(self.train_keys), bs, patch, ds_scales, train=True,
-            num_workers=self.num_workers, seed=seed, pin_memory=pin)
+            num_workers=self.num_workers, seed=seed, ignore_label=ignore, pin_memory=pin)
         # validation draws a fifth of the batches: half the workers (nnU-Net), at least one if any
         val = make_loader(self.dataset.subset(self.val_keys), bs, patch, ds_scales, train=False,
                           num_workers=max(1, self.num_workers // 2) if self.num_workers > 0 else 0,
-                          seed=ctx.seed + 1, pin_memory=pin)
+                          seed=ctx.seed + 1, ignore_label=ignore, pin_memory=pin)
         return train, val
 
     def to_device(self, batch: dict) -> dict:
@@ -300,9 +302,10 @@ class _Loop:
 
     @torch.no_grad()
     def validate_patches(self, val_loader) -> tuple[float, list[float]]:
-        k = self.ctx.num_classes
+        labels = self.ctx.label_manager  # one pseudo Dice per foreground class or region
+        k = len(labels.evaluation_keys)
         # counts and losses stay on the device (one host sync at the end, not one per batch)
-        tp, fp, fn = (torch.zeros(k - 1, dtype=torch.int64, device=self.ctx.device) for _ in range(3))
+        tp, fp, fn = (torch.zeros(k, dtype=torch.int64, device=self.ctx.device) for _ in range(3))
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.ctx.device)
         n = max(1, math.ceil(self.ctx.iterations_per_epoch / 5))
         self.network.eval()
@@ -314,13 +317,15 @@ class _Loop:
             if result.output is None:
                 continue
             target = batch["target"][0] if isinstance(batch["target"], (list, tuple)) else batch["target"]
-            pred = result.output.argmax(1)
-            ref = target[:, 0].to(pred.device)
-            for c in range(1, k):
-                p, r = pred == c, ref == c
-                tp[c - 1] += (p & r).sum()
-                fp[c - 1] += (p & ~r).sum()
-                fn[c - 1] += (~p & r).sum()
+            ref = target[:, 0].to(result.output.device)
+            pred, refs = labels.predicted_masks(result.output), labels.masks_of(ref)
+            valid = labels.valid_mask(ref)  # ignored voxels count nowhere
+            if valid is not None:
+                pred = pred & valid
+            dims = tuple(range(1, pred.ndim))
+            tp += (pred & refs).sum(dims)
+            fp += (pred & ~refs).sum(dims)
+            fn += (~pred & refs).sum(dims)
         self.network.train()
         tp, fp, fn = (t.cpu().double() for t in (tp, fp, fn))
         denom = 2 * tp + fp + fn
@@ -376,7 +381,7 @@ class _Loop:
         self.method.on_epoch_end(self.network, ctx, dict(train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice,
                                                          ema_pseudo_dice=ema, lr=lr, epoch_time=seconds))
         try:
-            names = [n for n, v in sorted(ctx.plans.labels.items(), key=lambda x: x[1]) if v != 0]
+            names = ctx.label_manager.output_names
             self.history.plot(self.fold_dir / "progress.png", names, pseudo_dice=self.method.per_epoch_metric)
         except Exception as exc:  # a plotting problem must not stop training
             logger.warning("progress.png not written: %s", exc)

@@ -45,7 +45,8 @@ def validate_fold(method, network, ctx, dataset, val_keys, fold_dir: Path, prepr
         for key in cases:
             data, _, props = dataset.load(key)
             probs = predict_preprocessed_case(method, [network], data, props, ctx, use_mirroring=True)
-            export_prediction(probs, props, ctx.configuration, out / f"{key}{ending}", save_probabilities=save_npz)
+            export_prediction(probs, props, ctx.configuration, out / f"{key}{ending}", save_probabilities=save_npz,
+                              label_manager=ctx.label_manager)
             logger.info("validation: predicted %s", key)
             if bar is not None:
                 bar.update(1)

@@ -26,7 +26,7 @@ from autosam.experiment_planning.plans import (
     ResamplingPlan,
 )
 from autosam.experiment_planning.topology import plan_patch_and_batch
-from autosam.io.dataset import labels_of
+from autosam.io.labels import LabelManager
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,10 @@ class DefaultPlanner:
         if not fingerprint.spacings:
             raise ValueError("the fingerprint has no cases; cannot plan")
         plans_name = plans_name or DEFAULT_PLANS_NAME
-        labels = labels_of(dataset_json)
+        label_manager = LabelManager.from_dataset_json(dataset_json)
         channel_names = {str(k): str(v) for k, v in dataset_json["channel_names"].items()}
         n_channels = len(channel_names)
-        n_classes = max(labels.values()) + 1
+        n_classes = label_manager.num_segmentation_heads
         n_cases = len(fingerprint.spacings)
 
         schemes = [rules.normalization_for_channel(channel_names[str(c)]) for c in range(n_channels)]
@@ -113,7 +113,8 @@ class DefaultPlanner:
             original_median_shape=[int(v) for v in np.median(np.asarray(fingerprint.shapes_after_crop), axis=0)],
             num_channels=n_channels,
             channel_names=channel_names,
-            labels=dict(labels),
+            labels=label_manager.to_json()["labels"],
+            regions_class_order=label_manager.regions_class_order,
             foreground_intensity_properties_per_channel={
                 k: dict(vars(v)) if not isinstance(v, dict) else dict(v)
                 for k, v in fingerprint.foreground_intensity_properties_per_channel.items()

@@ -130,7 +130,7 @@ class MedLSAM(Method):
         with torch.no_grad():
             pairs = self._coarse_volumes(ctx, dataset, support, with_labels=True)
             pairs = [(v.to(ctx.device), s) for v, s in pairs]
-            labels = [v for v in ctx.plans.labels.values() if v != 0]
+            labels = ctx.label_manager.foreground_labels
             protos = build_prototypes(network.localizer, pairs, labels, opts.patch, template=opts.mss_template,
                                       split=opts.split_components, max_components=opts.max_components)
         network.set_prototypes(protos)

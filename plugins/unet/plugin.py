@@ -2,7 +2,9 @@
 
 Network: :class:`dynamic_network_architectures.architectures.unet.PlainConvUNet` with the topology
 the planner wrote to ``plans.configurations[c].network`` (instance norm, leaky ReLU, He init),
-deep supervision; loss: soft Dice + cross-entropy, weighted over the deep-supervision outputs;
+deep supervision; loss: soft Dice + cross-entropy, weighted over the deep-supervision outputs (for
+region-based datasets one sigmoid output per region with BCE + Dice; voxels of an ``ignore`` label
+masked out of both terms);
 optimiser: SGD (Nesterov, momentum 0.99, lr 1e-2, weight decay 3e-5) with the poly schedule
 ``lr * (1 - epoch / epochs) ** 0.9``; gradient clipping at 12 (done by the core). Runs shorter than
 :data:`SGD_MIN_ITERATIONS` iterations use AdamW instead (``optimizer="auto"``, see the README:
@@ -57,6 +59,8 @@ class UNetMethod(Method):
     description = "nnU-Net baseline: PlainConvUNet from the plans, Dice+CE, deep supervision, SGD + poly"
     configurations = ("2d", "3d", "3d_lowres")
     Options = UNetOptions
+    supports_regions = True  # one sigmoid output per region, BCE + soft Dice per region
+    supports_ignore_label = True  # ignored voxels are masked out of CE/BCE and Dice
 
     # ------------------------------------------------------------------ network
     def build_network(self, ctx: MethodContext) -> nn.Module:
@@ -123,7 +127,8 @@ class UNetMethod(Method):
             if forward is None:
                 forward = lambda x: self.predict_logits(network, x, ctx)  # noqa: E731
             return sliding_window_predict(forward, data, patch_size=patch, num_classes=ctx.num_classes, device=ctx.device,
-                                          use_mirroring=use_mirroring, progress=progress, mirror_batch=1)
+                                          use_mirroring=use_mirroring, progress=progress, mirror_batch=1,
+                                          activation="sigmoid" if ctx.label_manager.has_regions else "softmax")
         finally:
             if had_ds:
                 decoder.deep_supervision = True
@@ -138,7 +143,9 @@ class UNetMethod(Method):
     def build_loss(self, ctx: MethodContext) -> nn.Module:
         opts = ctx.options
         scales = self.deep_supervision_scales(ctx)
-        base = DiceCELoss(opts.dice_weight, opts.ce_weight, opts.batch_dice)
+        labels = ctx.label_manager
+        base = DiceCELoss(opts.dice_weight, opts.ce_weight, opts.batch_dice, regions=labels.foreground_regions,
+                          ignore_label=labels.ignore_label)
         return DeepSupervisionLoss(base, len(scales) if scales else 1)
 
     @staticmethod
