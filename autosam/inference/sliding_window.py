@@ -195,6 +195,7 @@ def sliding_window_predict(
     # a device -> CPU copy must be blocking: the CPU accumulation right after it would otherwise
     # read the buffer before the copy has landed (non_blocking only pays off device -> device)
     to_acc_non_blocking = acc_device.type != "cpu"
+    amp_dtype = precision.amp_dtype(device)  # decided once, not per batch
 
     callback = _progress_callback(progress, len(tiles))
     logger.debug("sliding window: %d patches of %s on %s, mirrorings %d", len(tiles), patch3, tuple(spatial), len(combos))
@@ -204,7 +205,7 @@ def sliding_window_predict(
         patches = torch.stack([source[(slice(None), *t)] for t in batch_tiles]).to(device, non_blocking=True)
         if is_2d:
             patches = patches[:, :, 0]
-        with precision.autocast(device):
+        with precision.autocast(device, amp_dtype):
             logits = _predict_mirrored(logits_fn, patches, combos, num_classes, mirror_batch)
         if is_2d:
             logits = logits.unsqueeze(2)
