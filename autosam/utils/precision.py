@@ -82,7 +82,10 @@ def precision_name(dtype: torch.dtype | None) -> str:
 
 
 def no_autocast(device_type: str):
-    """Leave autocast for a block that must run in float32 (norms and costs that overflow in fp16)."""
+    """Leave autocast for a block that must run in float32 (norms and costs that overflow in fp16);
+    a null context on devices without autocast (``meta``)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return nullcontext()
     return torch.autocast(device_type, enabled=False)
 
 
@@ -97,7 +100,7 @@ def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     SAM's LayerNorm2d and SAM-Med3D's LayerNorm3d square activations; in fp16 the squares overflow
     (65504) on real images. The result is float32 (the next autocast op casts it back down).
     """
-    with torch.autocast(x.device.type, enabled=False):
+    with no_autocast(x.device.type):
         x = x.float()
         u = x.mean(1, keepdim=True)
         s = (x - u).pow(2).mean(1, keepdim=True)

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autosam.utils.precision import no_autocast
+
 from .prompt_generator import boxes_from_masks
 
 
@@ -93,7 +95,7 @@ def match_slice(class_logits: torch.Tensor, masks: torch.Tensor, aux_masks: torc
     m = len(target.labels)
     if m == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    with torch.autocast(class_logits.device.type, enabled=False):
+    with no_autocast(class_logits.device.type):
         return hungarian(match_cost(class_logits, masks, aux_masks, boxes, target, w, cost_size))
 
 
