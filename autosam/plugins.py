@@ -67,6 +67,8 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, failed: dict[str, str] | None = None):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        #: One message per name that a later plugin registered again, replacing the earlier object.
+        self.replacements: list[str] = []
         # Plugins that failed to load (shared with the PluginSystem): named in the unknown-name error,
         # since the missing name may be one of theirs.
         self._failed = failed if failed is not None else {}
@@ -80,11 +82,10 @@ class Registry(Generic[T]):
                 raise TypeError(f"{self.kind} registered by plugin {plugin.name!r} has no string 'name' attribute: {obj!r}")
             if name in self._entries:
                 other = self._entries[name]
-                warnings.warn(
-                    f"{self.kind} {name!r} from {plugin.distribution} (plugin {plugin.name!r}) replaces "
-                    f"the one from {other.distribution} (plugin {other.plugin!r})",
-                    stacklevel=2,
-                )
+                message = (f"{self.kind} {name!r} from {plugin.distribution} (plugin {plugin.name!r}) replaces "
+                           f"the one from {other.distribution} (plugin {other.plugin!r})")
+                self.replacements.append(message)
+                warnings.warn(message, stacklevel=2)
             self._entries[name] = Entry(obj, plugin.name, plugin.distribution, plugin.version)
 
         return register
@@ -150,6 +151,12 @@ class PluginSystem:
     def hook(self):
         """``pm.hook``: call hooks with keyword arguments, e.g. ``hook.method_suitability(fingerprint=..., dataset_json=...)``."""
         return self.pm.hook
+
+    @property
+    def replacements(self) -> list[str]:
+        """Every method, planner or backbone that one plugin registered under a name another had
+        already registered (the later one is used), one message each."""
+        return [m for _, attr in REGISTRATION_HOOKS for m in getattr(self, attr).replacements]
 
     def registered_by(self, plugin_name: str) -> dict[str, list[str]]:
         """``{"methods": [...], "planners": [...], "backbones": [...]}`` registered by one plugin."""

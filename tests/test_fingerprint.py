@@ -103,13 +103,14 @@ def test_crop_to_nonzero_any_channel():
 
 def test_existing_fingerprint_reused_unless_cases_change(autosam_dirs):
     a, la, b, lb = _tiny_cases()
-    folder = write_raw_dataset(autosam_dirs["raw"], "Dataset018_Reuse", {"ca": ([a], la)})
+    labels = {"background": 0, "x": 1, "y": 2}
+    folder = write_raw_dataset(autosam_dirs["raw"], "Dataset018_Reuse", {"ca": ([a], la)}, labels=labels)
     fp_file = autosam_dirs["preprocessed"] / "Dataset018_Reuse" / "dataset_fingerprint.json"
     extract_fingerprint("Dataset018_Reuse", num_processes=1)
     stamp = fp_file.stat().st_mtime_ns
     extract_fingerprint(18, num_processes=1)
     assert fp_file.stat().st_mtime_ns == stamp
-    write_raw_dataset(autosam_dirs["raw"], "Dataset018_Reuse", {"cb": ([b], lb)}, num_training=2)
+    write_raw_dataset(autosam_dirs["raw"], "Dataset018_Reuse", {"cb": ([b], lb)}, labels=labels, num_training=2)
     fp = extract_fingerprint(18, num_processes=1)
     assert fp.case_identifiers == ["ca", "cb"]
     assert folder.is_dir()

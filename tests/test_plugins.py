@@ -200,5 +200,41 @@ def test_plugins_command_text_and_strict(temp_dists, capsys):
     assert "error:     ImportError: tmp_broken_plugin needs the package foo" in text
 
 
+REPLACING_PLUGIN = """
+    from autosam import hookimpl
+
+    class NotTheUnet:
+        name = "unet"
+
+    @hookimpl
+    def register_methods(register):
+        register(NotTheUnet())
+"""
+
+
+def test_plugins_command_reports_a_plugin_replacing_a_builtin_method(tmp_path, monkeypatch, capsys):
+    plugins.reset_plugin_system()
+    assert plugins_cmd.main(["--strict"]) == 0  # the installed plugins alone replace nothing
+    assert "replaces" not in capsys.readouterr().err
+    _write_dist(tmp_path, "tmp-replacing-plugin", "2.0.0", {"tmp_replacing": "tmp_replacing_plugin"},
+                {"tmp_replacing_plugin": REPLACING_PLUGIN})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins.reset_plugin_system()
+    try:
+        message = ("method 'unet' from tmp-replacing-plugin (plugin 'tmp_replacing') replaces the one from autosam "
+                   "(plugin 'unet')")
+        assert plugins_cmd.main([]) == 0  # reported, not fatal without --strict
+        out, err = capsys.readouterr()
+        assert f"warning: {message}" in out and f"warning: {message}" in err
+        assert "1 replacement(s) of an already registered name" in out
+        assert plugins_cmd.main(["--strict"]) == 1
+        capsys.readouterr()
+        assert plugins_cmd.main(["--strict", "--json"]) == 1
+        assert json.loads(capsys.readouterr().out)["replacements"] == [message]
+        assert plugins.get_plugin_system().methods.entry("unet").distribution == "tmp-replacing-plugin"
+    finally:
+        plugins.reset_plugin_system()
+
+
 def test_pluggy_marker_is_the_one_the_manager_uses():
     assert isinstance(hookimpl, pluggy.HookimplMarker) and hookimpl.project_name == plugins.ENTRY_POINT_GROUP

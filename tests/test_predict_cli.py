@@ -97,7 +97,7 @@ def test_real_ct_prediction_keeps_the_input_geometry(autosam_dirs, tmp_path):
     (raw / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": {"background": 0, "spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 4},
         "numTraining": 2, "file_ending": ".nii.gz"}))
-    extract_fingerprint(991, num_processes=1)
+    extract_fingerprint(991, num_processes=1, undeclared_labels_to_background=True)  # 4 of the labels declared
     plans = plan_experiment(991, configurations=("3d",))
     untrained_model(plans, autosam_dirs["results"] / "Dataset991_RealCT" / "unet__autosamPlans__3d")
     images = tmp_path / "images"

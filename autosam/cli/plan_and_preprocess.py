@@ -1,9 +1,9 @@
 """``autosam_plan_and_preprocess`` and its three steps as separate commands (nnU-Net-style):
 
-- ``autosam_extract_fingerprint -d ID [-np N] [--verify_dataset_integrity] [--clean]``
+- ``autosam_extract_fingerprint -d ID [-np N] [--verify_dataset_integrity] [--clean] [--undeclared_labels_to_background]``
 - ``autosam_plan_experiment -d ID [-pl PLANNER] [--gpu_memory_gb G] [--target auto|gpu|cpu] [-overwrite_plans_name NAME]``
-- ``autosam_preprocess -d ID [-plans_name NAME] [-c CONFIGS...] [-np N]``
-- ``autosam_plan_and_preprocess -d ID [-np N] [-pl PLANNER] [-c CONFIGS...] [--verify_dataset_integrity] [--gpu_memory_gb G] [--target T]``
+- ``autosam_preprocess -d ID [-plans_name NAME] [-c CONFIGS...] [-np N] [--undeclared_labels_to_background]``
+- ``autosam_plan_and_preprocess -d ID [-np N] [-pl PLANNER] [-c CONFIGS...] [--verify_dataset_integrity] [--gpu_memory_gb G] [--target T] [--undeclared_labels_to_background]``
 """
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def _add_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify_dataset_integrity", action="store_true",
                    help="check the raw dataset first (channels, geometry, labels, NaN/inf, duplicates); "
                    "a problem stops the run before anything is written")
+
+
+def _add_undeclared(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--undeclared_labels_to_background", action="store_true",
+                   help="label values that dataset.json does not declare become background (0) when preprocessing, and "
+                   "are left out of the fingerprint's statistics. Without it, such values stop the run with one error "
+                   "listing every label file that holds them, before anything is written")
 
 
 def _add_plan(p: argparse.ArgumentParser) -> None:
@@ -72,11 +79,13 @@ def main_fingerprint(argv: list[str] | None = None) -> int:
     _add_np(p)
     _add_verify(p)
     p.add_argument("--clean", action="store_true", help="recompute even if an up-to-date fingerprint exists")
+    _add_undeclared(p)
     args = p.parse_args(argv)
     from autosam.experiment_planning.fingerprint import extract_fingerprint
 
     return _run(lambda d: extract_fingerprint(d, num_processes=args.num_processes, verify=args.verify_dataset_integrity,
-                                              overwrite=args.clean, progress=True), args)
+                                              overwrite=args.clean, progress=True,
+                                              undeclared_labels_to_background=args.undeclared_labels_to_background), args)
 
 
 def main_plan(argv: list[str] | None = None) -> int:
@@ -100,11 +109,13 @@ def main_preprocess(argv: list[str] | None = None) -> int:
     p.add_argument("-plans_name", "--plans_name", default=DEFAULT_PLANS_NAME, help=f"plans file to use (default {DEFAULT_PLANS_NAME})")
     _add_configs(p)
     _add_np(p)
+    _add_undeclared(p)
     args = p.parse_args(argv)
     from autosam.preprocessing.preprocessor import preprocess_dataset
 
     return _run(lambda d: preprocess_dataset(d, plans_name=args.plans_name, configurations=args.configurations,
-                                             num_processes=args.num_processes, progress=True), args)
+                                             num_processes=args.num_processes, progress=True,
+                                             undeclared_labels_to_background=args.undeclared_labels_to_background), args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_plan(p)
     _add_configs(p)
     _add_verify(p)
+    _add_undeclared(p)
     args = p.parse_args(argv)
     from autosam.pipeline import plan_and_preprocess
 
@@ -122,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         plans = plan_and_preprocess(d, num_processes=args.num_processes, planner=args.planner,
                                     configurations=args.configurations, verify=args.verify_dataset_integrity,
                                     gpu_memory_gb=args.gpu_memory_gb, plans_name=args.plans_name, progress=True,
-                                    target=args.target)
+                                    target=args.target,
+                                    undeclared_labels_to_background=args.undeclared_labels_to_background)
         _summary(plans)
 
     return _run(run, args)

@@ -20,7 +20,7 @@ def describe(system: PluginSystem) -> dict:
         loaded = any(p is info for p in system.plugins)
         rows.append(_row(system, info, loaded))
     rows.sort(key=lambda r: (r["status"] == "failed", r["distribution"].lower() != "autosam", r["distribution"].lower(), r["name"]))
-    return {"hooks": hook_names(), "plugins": rows}
+    return {"hooks": hook_names(), "plugins": rows, "replacements": list(system.replacements)}
 
 
 def _row(system: PluginSystem, info: PluginInfo, loaded: bool) -> dict:
@@ -51,8 +51,12 @@ def format_text(description: dict) -> str:
             lines.append(f"    error:     {row['error']}")
     if not description["plugins"]:
         lines.append("no autosam plugins installed (entry point group 'autosam')")
+    for message in description["replacements"]:
+        lines.append(f"warning: {message}")
     n_failed = sum(r["status"] != "loaded" for r in description["plugins"])
-    lines.append(f"{len(description['plugins'])} plugins, {n_failed} with errors")
+    n_replaced = len(description["replacements"])
+    lines.append(f"{len(description['plugins'])} plugins, {n_failed} with errors"
+                 + (f", {n_replaced} replacement(s) of an already registered name" if n_replaced else ""))
     return "\n".join(lines)
 
 
@@ -61,10 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="autosam_plugins",
         description="List every autosam plugin (entry point group 'autosam'): its distribution and version, the "
         "hooks it implements and the methods, planners and backbones it registers. Plugins that failed to "
-        "load are listed with their error.",
+        "load are listed with their error; a plugin that registers a name another plugin already registered "
+        "(e.g. a third-party package replacing a built-in method) is reported with a warning.",
     )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
-    p.add_argument("--strict", action="store_true", help="exit with status 1 when any plugin failed to load or register")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when any plugin failed to load or register, or replaced a method, planner or "
+                   "backbone that another plugin (e.g. autosam itself) registered")
     return p
 
 
@@ -77,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(description, indent=2))
     else:
         print(format_text(description))
-    if args.strict and any(r["status"] != "loaded" for r in description["plugins"]):
+    for message in description["replacements"]:
+        print(f"warning: {message}", file=sys.stderr)
+    failed = any(r["status"] != "loaded" for r in description["plugins"])
+    if args.strict and (failed or description["replacements"]):
         return 1
     return 0
 

@@ -23,7 +23,7 @@ from autosam.experiment_planning.fingerprint_stats import (
 )
 from autosam.experiment_planning.fingerprint_types import FINGERPRINT_SCHEMA_VERSION, DatasetFingerprint
 from autosam.experiment_planning.integrity import verify_dataset_integrity
-from autosam.io.dataset import RawDataset, open_raw_dataset
+from autosam.io.dataset import DatasetError, RawDataset, dataset_name_from_id, open_raw_dataset, undeclared_labels_message
 from autosam.utils.files import write_json
 
 logger = logging.getLogger(__name__)
@@ -41,17 +41,23 @@ def extract_fingerprint(
     verify: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    undeclared_labels_to_background: bool = False,
 ) -> DatasetFingerprint:
     """Compute (or load) the fingerprint of a raw dataset and write it to the preprocessed folder.
 
     Writes ``<preprocessed>/<DatasetXXX_Name>/dataset_fingerprint.json`` and a copy of
     ``dataset.json`` there. An existing fingerprint is reused unless ``overwrite`` or its case
     list no longer matches the raw dataset. With ``verify`` the integrity check runs first and
-    nothing is written if it fails.
+    nothing is written if it fails. Label values that ``dataset.json`` does not declare stop the
+    run with one error listing every such file, before anything is written, unless
+    ``undeclared_labels_to_background`` (then they are left out of the statistics, and
+    preprocessing maps them to background).
     """
+    if verify:  # first: it reports every problem, where listing the cases stops at the first
+        raw = paths.raw_dir()
+        verify_dataset_integrity(raw / dataset_name_from_id(dataset_id, [raw]), num_processes=num_processes,
+                                 undeclared_labels_to_background=undeclared_labels_to_background)
     ds = open_raw_dataset(dataset_id)
-    if verify:
-        verify_dataset_integrity(ds.folder, num_processes=num_processes)
     out_dir = paths.preprocessed_dir() / ds.name
     out_file = out_dir / FINGERPRINT_FILE
     identifiers = [c.identifier for c in ds.cases]
@@ -66,7 +72,8 @@ def extract_fingerprint(
                 write_json(out_dir / "dataset.json", ds.dataset_json)
                 return existing
             logger.info("%s lists other cases than %s; recomputing", out_file, ds.folder)
-    fingerprint = compute_fingerprint(ds, num_processes=num_processes, progress=progress)
+    fingerprint = compute_fingerprint(ds, num_processes=num_processes, progress=progress,
+                                      undeclared_labels_to_background=undeclared_labels_to_background)
     write_json(out_dir / "dataset.json", ds.dataset_json)
     fingerprint.save(out_file)
     logger.info("wrote %s", out_file)
@@ -83,8 +90,10 @@ def _init_worker() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool = False) -> DatasetFingerprint:
-    """Measure every training case of ``ds`` and aggregate (writes nothing)."""
+def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool = False,
+                        undeclared_labels_to_background: bool = False) -> DatasetFingerprint:
+    """Measure every training case of ``ds`` and aggregate (writes nothing). Undeclared label
+    values raise :class:`DatasetError` naming every file, unless ``undeclared_labels_to_background``."""
     if not ds.cases:
         raise ValueError(f"{ds.folder / 'imagesTr'}: no training cases found")
     quota = max(1, INTENSITY_SAMPLE_BUDGET // len(ds.cases))
@@ -115,10 +124,14 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
         if bar is not None:
             bar.close()
     cases = [measures[c.identifier] for c in ds.cases]
-    for m in cases:
-        m.undeclared_labels = [v for v in m.undeclared_labels if v != ignore]
-        if m.undeclared_labels:
-            logger.warning("%s: label value(s) %s are not declared in dataset.json; ignored", m.identifier, m.undeclared_labels)
+    undeclared = {c.label: m.undeclared_labels for c, m in zip(ds.cases, cases) if m.undeclared_labels}
+    if undeclared:
+        declared = set(ds.label_manager.declared_values)
+        if not undeclared_labels_to_background:
+            raise DatasetError(f"{ds.folder}: " + undeclared_labels_message(undeclared, declared))
+        for path, values in undeclared.items():
+            logger.warning("%s: label value(s) %s are not declared in dataset.json; mapped to background "
+                           "(--undeclared_labels_to_background)", path, values)
     return DatasetFingerprint(
         schema_version=FINGERPRINT_SCHEMA_VERSION,
         case_identifiers=[m.identifier for m in cases],

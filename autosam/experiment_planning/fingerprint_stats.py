@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from autosam.experiment_planning.fingerprint_types import ClassStats, IntensityStats
+from autosam.io.dataset import undeclared_label_values
 from autosam.io.image import read_case_with_label
 from autosam.preprocessing.cropping import crop_to_nonzero
 
@@ -71,7 +72,10 @@ def measure_case(identifier, image_paths, label_path, foreground_labels, quota: 
         m.samples[c] = (values if take is None else values[take]).astype(np.float32)
     m.weight = quota / min(n_fg, quota)
     if s is not None:
-        m.classes, m.undeclared_labels = measure_classes(s, foreground_labels)
+        m.classes, _ = measure_classes(s, foreground_labels)
+        # the whole label map, not only the crop: a value outside the image's non-zero box counts too
+        declared = {0, *(int(v) for v in foreground_labels), *([] if ignore_label is None else [int(ignore_label)])}
+        m.undeclared_labels = undeclared_label_values(seg, declared)
     return m
 
 

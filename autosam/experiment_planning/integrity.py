@@ -1,7 +1,8 @@
 """Dataset integrity check (``--verify_dataset_integrity``).
 
 Checks a raw dataset folder and reports *every* problem at once, each naming the file and what
-is wrong: unreadable, empty, constant or non-3D images; NaN/inf intensities; missing or
+is wrong: unreadable, truncated or corrupt (compressed stream or NIfTI size), empty, constant or
+non-3D images; NaN/inf intensities; missing or
 undeclared channels; missing or orphaned label files; image/label (and channel/channel) geometry
 mismatches; label values not declared in ``dataset.json``; duplicate case ids (ids that collide
 on case-insensitive file systems, ids in both imagesTr and imagesTs, identical scans under two
@@ -9,7 +10,6 @@ ids); ``numTraining`` not matching the cases found. It only reads: nothing is wr
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
 import multiprocessing
@@ -21,7 +21,7 @@ import numpy as np
 
 from autosam.io.dataset import DatasetError, load_dataset_json
 from autosam.io.labels import LabelManager
-from autosam.io.image import SUPPORTED_ENDINGS, ImageGeometry, read_image
+from autosam.io.image import SUPPORTED_ENDINGS, ImageGeometry, NiftiLayout, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,12 @@ class _CaseFiles:
     label: Path | None = None
 
 
-def verify_dataset_integrity(folder: str | Path, num_processes: int = 1) -> None:
-    """Check the raw dataset ``folder``; raise :class:`DatasetIntegrityError` listing all problems."""
+def verify_dataset_integrity(folder: str | Path, num_processes: int = 1, undeclared_labels_to_background: bool = False) -> None:
+    """Check the raw dataset ``folder``; raise :class:`DatasetIntegrityError` listing all problems.
+
+    ``undeclared_labels_to_background``: label values missing from ``dataset.json`` are logged
+    (preprocessing maps them to background) instead of reported as problems.
+    """
     folder = Path(folder)
     problems: list[str] = []
     if not folder.is_dir():
@@ -77,7 +81,7 @@ def verify_dataset_integrity(folder: str | Path, num_processes: int = 1) -> None
         )
     _check_duplicate_ids(folder, train, test, problems)
 
-    jobs = [(c, n_channels, declared_labels) for c in train.values()] + [(c, n_channels, None) for c in test.values()]
+    jobs = [(c, n_channels, declared_labels, undeclared_labels_to_background) for c in train.values()] + [(c, n_channels, None, False) for c in test.values()]
     jobs = [j for j in jobs if len(j[0].images) == n_channels]  # missing channels are already reported
     if num_processes > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")
@@ -86,7 +90,7 @@ def verify_dataset_integrity(folder: str | Path, num_processes: int = 1) -> None
     else:
         results = [_check_case(j) for j in jobs]
     by_digest: dict[str, str] = {}
-    for (case, _, _), (case_problems, digest) in zip(jobs, results):
+    for (case, *_), (case_problems, digest) in zip(jobs, results):
         problems.extend(case_problems)
         if digest is not None:
             if digest in by_digest:
@@ -173,14 +177,15 @@ def _describe_geometry_mismatch(a: ImageGeometry, b: ImageGeometry) -> str | Non
 
 def _check_case(job) -> tuple[list[str], str | None]:
     """Read one case and return its problems and a digest of channel 0 (None if unreadable)."""
-    case, n_channels, declared_labels = job
+    case, n_channels, declared_labels, to_background = job
     problems: list[str] = []
     reference: ImageGeometry | None = None
     digest = None
     for ch in range(n_channels):
         path = case.images[ch]
+        nonfinite = _NonFiniteCounter()
         try:
-            arr, geom = read_image(path)
+            arr, geom = read_image(path, on_data=nonfinite)
         except (ValueError, FileNotFoundError) as exc:
             problems.append(str(exc))
             continue
@@ -189,7 +194,7 @@ def _check_case(job) -> tuple[list[str], str | None]:
             continue
         if np.issubdtype(arr.dtype, np.floating):
             # ITK's NIfTI reader turns NaN/inf into 0, so NIfTI files are also checked byte-wise
-            bad = max(int(np.count_nonzero(~np.isfinite(arr))), _nifti_nonfinite_count(path))
+            bad = max(int(np.count_nonzero(~np.isfinite(arr))), nonfinite.count)
             if bad:
                 problems.append(f"{path}: {bad} voxel(s) are NaN or infinite")
         lo, hi = np.nanmin(arr), np.nanmax(arr)
@@ -203,39 +208,35 @@ def _check_case(job) -> tuple[list[str], str | None]:
             if mismatch:
                 problems.append(f"{path}: geometry differs from channel 0 ({case.images[0].name}): {mismatch}")
     if declared_labels is not None and case.label is not None:
-        problems.extend(_check_label(case.label, reference, case.images[0].name, declared_labels))
+        problems.extend(_check_label(case.label, reference, case.images[0].name, declared_labels, to_background))
     return problems, digest
 
 
-def _nifti_nonfinite_count(path: Path) -> int:
-    """Non-finite voxels of a float NIfTI-1 file, read from its bytes (0 for other files)."""
-    name = path.name
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        return 0
-    opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        header = f.read(348)
-        if len(header) < 348:
-            return 0
-        for order in ("<", ">"):
-            if np.frombuffer(header[:4], dtype=f"{order}i4")[0] == 348:
-                break
-        else:
-            return 0  # not NIfTI-1 (e.g. NIfTI-2): rely on the decoded array
-        datatype = int(np.frombuffer(header[70:72], dtype=f"{order}i2")[0])
-        dtype = {16: f"{order}f4", 64: f"{order}f8"}.get(datatype)
-        if dtype is None:
-            return 0
-        ndim = int(np.frombuffer(header[40:42], dtype=f"{order}i2")[0])
-        dims = np.frombuffer(header[42:56], dtype=f"{order}i2")[: max(ndim, 0)]
-        count = int(np.prod(dims.astype(np.int64))) if ndim > 0 else 0
-        offset = int(np.frombuffer(header[108:112], dtype=f"{order}f4")[0])
-        f.read(max(offset - 348, 0))
-        data = np.frombuffer(f.read(count * np.dtype(dtype).itemsize), dtype=dtype)
-    return int(np.count_nonzero(~np.isfinite(data)))
+class _NonFiniteCounter:
+    """``on_data`` callback of :func:`~autosam.io.image.read_image`: counts NaN/inf voxels of a
+    float NIfTI file from its bytes (ITK's NIfTI reader turns them into 0)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._carry = b""
+
+    def __call__(self, chunk: bytes, layout: NiftiLayout, position: int) -> None:
+        kind = {16: "f4", 64: "f8"}.get(layout.datatype)
+        if kind is None:
+            return
+        dtype = np.dtype(layout.byte_order + kind)
+        lo = max(layout.data_offset - position, 0)
+        hi = min(layout.data_offset + layout.data_bytes - position, len(chunk))
+        if hi <= lo:
+            return
+        buf = self._carry + chunk[lo:hi]
+        n = len(buf) // dtype.itemsize * dtype.itemsize
+        self.count += int(np.count_nonzero(~np.isfinite(np.frombuffer(buf, dtype=dtype, count=n // dtype.itemsize))))
+        self._carry = buf[n:]
 
 
-def _check_label(path: Path, reference: ImageGeometry | None, ref_name: str, declared: set[int]) -> list[str]:
+def _check_label(path: Path, reference: ImageGeometry | None, ref_name: str, declared: set[int],
+                 to_background: bool = False) -> list[str]:
     try:
         arr, geom = read_image(path)
     except (ValueError, FileNotFoundError) as exc:
@@ -251,7 +252,10 @@ def _check_label(path: Path, reference: ImageGeometry | None, ref_name: str, dec
             problems.append(f"{path}: label values must be integers, found {values[values != np.round(values)][:5]}")
             return problems
     undeclared = sorted(int(v) for v in values if int(v) not in declared)
-    if undeclared:
+    if undeclared and to_background:
+        logger.warning("%s: label value(s) %s are not declared in dataset.json; preprocessing maps them to background",
+                       path, undeclared)
+    elif undeclared:
         problems.append(
             f"{path}: label value(s) {undeclared} are not declared in dataset.json labels (declared: {sorted(declared)})"
         )

@@ -1,15 +1,19 @@
 """nnU-Net v2 raw dataset format: locating datasets, reading dataset.json, listing cases."""
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from autosam import paths
 from autosam.io.labels import LabelError, LabelManager
 from autosam.utils.files import read_json
 
 DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -103,29 +107,51 @@ def load_dataset_json(path: Path) -> dict:
 
 
 def open_raw_dataset(dataset: str | int, raw_root: Path | None = None) -> RawDataset:
-    """Find a raw dataset by id or name and list its training cases (imagesTr + labelsTr)."""
+    """Find a raw dataset by id or name and list its training cases (imagesTr + labelsTr).
+
+    No case is dropped silently: files in ``imagesTr`` that are not named
+    ``<case>_<4-digit channel><ending>`` and label files without an image are reported with a
+    warning, and when the number of cases differs from ``numTraining`` a :class:`DatasetError`
+    lists those files (the cases at fault) and stops.
+    """
     root = Path(raw_root) if raw_root else paths.raw_dir()
     name = dataset_name_from_id(dataset, [root])
     folder = root / name
     dj = load_dataset_json(folder / "dataset.json")
     ds = RawDataset(folder, dj)
-    ds.cases = list_cases(folder / "imagesTr", dj, folder / "labelsTr")
+    strays: list[str] = []
+    ds.cases = list_cases(folder / "imagesTr", dj, folder / "labelsTr", strays=strays)
+    if dj["numTraining"] != len(ds.cases):
+        found = ", ".join(c.identifier for c in ds.cases[:20]) + (", ..." if len(ds.cases) > 20 else "")
+        problems = strays or [f"{folder / 'imagesTr'}: no stray file; the cases found are {found or 'none'}"]
+        raise DatasetError(
+            f"{folder / 'dataset.json'}: numTraining is {dj['numTraining']!r} but {len(ds.cases)} training case(s) "
+            f"were found; cases at fault:\n  - " + "\n  - ".join(problems)
+            + "\nRename or remove these files, or correct numTraining."
+        )
     return ds
 
 
-def list_cases(images_dir: Path, dataset_json: dict, labels_dir: Path | None = None) -> list[RawCase]:
-    """Group ``<case>_<CCCC><ending>`` files into cases. Missing channels raise ``DatasetError``."""
+def list_cases(images_dir: Path, dataset_json: dict, labels_dir: Path | None = None,
+               strays: list[str] | None = None) -> list[RawCase]:
+    """Group ``<case>_<CCCC><ending>`` files into cases. Missing channels raise ``DatasetError``.
+
+    Files that belong to no case (misnamed images, label files without an image in ``labels_dir``)
+    are logged as a warning and, when ``strays`` is given, appended to it, one message each.
+    """
     ending = dataset_json["file_ending"]
     n_channels = len(dataset_json["channel_names"])
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: folder is missing")
     pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
     by_case: dict[str, dict[int, Path]] = {}
+    skipped: list[str] = []
     for p in sorted(images_dir.iterdir()):
         if p.name.startswith("."):
             continue
         m = pattern.match(p.name)
         if not m:
+            skipped.append(f"{p}: ignored, not named <case>_<4-digit channel>{ending} (e.g. {_example_name(p.name, ending)})")
             continue
         by_case.setdefault(m.group(1), {})[int(m.group(2))] = p
     cases = []
@@ -145,9 +171,56 @@ def list_cases(images_dir: Path, dataset_json: dict, labels_dir: Path | None = N
             if not label.is_file():
                 raise DatasetError(f"{label}: label file for case {ident!r} is missing")
         cases.append(RawCase(ident, [channels[c] for c in range(n_channels)], label))
+    if labels_dir is not None and labels_dir.is_dir():
+        for p in sorted(labels_dir.iterdir()):
+            if p.name.startswith(".") or not p.is_file():
+                continue
+            ident = p.name[: -len(ending)] if p.name.endswith(ending) else None
+            if ident not in by_case:
+                skipped.append(f"{p}: ignored, label without image (no {(ident or p.name)}_0000{ending} in {images_dir})")
+    for message in skipped:
+        logger.warning("%s", message)
+    if strays is not None:
+        strays.extend(skipped)
     return cases
+
+
+def _example_name(name: str, ending: str) -> str:
+    stem = name[: -len(ending)] if name.endswith(ending) else name.split(".")[0]
+    return f"{stem}_0000{ending}"
 
 
 def list_prediction_inputs(folder: Path, dataset_json: dict) -> list[RawCase]:
     """Cases of an inference input folder (same naming as imagesTr, no labels)."""
     return list_cases(Path(folder), dataset_json, None)
+
+
+# ------------------------------------------------------------------------------ label values
+def undeclared_label_values(seg: np.ndarray, declared: set[int]) -> list[int]:
+    """Values present in the label map ``seg`` that ``declared`` lacks (sorted)."""
+    if seg.size == 0:
+        return []
+    if np.issubdtype(seg.dtype, np.integer):
+        lo, hi = int(seg.min()), int(seg.max())
+        if hi - lo < 1 << 20:  # counting is much faster than sorting the volume; in pieces, to bound memory
+            seen = np.zeros(hi - lo + 1, dtype=bool)
+            flat = seg.reshape(-1)
+            for start in range(0, flat.size, 1 << 22):
+                piece = flat[start:start + (1 << 22)].astype(np.intp)
+                piece -= lo
+                seen |= np.bincount(piece, minlength=seen.size).astype(bool)
+            present = np.flatnonzero(seen) + lo
+        else:
+            present = np.unique(seg)
+    else:
+        present = np.unique(seg[np.isfinite(seg)])
+    return sorted(v for v in (int(x) for x in present) if v not in declared)
+
+
+def undeclared_labels_message(found: dict, declared: set[int]) -> str:
+    """One error for ``{label file: undeclared values}``: what is wrong and the ways out."""
+    lines = [f"{path}: label value(s) {values} are not declared in dataset.json labels" for path, values in found.items()]
+    return (f"{len(found)} label file(s) hold values that dataset.json does not declare (declared: {sorted(declared)}):\n  - "
+            + "\n  - ".join(lines)
+            + "\nDeclare them in dataset.json 'labels', correct the files, or pass --undeclared_labels_to_background "
+            "to map them to background (0).")

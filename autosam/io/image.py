@@ -6,9 +6,11 @@ written image has exactly the geometry of the one it came from.
 """
 from __future__ import annotations
 
+import re
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,15 +45,21 @@ class ImageGeometry:
         )
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
-    """Read a 3D image. Raises ``ValueError`` naming the file when it is unreadable or not 3D."""
+def read_image(path: str | Path, on_data: Callable[[bytes, "NiftiLayout", int], None] | None = None
+               ) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a 3D image. Raises ``ValueError`` naming the file when it is unreadable, incomplete
+    (truncated or corrupt, see :func:`verify_image_file`, which gets ``on_data``) or not 3D.
+
+    Every image and label autosam reads (integrity check, fingerprint, preprocessing, prediction,
+    evaluation, postprocessing) goes through this function."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file does not exist")
+    verify_image_file(path, on_data)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ValueError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]})") from None
+        raise ValueError(f"{path}: cannot be read as an image ({_itk_reason(exc)})") from None
     if img.GetDimension() != 3:
         raise ValueError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
     if img.GetNumberOfComponentsPerPixel() != 1:
@@ -99,6 +107,16 @@ def read_case_with_label(image_paths: Sequence[str | Path], label_path: str | Pa
     return data, seg, geometry
 
 
+def _itk_reason(exc: RuntimeError) -> str:
+    """The informative line of an ITK read error. ITK appends ``Reason: <strerror>`` from a stale
+    ``errno`` (``No such file or directory`` for a file that exists but is truncated), so that
+    line is left out when another one says more."""
+    lines = [re.sub(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\): ", "", ln.strip()) for ln in str(exc).splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("Exception thrown") and not ln.endswith(":")]
+    useful = [ln for ln in lines if not ln.startswith("Reason:")] or lines
+    return useful[-1] if useful else type(exc).__name__
+
+
 def write_image(path: str | Path, array: np.ndarray, geometry: ImageGeometry) -> None:
     """Write a (z, y, x) array with the given geometry, atomically."""
     path = Path(path)
@@ -119,3 +137,140 @@ def file_ending_of(path: str | Path) -> str:
         if name.endswith(ending):
             return ending
     return Path(name).suffix
+
+
+# ------------------------------------------------------------------------------ stream integrity
+#: Compressed bytes fed to zlib per step when checking a gzip stream.
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class NiftiLayout:
+    """Where a NIfTI file's voxel data lies in the (decompressed) stream."""
+
+    byte_order: str  # "<" or ">"
+    datatype: int  # NIfTI datatype code
+    data_offset: int  # vox_offset
+    data_bytes: int  # product of the dimensions times bytes per voxel
+
+
+def nifti_layout(header: bytes) -> NiftiLayout | None:
+    """Parse a NIfTI-1 (348-byte) or NIfTI-2 (540-byte) header; ``None`` if ``header`` is neither."""
+    for order in ("<", ">"):
+        if len(header) >= 4:
+            size = int(np.frombuffer(header[:4], dtype=f"{order}i4")[0])
+            if size == 348 and len(header) >= 348:
+                dims = np.frombuffer(header[40:56], dtype=f"{order}i2").astype(np.int64)
+                datatype = int(np.frombuffer(header[70:72], dtype=f"{order}i2")[0])
+                bitpix = int(np.frombuffer(header[72:74], dtype=f"{order}i2")[0])
+                offset = int(np.frombuffer(header[108:112], dtype=f"{order}f4")[0])
+                break
+            if size == 540 and len(header) >= 540:
+                datatype = int(np.frombuffer(header[12:14], dtype=f"{order}i2")[0])
+                bitpix = int(np.frombuffer(header[14:16], dtype=f"{order}i2")[0])
+                dims = np.frombuffer(header[16:80], dtype=f"{order}i8").astype(np.int64)
+                offset = int(np.frombuffer(header[168:176], dtype=f"{order}i8")[0])
+                break
+    else:
+        return None
+    ndim = int(dims[0])
+    if not 0 < ndim <= 7 or bitpix <= 0 or np.any(dims[1:ndim + 1] < 0):
+        return None
+    count = int(np.prod(dims[1:ndim + 1]))
+    return NiftiLayout(order, datatype, max(offset, size), count * bitpix // 8)
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith(".nii") or path.name.endswith(".nii.gz")
+
+
+def verify_image_file(path: str | Path, on_data: Callable[[bytes, NiftiLayout, int], None] | None = None) -> None:
+    """Raise ``ValueError`` naming ``path`` when its byte stream is incomplete or corrupt.
+
+    SimpleITK's NIfTI reader fills whatever a truncated file lacks with zeros and reports nothing,
+    so before every read: a gzip-compressed file (``.gz``) is decompressed in full and must end
+    with its end-of-stream marker, CRC-32 and length; a NIfTI file (``.nii`` or ``.nii.gz``) must
+    hold as many voxel bytes as its header promises. Other formats are left to SimpleITK, whose
+    MetaImage and NRRD readers report missing data themselves.
+
+    ``on_data(chunk, layout, position)``, for NIfTI files, receives the decompressed stream piece
+    by piece (``position``: offset of ``chunk`` in the stream), for checks that need the raw voxels.
+    """
+    path = Path(path)
+    gz, nifti = path.name.endswith(".gz"), _is_nifti(path)
+    if not gz and not nifti:
+        return
+    head = b""  # the stream's first bytes, kept until the NIfTI header is parsed
+    layout: NiftiLayout | None = None
+    total = 0
+
+    def consume(chunk: bytes) -> None:
+        nonlocal head, layout, total
+        start, total = total, total + len(chunk)
+        if not nifti:
+            return
+        if layout is None:
+            if len(head) >= 540:
+                return  # not a NIfTI header this code knows
+            head += chunk
+            if len(head) >= 348:
+                layout = nifti_layout(head[:540])
+                if layout is not None and on_data is not None:
+                    on_data(head, layout, 0)
+            return
+        if on_data is not None:
+            on_data(chunk, layout, start)
+
+    with open(path, "rb") as f:
+        if gz:
+            _inflate_gzip(path, f, consume)
+        elif on_data is None:  # an uncompressed file: its size says how much it holds
+            consume(f.read(540))
+            total = path.stat().st_size
+        else:
+            while chunk := f.read(_CHUNK):
+                consume(chunk)
+    if not nifti:
+        return
+    if layout is None:
+        if len(head) < 348:
+            raise ValueError(f"{path}: truncated: {total} byte(s), shorter than a NIfTI header")
+        return  # not a NIfTI header this code knows: SimpleITK reports what it makes of it
+    expected = layout.data_offset + layout.data_bytes
+    if total < expected:
+        raise ValueError(
+            f"{path}: truncated: holds {max(total - layout.data_offset, 0)} of the {layout.data_bytes} bytes of "
+            "voxel data its header promises (the file is incomplete or damaged; replace it)"
+        )
+
+
+def _inflate_gzip(path: Path, f, consume: Callable[[bytes], None]) -> None:
+    """Decompress every gzip member of ``f``; errors on a corrupt or unterminated stream."""
+    d = zlib.decompressobj(wbits=31)
+    pending = f.read(_CHUNK)
+    if not pending:
+        raise ValueError(f"{path}: file is empty")
+    try:
+        while pending:
+            out = d.decompress(pending)
+            if out:
+                consume(out)
+            if d.eof:  # a complete member (CRC-32 and length checked); more members may follow
+                rest = d.unused_data
+                if not rest.strip(b"\0"):
+                    rest = rest + f.read(_CHUNK)
+                    while rest and not rest.strip(b"\0"):  # zero padding after the last member is allowed
+                        rest = f.read(_CHUNK)
+                    if not rest:
+                        return
+                d = zlib.decompressobj(wbits=31)
+                pending = rest
+                continue
+            pending = f.read(_CHUNK)
+        tail = d.flush()
+        if tail:
+            consume(tail)
+    except zlib.error as exc:
+        raise ValueError(f"{path}: corrupt gzip stream ({exc}); the file is damaged, replace it") from None
+    raise ValueError(f"{path}: truncated gzip stream (it ends before its end-of-stream marker); "
+                     "the file is incomplete, replace it")

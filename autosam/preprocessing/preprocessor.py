@@ -6,7 +6,8 @@
 scipy and SimpleITK (not torch or the plugins the parent may hold); every file is written
 atomically and a case counts as done only once its properties file exists, so a re-run redoes
 exactly the incomplete cases. A change of the plans' preprocessing parameters (spacing,
-normalisation, resampling) invalidates the folder's cases.
+normalisation, resampling) invalidates the folder's cases. Label values that ``dataset.json``
+does not declare stop the run before anything is written (or, when asked, become background).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import numpy as np
 
 from autosam import paths
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans
-from autosam.io.image import read_case_with_label
+from autosam.io.dataset import DatasetError, undeclared_label_values, undeclared_labels_message
+from autosam.io.image import read_case_with_label, read_image
 from autosam.preprocessing import storage
 from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
 from autosam.preprocessing.normalization import normalize
@@ -38,14 +40,25 @@ CONFIG_FILE = "preprocessing_config.json"
 
 # ------------------------------------------------------------------------------ one case
 def preprocess_case(image_paths: Sequence[str | Path], plans: Plans, configuration_name: str,
-                    label_path: str | Path | None = None, seed_key: str | None = None):
+                    label_path: str | Path | None = None, seed_key: str | None = None,
+                    undeclared_labels_to_background: bool = False):
     """Read, crop, normalise and resample one case.
+
+    A label value the plans' labels do not declare is a ``ValueError`` naming the label file, or
+    with ``undeclared_labels_to_background`` is set to 0 (background).
 
     :returns: ``(data, seg, properties)``: C x Z x Y x X float32, 1 x Z x Y x X int16 (``None``
         without ``label_path``), and the properties dict described in :mod:`autosam.preprocessing.storage`.
     """
     conf = plans.configuration(configuration_name)
     data, seg, geometry = read_case_with_label(image_paths, label_path)
+    if seg is not None:
+        declared = set(plans.label_manager.declared_values)
+        undeclared = undeclared_label_values(seg, declared)
+        if undeclared and not undeclared_labels_to_background:
+            raise DatasetError(undeclared_labels_message({label_path: undeclared}, declared))
+        if undeclared:
+            seg = np.where(np.isin(seg, undeclared), 0, seg)
     if data.shape[0] != plans.num_channels:
         raise ValueError(f"{image_paths[0]}: {data.shape[0]} channel file(s) given, the plans expect {plans.num_channels}")
     shape_before = [int(s) for s in data.shape[1:]]
@@ -130,22 +143,41 @@ def _worker_init() -> None:
 
 
 def _run_job(job) -> str:
-    plans_dict, configuration_name, folder, key, images, label = job
+    plans_dict, configuration_name, folder, key, images, label, to_background = job
     from autosam.utils.typed_json import from_jsonable
 
     plans = from_jsonable(Plans, plans_dict) if isinstance(plans_dict, dict) else plans_dict
-    data, seg, props = preprocess_case(images, plans, configuration_name, label, seed_key=key)
+    data, seg, props = preprocess_case(images, plans, configuration_name, label, seed_key=key,
+                                       undeclared_labels_to_background=to_background)
     storage.save_case(Path(folder), key, data, seg, props)
     return key
 
 
+def _undeclared_in(job) -> tuple[str, list[int]]:
+    label, declared = job
+    seg, _ = read_image(label)
+    return label, undeclared_label_values(seg, declared)
+
+
+def check_label_values(label_files: Sequence[str | Path], declared: set[int], num_processes: int = 2,
+                       progress: bool = False) -> None:
+    """Raise :class:`DatasetError` listing every file of ``label_files`` that holds a value not in ``declared``."""
+    jobs = [(str(p), declared) for p in label_files]
+    found = {label: values for label, values in _map_jobs(_undeclared_in, jobs, num_processes, progress, "check labels")
+             if values}
+    if found:
+        raise DatasetError(undeclared_labels_message(dict(sorted(found.items())), declared))
+
+
 def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NAME,
                        configurations: Iterable[str] | None = ("2d", "3d"), num_processes: int = 2,
-                       progress: bool = False) -> dict[str, Path]:
+                       progress: bool = False, undeclared_labels_to_background: bool = False) -> dict[str, Path]:
     """Preprocess the training cases for ``configurations`` (``None``: all in the plans).
 
     Also writes ``gt_segmentations/``, ``dataset.json`` and ``splits_final.json`` (kept if present).
-    Returns ``{configuration: data folder}``.
+    Returns ``{configuration: data folder}``. Before anything is written, the label files of the
+    cases still to do are checked for values the plans do not declare: one :class:`DatasetError`
+    lists them all, unless ``undeclared_labels_to_background`` (they become background).
     """
     from autosam.experiment_planning.splits import get_or_create_splits
     from autosam.io.dataset import open_raw_dataset
@@ -168,6 +200,12 @@ def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NA
             raise ValueError(f"plans {plans_file} have no configuration(s) {missing}; available: {sorted(plans.configurations)}")
         wanted = [c for c in wanted if c in plans.configurations]
 
+    if not undeclared_labels_to_background:  # labels of the cases that some configuration still needs
+        folders_wanted = {pre / plans.configurations[c].data_identifier for c in wanted}
+        to_check = [c.label for c in ds.cases if c.label is not None
+                    and not all(storage.is_complete(f, c.identifier, needs_seg=True) for f in folders_wanted)]
+        check_label_values(to_check, set(plans.label_manager.declared_values), num_processes, progress)
+
     write_json(pre / "dataset.json", ds.dataset_json)
     _copy_ground_truth(ds, pre / "gt_segmentations")
     get_or_create_splits(pre, [c.identifier for c in ds.cases])
@@ -187,7 +225,7 @@ def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NA
         todo = [c for c in ds.cases if not storage.is_complete(folder, c.identifier, needs_seg=c.label is not None)]
         logger.info("%s -> %s: %d of %d cases to do", cname, folder, len(todo), len(ds.cases))
         jobs = [(plans_dict, cname, str(folder), c.identifier, [str(p) for p in c.images],
-                 str(c.label) if c.label is not None else None) for c in todo]
+                 str(c.label) if c.label is not None else None, undeclared_labels_to_background) for c in todo]
         _run_jobs(jobs, num_processes, progress, desc=f"preprocess {conf.data_identifier}")
     return folders
 
@@ -221,6 +259,12 @@ def _check_signature(folder: Path, signature: dict) -> None:
 
 
 def _run_jobs(jobs: list, num_processes: int, progress: bool, desc: str) -> None:
+    for _ in _map_jobs(_run_job, jobs, num_processes, progress, desc):
+        pass
+
+
+def _map_jobs(fn, jobs: list, num_processes: int, progress: bool, desc: str):
+    """Yield ``fn(job)`` for every job (in completion order), in spawned workers when ``num_processes > 1``."""
     if not jobs:
         return
     bar = None
@@ -232,14 +276,16 @@ def _run_jobs(jobs: list, num_processes: int, progress: bool, desc: str) -> None
         if num_processes > 1 and len(jobs) > 1:
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(min(num_processes, len(jobs)), initializer=_worker_init) as pool:
-                for _ in pool.imap_unordered(_run_job, jobs, chunksize=1):
+                for result in pool.imap_unordered(fn, jobs, chunksize=1):
                     if bar is not None:
                         bar.update()
+                    yield result
         else:
             for job in jobs:
-                _run_job(job)
+                result = fn(job)
                 if bar is not None:
                     bar.update()
+                yield result
     finally:
         if bar is not None:
             bar.close()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import re
-import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from autosam.utils.files import ENV_TRUST_PICKLE, UntrustedPickleError, torch_load  # noqa: F401 (ENV_TRUST_PICKLE: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +22,6 @@ logger = logging.getLogger(__name__)
 ENV_SAM_CHECKPOINT = "AUTOSAM_SAM_CHECKPOINT"
 #: Environment variable holding a SAM-Med3D checkpoint file.
 ENV_SAM_MED3D_CHECKPOINT = "AUTOSAM_SAM_MED3D_CHECKPOINT"
-#: Set to 1 to load checkpoints that pickle Python objects besides tensors (trusted files only).
-ENV_TRUST_PICKLE = "AUTOSAM_TRUST_CHECKPOINT_PICKLE"
-
 
 class CheckpointError(RuntimeError):
     """A backbone checkpoint is missing, unreadable or does not match the architecture."""
@@ -76,23 +72,12 @@ def resolve_checkpoint(
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from a ``torch.save`` file (plain, or wrapped in ``model``/``state_dict``)."""
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not zipfile.is_zipfile(path):  # torch.save writes zip archives; this is something else
-            raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint (UnpicklingError: {exc})") from None
-        # training checkpoints (e.g. SAM-Med3D's) may also pickle Python objects such as argparse args
-        if os.environ.get(ENV_TRUST_PICKLE) != "1":
-            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-            first = text.splitlines()[0].rstrip(" .") if text else type(exc).__name__
-            raise CheckpointError(
-                f"{path}: holds Python objects besides tensors ({first}); torch.load(weights_only=True) refuses "
-                f"them. If you trust the file, set {ENV_TRUST_PICKLE}=1, or re-save only its state dict"
-            ) from None
-        logger.warning("%s: loading with full unpickling (%s=1)", path, ENV_TRUST_PICKLE)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # zip/format errors have many types
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    try:  # training checkpoints (e.g. SAM-Med3D's) may also pickle Python objects such as argparse args
+        obj = torch_load(path, map_location="cpu")
+    except UntrustedPickleError as exc:
+        raise CheckpointError(f"{exc}, or re-save only its state dict") from None
+    except ValueError as exc:
+        raise CheckpointError(str(exc).replace("as a PyTorch file", "as a PyTorch checkpoint")) from None
     for key in ("model_state_dict", "state_dict", "model", "network_weights"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

@@ -9,24 +9,35 @@ A checkpoint is a dict written atomically with :func:`torch.save`:
 or ``None``), ``rng`` (python, numpy, torch, cuda), ``logger`` (the epoch history), ``best_ema``,
 ``method_state`` (:meth:`Method.extra_state`), and ``dataset_name``, ``plans_name``,
 ``configuration``, ``fold``, ``torch_version``.
+
+Since format 2 a checkpoint holds tensors and plain Python types only (numpy's RNG state is
+stored as a tensor, numpy scalars as Python numbers, paths as strings), so it is read with
+``torch.load(weights_only=True)`` and loading someone else's model cannot run code. Format-1
+checkpoints pickled numpy objects; they load only when declared trusted
+(``AUTOSAM_TRUST_CHECKPOINT_PICKLE=1`` or ``trust=True``), and a training run resumed from one
+writes format 2 from then on.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import enum
 import logging
 import random
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 import torch
 
 from autosam.plugins import UnknownNameError, get_plugin_system
-from autosam.utils.files import torch_save
+from autosam.utils.files import UntrustedPickleError, torch_load, torch_save
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
+#: Types besides tensors and plain Python types that a checkpoint may hold (MultiStepLR's milestones).
+SAFE_TYPES = (collections.Counter,)
 
 
 class MissingPluginError(RuntimeError):
@@ -55,9 +66,15 @@ def network_device(network: torch.nn.Module) -> torch.device:
 
 
 def rng_state(device: torch.device | str | None = None) -> dict:
-    """Python, numpy and torch CPU generator states, plus the generator of the training ``device``
-    when it is a CUDA device (only that one: the run may be resumed with fewer GPUs visible)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy and torch CPU generator states (as tensors and plain types), plus the
+    generator of the training ``device`` when it is a CUDA device (only that one: the run may be
+    resumed with fewer GPUs visible)."""
+    np_state = np.random.get_state(legacy=False)
+    numpy_state = {"bit_generator": np_state["bit_generator"],
+                   "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                   "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                   "gauss": float(np_state["gauss"])}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     device = torch.device(device) if device is not None else None
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -69,7 +86,12 @@ def set_rng_state(state: dict, device: torch.device | str | None = None) -> None
     continues on), whatever the device index at saving time. Checkpoints of older versions hold
     one state per visible GPU: the one of ``device``'s index is used when it exists."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np_state = state["numpy"]
+    if isinstance(np_state, dict) and "key" in np_state:  # format 2
+        np_state = {"bit_generator": np_state["bit_generator"],
+                    "state": {"key": np.asarray(np_state["key"], dtype=np.int64).astype(np.uint32), "pos": np_state["pos"]},
+                    "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]}
+    np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     device = torch.device(device) if device is not None else None
     cuda = state.get("cuda")
@@ -113,19 +135,56 @@ def save_checkpoint(path: Path, *, method_entry, options, network, optimizer=Non
         "torch_version": torch.__version__,
         **info,
     }
-    torch_save(path, ckpt)
+    torch_save(path, plain(ckpt))
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (a trusted local file: it holds RNG
-    states, so it is loaded with ``weights_only=False``)."""
+def plain(obj: Any, where: str = "checkpoint") -> Any:
+    """``obj`` with numpy scalars as Python numbers, numpy arrays as tensors, paths as strings and
+    enums as their values, so that ``torch.load(weights_only=True)`` reads it back. Any other
+    object is a ``TypeError`` naming where it is (e.g. ``checkpoint['method_state']['x']``)."""
+    if obj is None or type(obj) in (bool, int, float, str, bytes):
+        return obj
+    if isinstance(obj, (torch.Tensor, torch.Size, torch.dtype, torch.device, *SAFE_TYPES)):
+        return obj
+    if isinstance(obj, enum.Enum):
+        return plain(obj.value, where)
+    for kind in (str, bool, int, float, bytes):  # subclasses such as torch's TorchVersion (a str)
+        if isinstance(obj, kind):
+            return kind(obj)
+    if isinstance(obj, dict):
+        items = {k: plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        return collections.OrderedDict(items) if isinstance(obj, collections.OrderedDict) else items
+    if isinstance(obj, (list, tuple, set)):
+        values = [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return values if isinstance(obj, list) else tuple(values) if isinstance(obj, tuple) else set(values)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, PurePath):
+        return str(obj)
+    raise TypeError(f"{where}: a {type(obj).__module__}.{type(obj).__qualname__} cannot be stored in a checkpoint; "
+                    "checkpoints hold tensors and plain Python types only (they are read with "
+                    "torch.load(weights_only=True), which runs no code)")
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", trust: bool | None = None) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` with ``torch.load(weights_only=True)``:
+    loading runs no code from the file. A file that needs full unpickling (format 1, or a forged
+    file) is a ``ValueError`` unless ``trust`` (``None``: the environment variable
+    ``AUTOSAM_TRUST_CHECKPOINT_PICKLE=1``) declares it trusted."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        ckpt = torch_load(path, map_location=map_location, trust=trust, safe_types=SAFE_TYPES)
+    except UntrustedPickleError as exc:
+        raise UntrustedPickleError(
+            f"{exc}. autosam's own checkpoints hold only tensors and plain types since format {CHECKPOINT_FORMAT_VERSION}; "
+            "older ones (format 1) need this once: resuming training from one writes the new format"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("cannot be read as a PyTorch file", "cannot read checkpoint")) from None
     if not isinstance(ckpt, dict) or "method" not in ckpt or "network" not in ckpt:
         raise ValueError(f"{path}: not an autosam checkpoint (no 'method'/'network' entries)")
     if ckpt.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:

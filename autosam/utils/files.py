@@ -5,13 +5,28 @@ An interrupted run therefore never leaves a half-written file that a later run t
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
+import re
 import tempfile
-from contextlib import contextmanager
+import zipfile
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Set to 1 to load ``torch.save`` files that pickle Python objects besides tensors and plain
+#: types (old autosam checkpoints, some SAM training checkpoints). Unpickling can run any code:
+#: trusted files only.
+ENV_TRUST_PICKLE = "AUTOSAM_TRUST_CHECKPOINT_PICKLE"
+
+
+class UntrustedPickleError(ValueError):
+    """A ``torch.save`` file holds Python objects that only full unpickling (which can run code) restores."""
 
 
 @contextmanager
@@ -73,6 +88,44 @@ def torch_save(path: str | os.PathLike, obj: Any) -> None:
 
     with atomic_path(path, ".pth") as tmp:
         torch.save(obj, tmp)
+
+
+def torch_load(path: str | os.PathLike, map_location: Any = "cpu", trust: bool | None = None,
+               safe_types: tuple = ()) -> Any:
+    """Read a ``torch.save`` file with ``torch.load(weights_only=True)``: tensors, plain Python
+    types and ``safe_types`` only, so that loading never runs code from the file.
+
+    A file that needs full unpickling raises :class:`UntrustedPickleError` unless ``trust`` is
+    true (``None``: true when the environment variable ``AUTOSAM_TRUST_CHECKPOINT_PICKLE`` is
+    ``1``); then it is loaded with ``weights_only=False`` and a warning. Other read errors are
+    ``ValueError`` naming the file.
+    """
+    import torch
+
+    path = Path(path)
+    allow = getattr(torch.serialization, "safe_globals", None)
+    try:
+        with allow(list(safe_types)) if allow is not None and safe_types else nullcontext():
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not zipfile.is_zipfile(path):  # torch.save writes zip archives; this is something else
+            raise ValueError(f"{path}: cannot be read as a PyTorch file (UnpicklingError: {exc})") from None
+        if trust is None:
+            trust = os.environ.get(ENV_TRUST_PICKLE) == "1"
+        if not trust:
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            first = (f"the global {found.group(1)}" if found
+                     else text.splitlines()[0].rstrip(" .") if text else type(exc).__name__)
+            raise UntrustedPickleError(
+                f"{path}: holds Python objects besides tensors and plain types ({first}); loading it would unpickle "
+                f"them, which can run any code, so it is refused. If you trust the file and where it came from, set "
+                f"{ENV_TRUST_PICKLE}=1"
+            ) from None
+        logger.warning("%s: loading with full unpickling (trusted: %s=1 or trust=True)", path, ENV_TRUST_PICKLE)
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # zip/format errors have many types
+        raise ValueError(f"{path}: cannot be read as a PyTorch file ({type(exc).__name__}: {exc})") from None
 
 
 def _json_default(o: Any):
