@@ -12,13 +12,17 @@ logger = logging.getLogger(__name__)
 def plan_and_preprocess(dataset_id: int | str, num_processes: int = 2, planner: str = "default",
                         configurations: Iterable[str] | None = None, verify: bool = False,
                         gpu_memory_gb: float = 8, plans_name: str | None = None, progress: bool = False,
-                        target: str = "auto", undeclared_labels_to_background: bool = False) -> Plans:
+                        target: str = "auto", preprocess: bool = True, clean: bool = False,
+                        num_processes_fingerprint: int | None = None,
+                        undeclared_labels_to_background: bool = False) -> Plans:
     """Extract the fingerprint (reused when up to date), plan with ``planner``, preprocess.
 
     ``configurations=None`` preprocesses every configuration of the plans (``2d``, ``3d`` and
     ``3d_lowres`` when planned). With ``verify`` the dataset's integrity is checked first and a
     broken dataset stops the run before anything is written. ``target`` (``auto``, ``gpu``,
     ``cpu``): the hardware the plans are sized for (see :func:`~autosam.experiment_planning.planning.plan_experiment`).
+    ``preprocess=False`` stops after planning; ``clean`` recomputes the fingerprint even when up to
+    date; ``num_processes_fingerprint`` (default ``num_processes``) sets the fingerprint's workers.
     Label values that ``dataset.json`` does not declare stop the run before anything is written,
     unless ``undeclared_labels_to_background`` maps them to background (0).
     """
@@ -26,10 +30,13 @@ def plan_and_preprocess(dataset_id: int | str, num_processes: int = 2, planner: 
     from autosam.experiment_planning.planning import plan_experiment
     from autosam.preprocessing.preprocessor import preprocess_dataset
 
-    extract_fingerprint(dataset_id, num_processes=num_processes, verify=verify, progress=progress,
+    extract_fingerprint(dataset_id, num_processes=num_processes_fingerprint or num_processes, verify=verify,
+                        overwrite=clean, progress=progress,
                         undeclared_labels_to_background=undeclared_labels_to_background)
     plans = plan_experiment(dataset_id, planner=planner, gpu_memory_gb=gpu_memory_gb, plans_name=plans_name,
                             target=target)
+    if not preprocess:
+        return plans
     preprocess_dataset(dataset_id, plans_name=plans.plans_name, configurations=configurations,
                        num_processes=num_processes, progress=progress,
                        undeclared_labels_to_background=undeclared_labels_to_background)

@@ -80,14 +80,20 @@ def _fake_training(results, method, folds, quality, rng):
         write_json(val / "summary.json", {"foreground_mean": {}})
 
 
+def _references(preprocessed_root, ds, n):
+    """``<pre>/<ds>/dataset.json`` and ``gt_segmentations`` with ``n`` reference cases; returns the folder."""
+    pre = preprocessed_root / ds
+    (pre / "gt_segmentations").mkdir(parents=True)
+    write_json(pre / "dataset.json", DJ)
+    for i in range(n):
+        _write_case(pre / "gt_segmentations", f"case_{i}", _ref(i))
+    return pre
+
+
 def test_find_best_configuration_ranks_ensembles_and_commands_reproduce(autosam_dirs, capsys):
     rng = np.random.default_rng(0)
     ds = "Dataset997_Choose"
-    pre = autosam_dirs["preprocessed"] / ds
-    (pre / "gt_segmentations").mkdir(parents=True)
-    write_json(pre / "dataset.json", DJ)
-    for i in range(4):
-        _write_case(pre / "gt_segmentations", f"case_{i}", _ref(i))
+    _references(autosam_dirs["preprocessed"], ds, 4)
     res = autosam_dirs["results"] / ds
     _fake_training(res, "good", [0, 1], 0.6, rng)
     _fake_training(res, "weak", [0, 1], 0.35, rng)
@@ -122,11 +128,7 @@ def test_find_best_configuration_on_a_subset_of_folds(autosam_dirs):
     case of a requested fold without a prediction still is an error."""
     rng = np.random.default_rng(1)
     ds = "Dataset995_Subset"
-    pre = autosam_dirs["preprocessed"] / ds
-    (pre / "gt_segmentations").mkdir(parents=True)
-    write_json(pre / "dataset.json", DJ)
-    for i in range(6):
-        _write_case(pre / "gt_segmentations", f"case_{i}", _ref(i))
+    pre = _references(autosam_dirs["preprocessed"], ds, 6)
     write_json(pre / "splits_final.json", [{"train": [f"case_{j}" for j in range(6) if j // 2 != f],
                                             "val": [f"case_{2 * f}", f"case_{2 * f + 1}"]} for f in range(3)])
     res = autosam_dirs["results"] / ds

@@ -10,7 +10,8 @@ import pytest
 
 from autosam import paths
 
-VARS = ("AUTOSAM_RAW", "AUTOSAM_PREPROCESSED", "AUTOSAM_RESULTS", "AUTOSAM_HOME")
+VARS = ("AUTOSAM_RAW", "AUTOSAM_PREPROCESSED", "AUTOSAM_RESULTS", "AUTOSAM_HOME",
+        "nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 GETTERS = {"raw": paths.raw_dir, "preprocessed": paths.preprocessed_dir, "results": paths.results_dir}
 
 
@@ -70,3 +71,21 @@ def test_message_goes_to_stderr_once_per_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.splitlines() == [str(tmp_path / "raw")] * 3
     assert out.stderr.count("AUTOSAM_RAW is not set") == 1
+
+
+def test_nnunet_variables_are_the_fallback_and_announced_once(clean_env, tmp_path, capsys):
+    clean_env.setenv("AUTOSAM_HOME", str(tmp_path / "home"))
+    clean_env.setenv("nnUNet_raw", str(tmp_path / "nnunet_raw"))
+    clean_env.setenv("nnUNet_results", "~/nnunet_results")
+    clean_env.setenv("HOME", str(tmp_path))
+    clean_env.setenv("AUTOSAM_RESULTS", str(tmp_path / "mine"))  # an AUTOSAM_* variable wins
+    for _ in range(2):
+        assert paths.raw_dir() == tmp_path / "nnunet_raw"
+        assert paths.results_dir() == tmp_path / "mine"
+        assert paths.preprocessed_dir() == tmp_path / "home" / "preprocessed"  # neither set: the default
+    err = capsys.readouterr().err.splitlines()
+    assert err.count(f"[autosam] AUTOSAM_RAW is not set; using nnUNet_raw={tmp_path / 'nnunet_raw'}") == 1
+    assert not any("AUTOSAM_RESULTS" in line or "nnUNet_results" in line for line in err)
+    assert sum("AUTOSAM_PREPROCESSED is not set" in line for line in err) == 1
+    clean_env.delenv("AUTOSAM_RESULTS")
+    assert paths.results_dir() == tmp_path / "nnunet_results"  # ~ expanded

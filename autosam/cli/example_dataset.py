@@ -1,17 +1,17 @@
 """``autosam_example_dataset``: write the built-in synthetic CT-like example dataset."""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 from autosam import paths
+from autosam.cli.common import Parser
 from autosam.data.example import KINDS, make_example_dataset
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="autosam_example_dataset",
         description="Write a synthetic CT-like dataset (nnU-Net v2 raw format) into $AUTOSAM_RAW: "
         "'organs' = liver, spleen, kidney, aorta; 'lesions' = many small liver lesions. "

@@ -1,9 +1,13 @@
 """``autosam_plan_and_preprocess`` and its three steps as separate commands (nnU-Net-style):
 
 - ``autosam_extract_fingerprint -d ID [-np N] [--verify_dataset_integrity] [--clean] [--undeclared_labels_to_background]``
-- ``autosam_plan_experiment -d ID [-pl PLANNER] [--gpu_memory_gb G] [--target auto|gpu|cpu] [-overwrite_plans_name NAME]``
+- ``autosam_plan_experiment -d ID [-pl PLANNER] [-gpu_memory_target G] [--target auto|gpu|cpu] [-overwrite_plans_name NAME]``
 - ``autosam_preprocess -d ID [-plans_name NAME] [-c CONFIGS...] [-np N] [--undeclared_labels_to_background]``
-- ``autosam_plan_and_preprocess -d ID [-np N] [-pl PLANNER] [-c CONFIGS...] [--verify_dataset_integrity] [--gpu_memory_gb G] [--target T] [--undeclared_labels_to_background]``
+- ``autosam_plan_and_preprocess -d ID [-np N] [-npfp N] [-pl PLANNER] [-c CONFIGS...] [--verify_dataset_integrity]
+  [--clean] [--no_pp] [-gpu_memory_target G] [--target T] [--undeclared_labels_to_background]``
+- ``autosam_move_plans_between_datasets -s SOURCE -t TARGET -sp SOURCE_PLANS [-tp TARGET_PLANS]``
+
+Every command also takes ``--no_pbar`` (no progress bars), as nnU-Net's.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import argparse
 import logging
 import sys
 
+from autosam.cli.common import Parser, normalize_configuration
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
 
 EPILOG = ("Folders come from AUTOSAM_RAW, AUTOSAM_PREPROCESSED and AUTOSAM_RESULTS. "
@@ -42,7 +47,7 @@ def _add_undeclared(p: argparse.ArgumentParser) -> None:
 def _add_plan(p: argparse.ArgumentParser) -> None:
     p.add_argument("-pl", "--planner", default="default",
                    help="registered planner plugin (default 'default'); another planner writes <PLANNER>Plans.json")
-    p.add_argument("--gpu_memory_gb", type=float, default=8.0,
+    p.add_argument("-gpu_memory_target", "--gpu_memory_gb", dest="gpu_memory_gb", type=float, default=8.0,
                    help="GPU memory budget in GB for patch and batch size (default 8)")
     p.add_argument("--target", choices=("auto", "gpu", "cpu"), default="auto",
                    help="hardware to size the network and patch for: gpu (nnU-Net's rules), cpu (16 base features and a "
@@ -54,8 +59,9 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
 
 
 def _add_configs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--configurations", nargs="+", default=None,
-                   help="configurations to preprocess (default: all planned, i.e. 2d, 3d and 3d_lowres when planned)")
+    p.add_argument("-c", "--configurations", nargs="+", default=None, type=normalize_configuration,
+                   help="configurations to preprocess (default: all planned, i.e. 2d, 3d and 3d_lowres when planned; "
+                        "nnU-Net's 3d_fullres means 3d)")
 
 
 def _run(fn, args) -> int:
@@ -69,8 +75,10 @@ def _run(fn, args) -> int:
     return 0
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, epilog=EPILOG)
+def _parser(prog: str, description: str) -> Parser:
+    p = Parser(prog=prog, description=description, epilog=EPILOG)
+    p.add_argument("--no_pbar", action="store_true", help="no progress bars (for non-interactive jobs)")
+    return p
 
 
 def main_fingerprint(argv: list[str] | None = None) -> int:
@@ -84,7 +92,7 @@ def main_fingerprint(argv: list[str] | None = None) -> int:
     from autosam.experiment_planning.fingerprint import extract_fingerprint
 
     return _run(lambda d: extract_fingerprint(d, num_processes=args.num_processes, verify=args.verify_dataset_integrity,
-                                              overwrite=args.clean, progress=True,
+                                              overwrite=args.clean, progress=not args.no_pbar,
                                               undeclared_labels_to_background=args.undeclared_labels_to_background), args)
 
 
@@ -114,7 +122,7 @@ def main_preprocess(argv: list[str] | None = None) -> int:
     from autosam.preprocessing.preprocessor import preprocess_dataset
 
     return _run(lambda d: preprocess_dataset(d, plans_name=args.plans_name, configurations=args.configurations,
-                                             num_processes=args.num_processes, progress=True,
+                                             num_processes=args.num_processes, progress=not args.no_pbar,
                                              undeclared_labels_to_background=args.undeclared_labels_to_background), args)
 
 
@@ -126,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_plan(p)
     _add_configs(p)
     _add_verify(p)
+    p.add_argument("-npfp", type=int, default=None,
+                   help="worker processes of the fingerprint extraction (default: -np)")
+    p.add_argument("--clean", action="store_true", help="recompute the fingerprint even if an up-to-date one exists")
+    p.add_argument("--no_pp", action="store_true", help="fingerprint and plan only, no preprocessing")
     _add_undeclared(p)
     args = p.parse_args(argv)
     from autosam.pipeline import plan_and_preprocess
@@ -133,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     def run(d):
         plans = plan_and_preprocess(d, num_processes=args.num_processes, planner=args.planner,
                                     configurations=args.configurations, verify=args.verify_dataset_integrity,
-                                    gpu_memory_gb=args.gpu_memory_gb, plans_name=args.plans_name, progress=True,
-                                    target=args.target,
+                                    gpu_memory_gb=args.gpu_memory_gb, plans_name=args.plans_name,
+                                    progress=not args.no_pbar, target=args.target, preprocess=not args.no_pp,
+                                    clean=args.clean, num_processes_fingerprint=args.npfp,
                                     undeclared_labels_to_background=args.undeclared_labels_to_background)
         _summary(plans)
 
@@ -149,6 +162,36 @@ def _summary(plans) -> None:
         print(f"  {name:10s} spacing {[round(s, 3) for s in c.spacing]} patch {c.patch_size} batch {c.batch_size} "
               f"norm {c.normalization_schemes} data {c.data_identifier}")
     print(f"  default method: {plans.default_method} ({plans.default_method_rationale})")
+
+
+def main_move_plans(argv: list[str] | None = None) -> int:
+    p = Parser(
+        prog="autosam_move_plans_between_datasets",
+        description="Copy the plans of a source dataset to a target dataset (nnU-Net's command of the same name): "
+                    "configurations, spacings, patch and batch sizes, networks, normalisation and the source's "
+                    "intensity statistics are kept; the dataset name, labels and channel names come from the "
+                    "target's raw dataset.json. Then run autosam_preprocess -d TARGET -plans_name TARGET_PLANS. "
+                    "The two datasets must have the same number of channels.",
+        epilog="example: autosam_move_plans_between_datasets -s 2 -t 4 -sp autosamPlans -tp autosamPlansFrom2. "
+               + EPILOG)
+    p.add_argument("-s", required=True, help="source dataset id or name")
+    p.add_argument("-t", required=True, help="target dataset id or name (its raw dataset.json is read)")
+    p.add_argument("-sp", required=True, help="source plans name (autosamPlans for autosamPlans.json)")
+    p.add_argument("-tp", default=None,
+                   help="target plans name (default: the source's; a distinct name such as autosamPlansFrom2 is "
+                        "clearer, and keeps the target's own autosamPlans)")
+    p.add_argument("--overwrite", action="store_true", help="replace target plans of that name (default: refuse)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from autosam.experiment_planning.move_plans import move_plans_between_datasets
+
+    try:
+        written = move_plans_between_datasets(a.s, a.t, a.sp, a.tp, a.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"autosam_move_plans_between_datasets: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"plans written to {written}; next: autosam_preprocess -d {a.t} -plans_name {written.stem}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """``autosam_plugins``: list every plugin, its distribution and version, its hooks and what it registers."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
 
+from autosam.cli.common import Parser
 from autosam.plugins import PluginInfo, PluginSystem, get_plugin_system, hook_names
 
 
@@ -60,8 +60,8 @@ def format_text(description: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="autosam_plugins",
         description="List every autosam plugin (entry point group 'autosam'): its distribution and version, the "
         "hooks it implements and the methods, planners and backbones it registers. Plugins that failed to "

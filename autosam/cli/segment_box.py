@@ -11,7 +11,6 @@ Examples::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -19,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from autosam.cli.common import parse_device
+from autosam.cli.common import Parser, add_device
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> Parser:
+    p = Parser(
         prog="autosam_segment_box",
         description=__doc__.split("\n\n")[0] + " Every axial slice inside each box is segmented with the box "
         "as prompt (MedSAM-style); several boxes give several labels, merged by probability. The output "
@@ -43,12 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, help="encoder input size (default: the backbone's own)")
     p.add_argument("--window", nargs="+", default=["auto"],
                    help="intensity window LOW HIGH, 'auto' (default) or 'none' (each slice's own range)")
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write OUTPUT's stem + _probabilities.npz (one float16 map per label)")
-    p.add_argument("--device", type=parse_device, default=None, metavar="DEVICE",
-                   help="cpu, cuda, cuda:N or mps (default: best available)")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per encoder call")
+    add_device(p, "SAM")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per encoder call (default 8)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 

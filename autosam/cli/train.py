@@ -7,46 +7,69 @@ import logging
 import sys
 import typing
 
-from autosam.cli.common import default_device, error_text, parse_device, parse_method_overrides
+from autosam.cli.common import (
+    Parser,
+    add_device,
+    default_device,
+    error_text,
+    method_option_names,
+    method_overrides_from,
+    normalize_configuration,
+    step_size,
+)
 
-VALUE_FLAGS = {"--epochs", "--iters-per-epoch", "--device", "--seed", "--plans", "--num-workers"}
 
-
-def build_parser(method=None) -> argparse.ArgumentParser:
+def build_parser(method=None) -> Parser:
     from autosam.training.trainer import DEFAULT_EPOCHS, DEFAULT_SEED
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="autosam_train",
         description="Train fold FOLD of method METHOD on configuration CONFIG of dataset ID, then predict the fold's "
                     "validation cases in original geometry and write fold_N/validation/summary.json. Results go to "
                     "$AUTOSAM_RESULTS/DatasetXXX_Name/<method>__<plans>__<config>/fold_N/. Any further --name value "
                     "flag sets an option of the method (e.g. --backbone litemedsam --lr 3e-4); "
-                    "'autosam_train ID CONFIG METHOD FOLD --help' lists them.",
+                    "'autosam_train ID CONFIG METHOD FOLD --help' lists them. nnU-Net's flags work as in "
+                    "nnUNetv2_train (-p, -device, -pretrained_weights, --npz, --c, --val, --val_best, "
+                    "--disable_checkpointing) and 3d_fullres means 3d.",
         epilog="example: autosam_train 999 3d unet 0 --epochs 10 --device cpu",
     )
     p.add_argument("dataset", metavar="ID", help="dataset id (999) or name (Dataset999_Example)")
-    p.add_argument("configuration", metavar="CONFIG", help="plans configuration: 2d, 3d or 3d_lowres")
+    p.add_argument("configuration", metavar="CONFIG", type=normalize_configuration,
+                   help="plans configuration: 2d, 3d (nnU-Net's 3d_fullres is accepted) or 3d_lowres")
     p.add_argument("method", metavar="METHOD", help="method name (see autosam_plugins), or 'auto' for the plans' default")
     p.add_argument("fold", metavar="FOLD", help="fold 0-4 of splits_final.json, or 'all' (train on every case)")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"number of epochs (default {DEFAULT_EPOCHS})")
     p.add_argument("--iters-per-epoch", type=int, default=None,
                    help="training iterations per epoch (default: clip(2 x training voxels / voxels per batch, 10, 250), "
                         "i.e. nnU-Net's 250 on real datasets, fewer on tiny ones)")
-    p.add_argument("--device", type=parse_device, default=None, metavar="DEVICE",
-                   help="cpu, cuda, cuda:N (the N-th visible GPU) or mps; default: cuda when available (else mps, "
-                        "else cpu). On CUDA: bf16 autocast where the card computes bf16 natively, else fp16 with "
-                        "gradient scaling")
+    add_device(p, "training")
     p.add_argument("--c", dest="resume", action="store_true",
                    help="continue from the last completed epoch (checkpoint_latest.pth)")
     p.add_argument("--val", dest="validation_only", action="store_true",
-                   help="only run the validation with checkpoint_final.pth")
+                   help="only run the validation (with checkpoint_final.pth, or checkpoint_best.pth with --val_best)")
+    p.add_argument("--val_best", action="store_true",
+                   help="validate with checkpoint_best.pth (best EMA pseudo Dice) instead of the final network; "
+                        "same validation/ folder, its summary.json records the checkpoint. Not with "
+                        "--disable_checkpointing")
+    p.add_argument("--disable_checkpointing", action="store_true",
+                   help="write no checkpoint_latest.pth / checkpoint_best.pth during training, only "
+                        "checkpoint_final.pth at the end (nnU-Net writes none at all); --c cannot resume such a run")
+    p.add_argument("-pretrained_weights", "--pretrained_weights", dest="pretrained_weights", default=None, metavar="FILE",
+                   help="start from the weights of another run's checkpoint (another dataset or method): tensors of "
+                        "the same name and shape are loaded, the others (e.g. the segmentation head when the label "
+                        "count differs) keep their fresh initialisation; the log lists them. Only when training "
+                        "(not with --c or --val)")
+    p.add_argument("-step_size", "--step_size", dest="step_size", type=step_size, default=0.5,
+                   help="sliding-window step of the final validation as a fraction of the patch size, in (0, 1] "
+                        "(default 0.5)")
     p.add_argument("--npz", dest="save_npz", action="store_true",
                    help="also save validation probabilities (<case>.npz + <case>.json) for ensembling")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
-    p.add_argument("--plans", default="autosamPlans", help="plans name (default autosamPlans)")
+    p.add_argument("-p", "--plans", dest="plans", default="autosamPlans", help="plans name (default autosamPlans)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="background augmentation processes (default: CPU cores - 1, at most 8; 0 = in-process)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("--quiet", "--disable_progress_bar", dest="quiet", action="store_true",
+                   help="no progress bars, warnings only")
     if method is not None:
         add_method_options(p, method)
     return p
@@ -64,12 +87,17 @@ def add_method_options(p: argparse.ArgumentParser, method) -> None:
                            default=argparse.SUPPRESS, help=f"{tp}, default {default!r}")
 
 
+def _value_flags() -> set[str]:
+    """The command's flags that take a value (their value is not a positional)."""
+    return {s for a in build_parser()._actions if a.option_strings and a.nargs != 0 for s in a.option_strings}
+
+
 def _positionals(argv: list[str]) -> list[str]:
-    out, skip = [], False
+    out, skip, value_flags = [], False, _value_flags()
     for tok in argv:
         if skip:
             skip = False
-        elif tok in VALUE_FLAGS:
+        elif tok in value_flags:
             skip = True
         elif not tok.startswith("-"):
             out.append(tok)
@@ -88,7 +116,7 @@ def _method_for_help(argv: list[str]):
         if name == "auto":
             from autosam.inference.predictor import default_method_of
 
-            name = default_method_of(pos[0], configuration=pos[1])
+            name = default_method_of(pos[0], configuration=normalize_configuration(pos[1]))
         return get_method(name)
     except Exception:
         return None
@@ -100,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         build_parser(_method_for_help(argv)).parse_args(argv)  # prints help and exits
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    try:
-        overrides = parse_method_overrides(extra)
-    except argparse.ArgumentTypeError as exc:
-        parser.error(str(exc))
+    overrides = method_overrides_from(parser, extra, method_option_names(
+        args.method, args.dataset, args.configuration, args.plans, auto="plans")) if extra else {}
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     from autosam.training.trainer import run_training
 
@@ -113,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             iters_per_epoch=args.iters_per_epoch, device=args.device or default_device(), resume=args.resume,
             validation_only=args.validation_only, save_npz=args.save_npz, seed=args.seed, plans_name=args.plans,
             method_overrides=overrides, num_workers=args.num_workers, progress=not args.quiet,
+            val_best=args.val_best, disable_checkpointing=args.disable_checkpointing,
+            pretrained_weights=args.pretrained_weights, step_size=args.step_size,
         )
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"autosam_train: error: {error_text(exc)}", file=sys.stderr)

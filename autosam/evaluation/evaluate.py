@@ -14,7 +14,8 @@ under ``"references_without_prediction"`` (an error with ``strict=True``).
 
 Region-based datasets are scored per region (keys ``"(1, 2, 3)"``, as nnU-Net): a region's Dice
 compares the union of its labels in the reference and in the prediction. Voxels whose reference
-has the ``ignore`` label count in no metric (both masks are cleared there, TN excludes them).
+has the ``ignore`` label count in no metric (both masks are cleared there, TN excludes them);
+``autosam_evaluate_simple -il`` names such a label without a dataset.json.
 
 Undefined values: Dice/IoU of a label absent from both masks are NaN (written as ``NaN`` like
 nnU-Net does) and left out of the means. An infinite HD95 (label in exactly one of the two masks)
@@ -98,23 +99,58 @@ def aggregate(per_case: list[dict], labels: Sequence[int | tuple[int, ...]]) -> 
 
 def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path: str | Path,
                     output_file: str | Path | None = None, num_processes: int = 1, *, strict: bool = False,
-                    compute_hd95: bool = True, progress: Callable[[int, int], None] | None = None) -> dict:
+                    compute_hd95: bool = True, progress: Callable[[int, int], None] | None = None,
+                    cases: Sequence[str] | None = None) -> dict:
     """Evaluate every prediction in ``pred_dir`` against ``ref_dir``; return the summary dict and
-    write it atomically to ``output_file`` when given (JSON; infinite HD95 as ``null`` + flag)."""
-    ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    write it atomically to ``output_file`` when given (JSON; infinite HD95 as ``null`` + flag).
+    Labels (or regions), the ignore label and the file ending come from ``dataset_json_path``.
+
+    ``cases``: evaluate these case identifiers only (a fold's validation cases): other files of
+    either folder are left alone, a case without a reference is an error, and a case without a
+    prediction is warned about (an error with ``strict``). Without ``cases`` every prediction is
+    evaluated and references without a prediction are only counted (logged at INFO)."""
     dataset_json = read_json(dataset_json_path)
     if "labels" not in dataset_json or "file_ending" not in dataset_json:
         raise ValueError(f"{dataset_json_path}: needs 'labels' and 'file_ending'")
-    ending = dataset_json["file_ending"]
     label_manager = LabelManager.from_dataset_json(dataset_json, str(dataset_json_path))
     labels = label_manager.evaluation_keys
+    return evaluate_folder_labels(ref_dir, pred_dir, labels, dataset_json["file_ending"], output_file, num_processes,
+                                  strict=strict, compute_hd95=compute_hd95, progress=progress,
+                                  ignore_label=label_manager.ignore_label,
+                                  label_names=dict(zip(labels, label_manager.output_names)), cases=cases)
+
+
+def evaluate_folder_labels(ref_dir: str | Path, pred_dir: str | Path, labels: Sequence[int | tuple[int, ...]],
+                           file_ending: str = ".nii.gz", output_file: str | Path | None = None, num_processes: int = 1,
+                           *, strict: bool = False, compute_hd95: bool = True,
+                           progress: Callable[[int, int], None] | None = None, ignore_label: int | None = None,
+                           label_names: dict | None = None, cases: Sequence[str] | None = None) -> dict:
+    """:func:`evaluate_folder` with the labels given directly (no dataset.json): ``labels`` are the
+    label values (or regions, tuples of values) to evaluate, ``ignore_label`` a reference value
+    whose voxels count in no metric, ``label_names`` names for the summary (default: the keys),
+    ``cases`` as in :func:`evaluate_folder`."""
+    ref_dir, pred_dir, ending = Path(ref_dir), Path(pred_dir), file_ending
+    labels = [tuple(int(v) for v in lab) if isinstance(lab, (tuple, list)) else int(lab) for lab in labels]
+    if not labels:
+        raise ValueError("give at least one label to evaluate")
+    if ignore_label is not None and ignore_label in labels:
+        raise ValueError(f"label {ignore_label} is both evaluated and the ignore label")
     for folder, what in ((ref_dir, "reference"), (pred_dir, "prediction")):
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: {what} folder does not exist")
     predictions = sorted(p for p in pred_dir.iterdir() if p.name.endswith(ending) and not p.name.startswith("."))
-    if not predictions:
-        raise ValueError(f"{pred_dir}: no prediction files ending with {ending!r}")
     references = {p.name for p in ref_dir.iterdir() if p.name.endswith(ending) and not p.name.startswith(".")}
+    if cases is not None:
+        wanted = {f"{c}{ending}" for c in cases}
+        no_reference = sorted(wanted - references)
+        if no_reference:
+            raise FileNotFoundError(f"{ref_dir / no_reference[0]}: reference not found"
+                                    + (f" (and {len(no_reference) - 1} more)" if len(no_reference) > 1 else ""))
+        predictions = [p for p in predictions if p.name in wanted]
+        references = wanted
+    if not predictions:
+        raise ValueError(f"{pred_dir}: no prediction files ending with {ending!r}"
+                         + (f" for the {len(cases)} case(s) asked for" if cases is not None else ""))
     missing_ref = [p for p in predictions if p.name not in references]
     if missing_ref:
         raise FileNotFoundError(f"{missing_ref[0]}: no reference {ref_dir / missing_ref[0].name}"
@@ -123,9 +159,13 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path
     if unpredicted:
         if strict:
             raise FileNotFoundError(f"{pred_dir}: no prediction for {len(unpredicted)} reference(s), e.g. {unpredicted[0]}")
-        logger.info("%d reference(s) in %s have no prediction in %s", len(unpredicted), ref_dir, pred_dir)
+        if cases is not None:  # asked for and not predicted: really missing
+            logger.warning("%d of the %d case(s) to evaluate have no prediction in %s: %s", len(unpredicted),
+                           len(references), pred_dir, ", ".join(unpredicted))
+        else:
+            logger.info("%d reference(s) in %s have no prediction in %s", len(unpredicted), ref_dir, pred_dir)
 
-    jobs = [(ref_dir / p.name, p, labels, compute_hd95, label_manager.ignore_label) for p in predictions]
+    jobs = [(ref_dir / p.name, p, labels, compute_hd95, ignore_label) for p in predictions]
     per_case: list[dict] = []
     if num_processes > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")  # safe inside processes that hold threads (training)
@@ -145,7 +185,8 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path, dataset_json_path
         "metric_per_case": [_jsonable_case(c) for c in per_case],
         "mean": {k: _jsonable_metrics(v) for k, v in mean.items()},
         "foreground_mean": _jsonable_metrics(foreground),
-        "labels": {metric_key(lab): name for lab, name in zip(labels, label_manager.output_names)},
+        "labels": {metric_key(lab): (label_names or {}).get(lab, metric_key(lab)) for lab in labels},
+        "ignore_label": ignore_label,
         "references_without_prediction": unpredicted,
         "hd95_definition": "symmetric 95th percentile surface distance in mm; null + HD95_infinite=true "
                            "when the label is in exactly one of the two masks",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from autosam import paths
 from autosam.experiment_planning.fingerprint_types import DatasetFingerprint
-from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans, normalize_configuration
 from autosam.io.dataset import DatasetError, dataset_name_from_id, load_dataset_json
 from autosam.utils.files import write_json
 
@@ -86,6 +86,8 @@ def plan_experiment(
         if target == "auto":
             logger.info("planning for the %s (%s); use --target gpu|cpu to choose", extra["target"].upper(),
                         "a GPU is available" if extra["target"] == "gpu" else "no GPU found on this machine")
+    if configurations is not None:
+        configurations = [normalize_configuration(c) for c in configurations]
     plans = planner_obj.plan(
         fingerprint=fingerprint, dataset_json=dataset_json, gpu_memory_gb=gpu_memory_gb, plans_name=plans_name,
         configurations=configurations, **extra,

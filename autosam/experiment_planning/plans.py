@@ -8,6 +8,16 @@ from autosam.utils.typed_json import from_jsonable, to_jsonable
 
 PLANS_SCHEMA_VERSION = 1
 DEFAULT_PLANS_NAME = "autosamPlans"
+#: nnU-Net's configuration names that autosam spells differently (``3d_lowres`` and ``2d`` are the same).
+CONFIGURATION_ALIASES = {"3d_fullres": "3d"}
+
+
+def normalize_configuration(name: str) -> str:
+    """autosam's name of a configuration: nnU-Net's ``3d_fullres`` is ``3d``; other names unchanged.
+
+    Every function that takes a configuration name from a user (planning, preprocessing, training,
+    prediction, model folders, find_best) passes it through here, so ``3d_fullres`` works everywhere."""
+    return CONFIGURATION_ALIASES.get(name, name) if isinstance(name, str) else name
 
 
 @dataclass
@@ -73,7 +83,7 @@ class Plans:
 
     def configuration(self, name: str) -> ConfigurationPlan:
         try:
-            return self.configurations[name]
+            return self.configurations[normalize_configuration(name)]
         except KeyError:
             raise KeyError(f"plans {self.plans_name!r} have no configuration {name!r}; available: {sorted(self.configurations)}") from None
 

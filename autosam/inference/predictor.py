@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from autosam import paths
-from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, Plans
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, Plans, normalize_configuration
 from autosam.inference.export import export_prediction
 from autosam.io.dataset import dataset_name_from_id, list_prediction_inputs
 from autosam.training.method import Method, MethodContext, check_label_support
@@ -60,7 +60,7 @@ class TrainedModel:
 
 
 def model_folder_name(method: str, plans_name: str, configuration: str) -> str:
-    return f"{method}__{plans_name}__{configuration}"
+    return f"{method}__{plans_name}__{normalize_configuration(configuration)}"
 
 
 def find_model_folder(dataset: str | int, method: str, configuration: str, plans_name: str = DEFAULT_PLANS_NAME) -> Path:
@@ -74,17 +74,48 @@ def find_model_folder(dataset: str | int, method: str, configuration: str, plans
     return folder
 
 
+def checkpoint_file_name(checkpoint: str) -> str:
+    """``final``/``best``/``latest`` or a checkpoint file name (nnU-Net's ``-chk checkpoint_final.pth``)
+    -> the file name in ``fold_N/``."""
+    if checkpoint in CHECKPOINT_CHOICES:
+        return f"checkpoint_{checkpoint}.pth"
+    if not checkpoint or Path(checkpoint).name != checkpoint or not checkpoint.endswith(".pth"):
+        raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)} or a file name in fold_N/ "
+                         f"ending in .pth (e.g. checkpoint_best.pth), got {checkpoint!r}")
+    return checkpoint
+
+
+def folds_with_checkpoint(model_folder: str | Path, checkpoint: str = "final") -> list[int | str]:
+    """The folds of ``model_folder`` that have the checkpoint (``fold_0``.. in order; ``all`` only
+    when no numbered fold has it): the default fold ensemble of ``autosam_predict``. An error
+    lists what the folds do have when none has it."""
+    model_folder = Path(model_folder)
+    name = checkpoint_file_name(checkpoint)
+    numbered = sorted((int(p.name[5:]) for p in model_folder.glob("fold_*") if p.name[5:].isdigit()))
+    folds: list[int | str] = [f for f in numbered if (model_folder / f"fold_{f}" / name).is_file()]
+    if not folds and (model_folder / "fold_all" / name).is_file():
+        folds = ["all"]
+    if not folds:
+        have = sorted(f"{p.parent.name}/{p.name}" for p in model_folder.glob("fold_*/checkpoint_*.pth"))
+        raise FileNotFoundError(f"{model_folder}: no fold has {name}" + (f"; found: {', '.join(have)}" if have
+                                                                         else " (no fold is trained)"))
+    return folds
+
+
 def _first_existing(candidates: Sequence[Path]) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
 def load_plans_and_dataset_json(model_folder: Path, plans_name: str) -> tuple[Plans, dict]:
+    """The model folder's ``plans.json`` and ``dataset.json``; for a model folder without them, the
+    dataset's plans and dataset.json in the preprocessed (or raw) folder."""
     dataset_name = model_folder.parent.name
-    plans_path = _first_existing([model_folder / "plans.json", paths.preprocessed_dir() / dataset_name / f"{plans_name}.json"])
+    plans_path = _first_existing([model_folder / "plans.json"]) or _first_existing(
+        [paths.preprocessed_dir() / dataset_name / f"{plans_name}.json"])
     if plans_path is None:
         raise FileNotFoundError(f"{model_folder}: no plans.json, and no {plans_name}.json in the preprocessed folder of {dataset_name}")
-    dj_path = _first_existing([model_folder / "dataset.json", paths.preprocessed_dir() / dataset_name / "dataset.json",
-                               paths.raw_dir() / dataset_name / "dataset.json"])
+    dj_path = _first_existing([model_folder / "dataset.json"]) or _first_existing(
+        [paths.preprocessed_dir() / dataset_name / "dataset.json", paths.raw_dir() / dataset_name / "dataset.json"])
     if dj_path is None:
         raise FileNotFoundError(f"{model_folder}: no dataset.json here nor in the preprocessed/raw folders of {dataset_name}")
     return Plans.load(plans_path), read_json(dj_path)
@@ -99,12 +130,12 @@ def _parse_folder_name(model_folder: Path) -> tuple[str, str, str]:
 
 def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0,), checkpoint: str = "final",
                        device: str | torch.device | None = None, method_overrides: dict | None = None) -> TrainedModel:
-    """Load the networks of ``folds`` (``0``.. or ``"all"``) from ``checkpoint_<checkpoint>.pth``."""
+    """Load the networks of ``folds`` (``0``.. or ``"all"``) from ``checkpoint_<checkpoint>.pth``
+    (``checkpoint``: final, best, latest, or a file name such as ``checkpoint_best.pth``)."""
     from autosam.training.checkpoint import load_checkpoint, method_entry_for_checkpoint, strip_compile_prefix, unwrap
 
     model_folder = Path(model_folder)
-    if checkpoint not in CHECKPOINT_CHOICES:
-        raise ValueError(f"checkpoint must be one of {CHECKPOINT_CHOICES}, got {checkpoint!r}")
+    checkpoint_name = checkpoint_file_name(checkpoint)
     if not folds:
         raise ValueError("give at least one fold")
     _, plans_name, configuration_name = _parse_folder_name(model_folder)
@@ -121,7 +152,7 @@ def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0
     fold_models: list[FoldModel] = []
     for fold in folds:
         fold_dir = model_folder / f"fold_{fold}"
-        path = fold_dir / f"checkpoint_{checkpoint}.pth"
+        path = fold_dir / checkpoint_name
         if not path.is_file():
             available = sorted(p.name for p in fold_dir.glob("checkpoint_*.pth")) if fold_dir.is_dir() else []
             raise FileNotFoundError(f"{path}: checkpoint not found" + (f"; available: {', '.join(available)}" if available
@@ -202,28 +233,59 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
 
 
 def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_id: str | int, configuration: str,
-                   method: str, folds: Sequence[int | str] = (0,), checkpoint: str = "final", use_mirroring: bool = True,
-                   save_probabilities: bool = False, device: str | torch.device | None = None, num_processes: int = 2,
-                   plans_name: str = DEFAULT_PLANS_NAME, method_overrides: dict | None = None,
+                   method: str, folds: Sequence[int | str] | None = None, checkpoint: str = "final",
+                   use_mirroring: bool = True, save_probabilities: bool = False, device: str | torch.device | None = None,
+                   num_processes: int = 2, plans_name: str = DEFAULT_PLANS_NAME, method_overrides: dict | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
-                   patch_progress: bool | Callable = False, boxes_json: str | Path | None = None) -> list[Path]:
+                   patch_progress: bool | Callable = False, boxes_json: str | Path | None = None,
+                   step_size: float = 0.5, num_export_workers: int = 1) -> list[Path]:
     """Predict every case of ``input_folder`` (``<case>_0000<ending>``...) into ``output_folder``.
 
-    ``method="auto"``: see :func:`resolve_auto_method`. While one case is predicted, the next one is
-    preprocessed and the previous one exported in background threads (``num_processes > 1``).
+    ``method="auto"``: see :func:`resolve_auto_method`. ``folds=None``: every fold that has the
+    checkpoint (:func:`folds_with_checkpoint`, logged). While one case is predicted, the next one is
+    preprocessed and up to ``num_export_workers`` previous ones exported in background threads
+    (``num_processes > 1``). ``step_size``: sliding-window step as a fraction of the patch.
     ``boxes_json``: box prompts per case (:mod:`autosam.inference.box_prompts`) for a method that
     takes them; checked completely before anything is written, and recorded in ``predict_args.json``.
     Returns the written label files.
     """
+    input_folder = Path(input_folder)
+    configuration = normalize_configuration(configuration)
+    if not input_folder.is_dir():
+        raise FileNotFoundError(f"{input_folder}: input folder does not exist")
+    if method == "auto":
+        method = resolve_auto_method(dataset_id, plans_name, configuration)
+    model_folder = find_model_folder(dataset_id, method, configuration, plans_name)
+    if folds is None:
+        folds = folds_with_checkpoint(model_folder, checkpoint)
+        logger.info("folds with %s in %s: %s (the default: all of them)", checkpoint_file_name(checkpoint),
+                    model_folder, ", ".join(map(str, folds)))
+    model = load_trained_model(model_folder, folds, checkpoint, device, method_overrides)
+    return predict_folder_with_model(model, input_folder, output_folder, use_mirroring=use_mirroring,
+                                     save_probabilities=save_probabilities, num_processes=num_processes,
+                                     progress=progress, patch_progress=patch_progress, boxes_json=boxes_json,
+                                     step_size=step_size, num_export_workers=num_export_workers)
+
+
+def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, output_folder: str | Path,
+                              use_mirroring: bool = True, save_probabilities: bool = False, num_processes: int = 2,
+                              progress: Callable[[str, int, int], None] | None = None,
+                              patch_progress: bool | Callable = False, boxes_json: str | Path | None = None,
+                              step_size: float = 0.5, num_export_workers: int = 1) -> list[Path]:
+    """:func:`predict_folder` with a model already loaded (:func:`load_trained_model`), for example
+    from a model folder outside ``AUTOSAM_RESULTS`` (``autosam_predict_from_modelfolder``)."""
     from autosam.preprocessing.preprocessor import preprocess_case
 
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     if not input_folder.is_dir():
         raise FileNotFoundError(f"{input_folder}: input folder does not exist")
-    if method == "auto":
-        method = resolve_auto_method(dataset_id, plans_name, configuration)
-    model = load_trained_model(find_model_folder(dataset_id, method, configuration, plans_name), folds, checkpoint,
-                               device, method_overrides)
+    if not 0 < step_size <= 1:
+        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+    model.ctx.step_size = step_size
+    configuration = model.configuration.name
+    folds = [f.fold for f in model.folds]
+    checkpoint = model.folds[0].checkpoint.name if model.folds[0].checkpoint else None
+    device = model.ctx.device
     cases = list_prediction_inputs(input_folder, model.dataset_json)
     if not cases:
         raise FileNotFoundError(f"{input_folder}: no images named <case>_0000{model.dataset_json['file_ending']}")
@@ -235,7 +297,8 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     write_json(output_folder / "predict_args.json", {
         "input_folder": str(input_folder), "model_folder": str(model.model_folder), "method": model.method.name,
         "configuration": configuration, "folds": [str(f) for f in folds], "checkpoint": checkpoint,
-        "use_mirroring": use_mirroring, "save_probabilities": save_probabilities, "device": str(model.ctx.device),
+        "use_mirroring": use_mirroring, "step_size": step_size, "save_probabilities": save_probabilities,
+        "device": str(model.ctx.device),
         "options": _options_dict(model.ctx.options),
         "checkpoint_epochs": {str(f.fold): f.epoch for f in model.folds},
         "box_prompts": None if user_boxes is None else {
@@ -246,7 +309,8 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     def load(case):
         return preprocess_case([str(p) for p in case.images], model.plans, configuration)
 
-    background = ThreadPoolExecutor(max_workers=2) if num_processes > 1 else None
+    exports_in_flight = max(1, int(num_export_workers))
+    background = ThreadPoolExecutor(max_workers=1 + exports_in_flight) if num_processes > 1 else None
     written: list[Path] = []
     pending_exports: list[Future] = []
     try:
@@ -267,11 +331,11 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
             del data
             out = output_folder / f"{case.identifier}{ending}"
             if background:
-                # at most one export in flight: bounds memory to ~2 cases of probabilities
-                for f in pending_exports:
-                    f.result()
-                pending_exports = [background.submit(export_prediction, probs, properties, model.configuration, out,
-                                                     save_probabilities, model.ctx.label_manager)]
+                # at most num_export_workers exports in flight: bounds memory to that many cases of probabilities
+                while len(pending_exports) >= exports_in_flight:
+                    pending_exports.pop(0).result()
+                pending_exports.append(background.submit(export_prediction, probs, properties, model.configuration,
+                                                         out, save_probabilities, model.ctx.label_manager))
             else:
                 export_prediction(probs, properties, model.configuration, out, save_probabilities, model.ctx.label_manager)
             written.append(out)
@@ -312,6 +376,8 @@ def resolve_auto_method(dataset_id: str | int, plans_name: str = DEFAULT_PLANS_N
     from autosam.postprocessing.find_best import best_method_of
 
     best = best_method_of(dataset_id, plans_name)
+    if configuration is not None:
+        configuration = normalize_configuration(configuration)
     if best is not None and (configuration is None or best[1] == configuration):
         logger.info("method 'auto': %r, the winner of autosam_find_best_configuration", best[0])
         return best[0]
@@ -326,7 +392,7 @@ def default_method_of(dataset_id: str | int, plans_name: str = DEFAULT_PLANS_NAM
     candidates = [paths.preprocessed_dir() / name / f"{plans_name}.json"]
     results = paths.results_dir() / name
     if results.is_dir():
-        suffix = f"__{plans_name}__{configuration}" if configuration else f"__{plans_name}__"
+        suffix = f"__{plans_name}__{normalize_configuration(configuration)}" if configuration else f"__{plans_name}__"
         candidates += sorted(p / "plans.json" for p in results.iterdir() if suffix in p.name)
     path = _first_existing(candidates)
     if path is None:
@@ -338,3 +404,101 @@ def _options_dict(options: Any) -> dict:
     import dataclasses
 
     return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(vars(options))
+
+
+# ------------------------------------------------------------------------------ Python API
+class Predictor:
+    """Prediction from Python, in the manner of nnU-Net v2's ``nnUNetPredictor``::
+
+        predictor = Predictor(device="cpu")
+        predictor.initialize_from_trained_model_folder("results/Dataset004_Hippocampus/unet__autosamPlans__3d")
+        seg = predictor.predict_single_npy_array(image, {"spacing": [1.0, 0.8, 0.8]})
+
+    ``image`` is C x Z x Y x X (one channel per input modality, in the order of ``channel_names``),
+    ``spacing`` is (z, y, x) in mm, as :func:`autosam.io.image.read_image` returns them. The array
+    goes through exactly the steps a file goes through in :func:`predict_folder` (same
+    preprocessing, fold ensemble and export), so the same image gives the same mask either way.
+    """
+
+    def __init__(self, use_mirroring: bool = True, device: str | torch.device = "cpu", progress: bool = False,
+                 step_size: float = 0.5):
+        if not 0 < step_size <= 1:
+            raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+        self.use_mirroring = use_mirroring
+        self.device = device
+        self.progress = progress
+        self.step_size = step_size
+        self.model: TrainedModel | None = None
+
+    def initialize_from_trained_model_folder(self, model_folder: str | Path, use_folds: Sequence[int | str] | None = None,
+                                             checkpoint_name: str = "checkpoint_final.pth",
+                                             method_overrides: dict | None = None) -> "Predictor":
+        """Load the folds (default: every fold that has the checkpoint, logged) of a model folder
+        ``<method>__<plans>__<configuration>``, anywhere on disk."""
+        folds = list(use_folds) if use_folds else folds_with_checkpoint(model_folder, checkpoint_name)
+        if not use_folds:
+            logger.info("folds with %s in %s: %s", checkpoint_file_name(checkpoint_name), model_folder,
+                        ", ".join(map(str, folds)))
+        self.model = load_trained_model(model_folder, folds, checkpoint_name, self.device, method_overrides)
+        self.model.ctx.step_size = self.step_size
+        return self
+
+    def _require_model(self) -> TrainedModel:
+        if self.model is None:
+            raise RuntimeError("call initialize_from_trained_model_folder first")
+        return self.model
+
+    def predict_single_npy_array(self, image: np.ndarray, properties: dict, output_file_truncated: str | Path | None = None,
+                                 save_or_return_probabilities: bool = False):
+        """Segment one image held in memory.
+
+        :param image: C x Z x Y x X array.
+        :param properties: ``{"spacing": [z, y, x]}``, optionally ``origin`` and ``direction``
+            (SimpleITK convention, used when writing a file), or autosam case properties with ``geometry``.
+        :param output_file_truncated: when given, write ``<output_file_truncated><file_ending>``
+            (and with ``save_or_return_probabilities`` the ``.npz``/``.json`` next to it) and return its path.
+        :returns: the label map (Z x Y x X, uint8 or int16) in the image's geometry, or
+            ``(label map, probabilities K x Z x Y x X)`` with ``save_or_return_probabilities``.
+        """
+        from autosam.inference.export import probabilities_to_segmentation
+        from autosam.preprocessing.preprocessor import geometry_of_array, preprocess_arrays
+
+        model = self._require_model()
+        image = np.asarray(image)
+        geometry = geometry_of_array(image, properties)
+        data, _seg, case_properties = preprocess_arrays(image, geometry, model.plans, model.configuration.name)
+        probs = predict_preprocessed_case(model.method, model.folds, data, case_properties, model.ctx,
+                                          self.use_mirroring, progress=self.progress)
+        if output_file_truncated is not None:
+            out = Path(f"{output_file_truncated}{model.dataset_json['file_ending']}")
+            export_prediction(probs, case_properties, model.configuration, out, save_or_return_probabilities,
+                              model.ctx.label_manager)
+            return out
+        return probabilities_to_segmentation(probs, case_properties, model.configuration,
+                                             return_probabilities=save_or_return_probabilities,
+                                             label_manager=model.ctx.label_manager)
+
+    def predict_from_list_of_npy_arrays(self, images: Sequence[np.ndarray], properties: Sequence[dict],
+                                        output_files_truncated: Sequence[str | Path] | None = None,
+                                        save_probabilities: bool = False) -> list:
+        """:meth:`predict_single_npy_array` for each image (``properties`` one dict per image, or a
+        single dict shared by all); returns the label maps, or the written paths when
+        ``output_files_truncated`` is given."""
+        if isinstance(properties, dict):
+            properties = [properties] * len(images)
+        if len(properties) != len(images):
+            raise ValueError(f"{len(images)} image(s) but {len(properties)} properties")
+        if output_files_truncated is not None and len(output_files_truncated) != len(images):
+            raise ValueError(f"{len(images)} image(s) but {len(output_files_truncated)} output file name(s)")
+        results = []
+        for i, (image, props) in enumerate(zip(images, properties)):
+            out = output_files_truncated[i] if output_files_truncated is not None else None
+            results.append(self.predict_single_npy_array(image, props, out, save_probabilities))
+        return results
+
+    def predict_from_files(self, input_folder: str | Path, output_folder: str | Path, save_probabilities: bool = False,
+                           num_processes: int = 2) -> list[Path]:
+        """Every case of ``input_folder`` into ``output_folder`` (as ``autosam_predict``)."""
+        return predict_folder_with_model(self._require_model(), input_folder, output_folder, self.use_mirroring,
+                                         save_probabilities, num_processes, patch_progress=self.progress,
+                                         step_size=self.step_size)

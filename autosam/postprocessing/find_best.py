@@ -11,7 +11,7 @@ from typing import Sequence
 
 from autosam import paths
 from autosam.evaluation.evaluate import evaluate_folder
-from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, normalize_configuration
 from autosam.experiment_planning.splits import SPLITS_FILE
 from autosam.io.dataset import dataset_name_from_id
 from autosam.utils.files import read_json, write_json
@@ -40,6 +40,8 @@ def discover(results_ds: Path, methods: Sequence[str] | None, configurations: Se
              plans_name: str, folds: Sequence[int]) -> list[TrainedEntry]:
     """Trained (method, configuration)s whose every requested fold has validation predictions."""
     entries = []
+    if configurations:
+        configurations = [normalize_configuration(c) for c in configurations]
     for d in sorted(p for p in results_ds.iterdir() if p.is_dir() and p.name.count("__") == 2):
         method, plans, config = d.name.split("__")
         if plans != plans_name or (methods and method not in methods) or (configurations and config not in configurations):
@@ -94,6 +96,50 @@ def check_complete(folder: Path, expected: set[str], ending: str, folds: Sequenc
                          f"e.g. {missing[0]}{ending}")
 
 
+def _accumulate(entry: TrainedEntry, folds: Sequence[int], target: Path, gt: Path, dj_path: Path, expected: set[str],
+                ending: str, num_processes: int) -> tuple[dict, bool]:
+    """Merge the folds' validation predictions into ``target``, check every expected case is there,
+    evaluate (``target/summary.json``). Returns the summary and whether probabilities are complete."""
+    has_probs = merge_folds(entry, folds, target, ending)
+    check_complete(target, expected, ending, folds)
+    return evaluate_folder(gt, target, dj_path, target / "summary.json", num_processes=num_processes), has_probs
+
+
+def accumulate_crossval_results(dataset_id, configuration: str, method: str, folds: Sequence[int] = (0, 1, 2, 3, 4),
+                                plans_name: str = DEFAULT_PLANS_NAME, output_folder: str | Path | None = None,
+                                num_processes: int = 1) -> tuple[Path, dict]:
+    """nnU-Net's ``accumulate_crossval_results``: copy the validation predictions of ``folds`` of one
+    trained model into one folder (default ``<model>/crossval_results_folds_0_1_2_3_4``), with the
+    dataset's ``dataset.json`` and the model's ``plans.json``, and evaluate them against
+    ``gt_segmentations`` (``summary.json`` there). Returns the folder and the summary."""
+    from autosam.inference.predictor import find_model_folder
+
+    dataset = dataset_name_from_id(dataset_id)
+    folder = find_model_folder(dataset, method, configuration, plans_name)
+    pre_ds = paths.preprocessed_dir() / dataset
+    dj_path, gt = pre_ds / "dataset.json", pre_ds / "gt_segmentations"
+    for p in (gt, dj_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: missing; the references come from the preprocessed dataset (autosam_preprocess)")
+    incomplete = [f for f in folds if not (folder / f"fold_{f}" / "validation").is_dir()]
+    if incomplete:
+        raise FileNotFoundError(f"{folder}: folds {incomplete} have no validation predictions (train them to the end, "
+                                "or run autosam_train --val)")
+    ending = read_json(dj_path)["file_ending"]
+    target = Path(output_folder) if output_folder else folder / f"crossval_results_folds_{'_'.join(map(str, folds))}"
+    if target.is_file() or (target.is_dir() and any(target.iterdir()) and not (target / "summary.json").is_file()):
+        # the folder is replaced as a whole: never one that holds something else
+        raise FileExistsError(f"{target}: exists and is not a cross-validation folder written by this command; "
+                              "give a new or empty folder")
+    entry = TrainedEntry(method, plans_name, configuration, folder)
+    summary, _ = _accumulate(entry, folds, target, gt, dj_path, expected_cases(pre_ds, gt, folds, ending), ending,
+                             num_processes)
+    write_json(target / "dataset.json", read_json(dj_path))
+    if (folder / "plans.json").is_file():
+        shutil.copyfile(folder / "plans.json", target / "plans.json")
+    return target, summary
+
+
 def predict_command(dataset: str, entry_key: str, folds: Sequence[int], probs: bool) -> str:
     method, plans, config = entry_key.split("__")
     plans_flag = f" --plans {plans}" if plans != DEFAULT_PLANS_NAME else ""
@@ -122,9 +168,7 @@ def find_best_configuration(dataset_id, methods: Sequence[str] | None = None, co
     expected = expected_cases(pre_ds, gt, folds, ending)
     for e in entries:
         target = cv_root / e.key
-        prob_ok[e.key] = merge_folds(e, folds, target, ending)
-        check_complete(target, expected, ending, folds)
-        summary = evaluate_folder(gt, target, dj_path, target / "summary.json", num_processes=num_processes)
+        summary, prob_ok[e.key] = _accumulate(e, folds, target, gt, dj_path, expected, ending, num_processes)
         candidates[e.key] = {"kind": "single", "members": [e.key], "folder": str(target), "summary": summary}
     if allow_ensembling:
         for a, b in itertools.combinations(sorted(candidates), 2):

@@ -22,9 +22,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from autosam import paths
-from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans, normalize_configuration
 from autosam.io.dataset import DatasetError, undeclared_label_values, undeclared_labels_message
-from autosam.io.image import read_case_with_label, read_image
+from autosam.io.image import ImageGeometry, read_case_with_label, read_image
 from autosam.preprocessing import storage
 from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
 from autosam.preprocessing.normalization import normalize
@@ -50,7 +50,6 @@ def preprocess_case(image_paths: Sequence[str | Path], plans: Plans, configurati
     :returns: ``(data, seg, properties)``: C x Z x Y x X float32, 1 x Z x Y x X int16 (``None``
         without ``label_path``), and the properties dict described in :mod:`autosam.preprocessing.storage`.
     """
-    conf = plans.configuration(configuration_name)
     data, seg, geometry = read_case_with_label(image_paths, label_path)
     if seg is not None:
         declared = set(plans.label_manager.declared_values)
@@ -61,6 +60,46 @@ def preprocess_case(image_paths: Sequence[str | Path], plans: Plans, configurati
             seg = np.where(np.isin(seg, undeclared), 0, seg)
     if data.shape[0] != plans.num_channels:
         raise ValueError(f"{image_paths[0]}: {data.shape[0]} channel file(s) given, the plans expect {plans.num_channels}")
+    return preprocess_arrays(data, geometry, plans, configuration_name, seg, seed_key or str(image_paths[0]))
+
+
+def geometry_of_array(image: np.ndarray, properties: dict) -> ImageGeometry:
+    """The :class:`ImageGeometry` of an in-memory C x Z x Y x X image: ``properties["spacing"]``
+    (z, y, x, mm) is required; ``origin`` and ``direction`` (SimpleITK's x, y, z convention) default
+    to 0 and the identity (they matter only when the prediction is written to a file). A
+    ``properties["geometry"]`` dict (as in autosam's case properties) is used as it is."""
+    image = np.asarray(image)
+    if image.ndim != 4:
+        raise ValueError(f"image must be C x Z x Y x X (4 axes), got shape {image.shape}")
+    if "geometry" in properties:
+        geometry = ImageGeometry.from_dict(properties["geometry"])
+    else:
+        if "spacing" not in properties:
+            raise ValueError("properties need 'spacing' (z, y, x in mm) of the image")
+        geometry = ImageGeometry(spacing=tuple(float(s) for s in properties["spacing"]),
+                                 origin=tuple(float(o) for o in properties.get("origin", (0.0, 0.0, 0.0))),
+                                 direction=tuple(float(d) for d in properties.get("direction", (1, 0, 0, 0, 1, 0, 0, 0, 1))),
+                                 shape=tuple(int(s) for s in image.shape[1:]))
+    if len(geometry.spacing) != 3 or any(not s > 0 for s in geometry.spacing):
+        raise ValueError(f"spacing must be three positive numbers (z, y, x), got {list(geometry.spacing)}")
+    if tuple(geometry.shape) != tuple(image.shape[1:]):
+        raise ValueError(f"properties' geometry shape {list(geometry.shape)} differs from the image's {list(image.shape[1:])}")
+    return geometry
+
+
+def preprocess_arrays(data: np.ndarray, geometry: ImageGeometry | dict, plans: Plans, configuration_name: str,
+                      seg: np.ndarray | None = None, seed_key: str = "array"):
+    """:func:`preprocess_case` for an image already in memory (C x Z x Y x X, any real dtype) with
+    its geometry (an :class:`ImageGeometry`, or properties with ``spacing``, see
+    :func:`geometry_of_array`). The same steps as from files, so the same image gives the same
+    preprocessed data. ``data`` is not modified."""
+    conf = plans.configuration(configuration_name)
+    if not isinstance(geometry, ImageGeometry):
+        geometry = geometry_of_array(data, geometry)
+    if data.ndim != 4:
+        raise ValueError(f"image must be C x Z x Y x X (4 axes), got shape {data.shape}")
+    if data.shape[0] != plans.num_channels:
+        raise ValueError(f"image has {data.shape[0]} channel(s), the plans expect {plans.num_channels}")
     shape_before = [int(s) for s in data.shape[1:]]
     cropped, cseg, bbox = crop_to_nonzero(data, seg)
     data = np.array(cropped, dtype=np.float32)  # own copy; frees the uncropped arrays
@@ -89,7 +128,7 @@ def preprocess_case(image_paths: Sequence[str | Path], plans: Plans, configurati
         "shape_after_cropping_and_before_resampling": shape_after_crop,
         "spacing": [float(s) for s in target],
         "separate_axis": axis,
-        "class_locations": sample_class_locations(seg[0], seed_key or str(image_paths[0]),
+        "class_locations": sample_class_locations(seg[0], seed_key,
                                                   exclude=plans.label_manager.ignore_label) if seg is not None else {},
     }
     return data, seg, properties
@@ -188,7 +227,7 @@ def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NA
     if not plans_file.is_file():
         raise FileNotFoundError(f"{plans_file}: no plans {plans_name!r}; run autosam_plan_experiment -d {ds.name} first")
     plans = Plans.load(plans_file)
-    wanted = list(plans.configurations) if configurations is None else list(configurations)
+    wanted = list(plans.configurations) if configurations is None else [normalize_configuration(c) for c in configurations]
     missing = [c for c in wanted if c not in plans.configurations]
     if missing:
         # 3d_lowres exists only when the planner's rule calls for it; asking for it is not an error then

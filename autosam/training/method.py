@@ -46,6 +46,9 @@ class MethodContext:
     extra: dict = field(default_factory=dict)
     epoch: int = 0  # the epoch being trained (0-based); the core updates it before each epoch
     seed: int = 0  # the run's seed (``--seed``)
+    # Sliding-window step as a fraction of the patch (``-step_size``; 0.5 = nnU-Net's default). Methods
+    # that predict with overlapping windows or tiles use it; smaller is slower and smoother.
+    step_size: float = 0.5
 
     @property
     def patch_size(self) -> list[int]:
@@ -180,6 +183,7 @@ class Method:
             activation="sigmoid" if ctx.label_manager.has_regions else "softmax",
             use_mirroring=use_mirroring,
             progress=progress,
+            step_size=ctx.step_size,
         )
 
 

@@ -82,6 +82,42 @@ def write_model_folder_files(model_folder: Path, plans, dataset_json: dict, prep
             shutil.copyfile(fp, tmp)
 
 
+def load_pretrained_weights(network: torch.nn.Module, path: str | Path) -> dict:
+    """Start ``network`` from the weights of another run's checkpoint (``-pretrained_weights``).
+
+    The checkpoint may come from another dataset or another method: every tensor whose name and
+    shape match is copied; the others keep their fresh initialisation. When the label count differs
+    this re-initialises the segmentation head (its output channels differ), as nnU-Net does.
+    Returns ``{"loaded": [...], "reinitialised": [...], "unused": [...]}`` (tensor names) and logs
+    what was skipped. Nothing matching is an error.
+    """
+    from autosam.training.checkpoint import load_checkpoint, unwrap
+
+    path = Path(path)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    source = ckpt["network"]
+    target = unwrap(network).state_dict()
+    loaded = [k for k, v in target.items() if k in source and tuple(source[k].shape) == tuple(v.shape)]
+    if not loaded:
+        raise ValueError(f"{path}: no weight of this checkpoint ({ckpt.get('method')!r}, "
+                         f"{ckpt.get('configuration')!r}) matches the network by name and shape; it was trained "
+                         "with another architecture")
+    reinit = [k for k in target if k not in set(loaded)]
+    unused = [k for k in source if k not in target]
+    state = dict(target)
+    state.update({k: source[k] for k in loaded})
+    unwrap(network).load_state_dict(state)
+    logger.info("pretrained weights: %d of %d tensors loaded from %s (method %s, dataset %s, configuration %s)",
+                len(loaded), len(target), path, ckpt.get("method"), ckpt.get("dataset_name"), ckpt.get("configuration"))
+    if reinit:
+        logger.info("pretrained weights: %d tensor(s) re-initialised (not in the checkpoint or of another shape, "
+                    "e.g. the segmentation head when the label count differs): %s", len(reinit), ", ".join(reinit))
+    if unused:
+        logger.info("pretrained weights: %d tensor(s) of the checkpoint unused (no such name here): %s",
+                    len(unused), ", ".join(unused))
+    return {"loaded": loaded, "reinitialised": reinit, "unused": unused}
+
+
 def compile_network(network: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile(network)`` with an eager fallback: when the compiler fails (no C compiler or
     Triton on the node, an unsupported operator) the module runs eagerly with a warning instead of

@@ -19,7 +19,7 @@ import torch
 
 import autosam
 from autosam import paths
-from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans
+from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans, normalize_configuration
 from autosam.experiment_planning.splits import get_or_create_splits
 from autosam.io.dataset import dataset_name_from_id
 from autosam.plugins import get_plugin_system
@@ -35,6 +35,7 @@ from autosam.training.method import MethodContext, check_label_support
 from autosam.training.run_support import (
     attach_log_file,
     default_iterations_per_epoch,
+    load_pretrained_weights,
     pick_device,
     write_model_folder_files,
 )
@@ -56,7 +57,8 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
                  iters_per_epoch: int | None = None, device=None, resume: bool = False, validation_only: bool = False,
                  save_npz: bool = False, seed: int = DEFAULT_SEED, plans_name: str = DEFAULT_PLANS_NAME,
                  method_overrides: dict | None = None, num_workers: int | None = None, progress: bool = False,
-                 validate: bool = True) -> Path:
+                 validate: bool = True, val_best: bool = False, disable_checkpointing: bool = False,
+                 pretrained_weights: str | Path | None = None, step_size: float = 0.5) -> Path:
     """Train ``method_name`` on fold ``fold`` (0..4 or ``"all"``) and validate; return the fold folder.
 
     :param iters_per_epoch: ``None`` applies :func:`default_iterations_per_epoch`.
@@ -66,7 +68,23 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
     :param method_overrides: option values (strings or typed) on top of defaults and the plans.
     :param progress: show a tqdm bar per epoch (the command line turns it on).
     :param validate: run the full-volume validation after training (tests may skip it).
+    :param val_best: validate with ``checkpoint_best.pth`` instead of the final network.
+    :param disable_checkpointing: write no ``checkpoint_latest.pth``/``checkpoint_best.pth`` while
+        training, only ``checkpoint_final.pth`` at the end.
+    :param pretrained_weights: a checkpoint (another dataset or method) to start from; tensors of
+        matching name and shape are loaded, the rest (e.g. the segmentation head) stays freshly
+        initialised (:func:`autosam.training.run_support.load_pretrained_weights`).
+    :param step_size: sliding-window step of the validation (fraction of the patch).
     """
+    if val_best and disable_checkpointing:
+        raise ValueError("--val_best validates with checkpoint_best.pth, which --disable_checkpointing does not write")
+    if pretrained_weights is not None and resume:
+        raise ValueError("-pretrained_weights starts a new training; it cannot be combined with --c (continue)")
+    if pretrained_weights is not None and validation_only:
+        logger.warning("-pretrained_weights is ignored with --val: the validation uses the fold's own checkpoint")
+    if not 0 < step_size <= 1:
+        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+    configuration = normalize_configuration(configuration)
     dataset_name = dataset_name_from_id(dataset_id)
     pre_folder = paths.preprocessed_dir() / dataset_name
     plans_path = pre_folder / f"{plans_name}.json"
@@ -124,7 +142,8 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
     ctx = MethodContext(plans=plans, configuration=config, dataset_json=dataset_json, options=options, device=dev,
                         num_input_channels=plans.num_channels, num_classes=plans.num_classes, num_epochs=epochs,
                         iterations_per_epoch=iters_per_epoch, fold=fold, output_folder=fold_dir, seed=seed,
-                        extra={"num_workers": default_num_workers() if num_workers is None else num_workers})
+                        extra={"num_workers": default_num_workers() if num_workers is None else num_workers},
+                        step_size=step_size)
 
     handler = attach_log_file(fold_dir)
     try:
@@ -148,21 +167,26 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
             "python_version": platform.python_version(), "started": datetime.now().isoformat(timespec="seconds"),
         })
         network = method.build_network(ctx).to(dev)
+        val_checkpoint = "checkpoint_best.pth" if val_best else "checkpoint_final.pth"
         if not validation_only:
-            _Loop(method, entry, ctx, network, dataset, train_keys, val_keys, fold_dir, resume,
-                  default_num_workers() if num_workers is None else num_workers, progress,
-                  dict(dataset_name=dataset_name, plans_name=plans_name, configuration=configuration, fold=fold)).run()
-        else:
-            final = fold_dir / "checkpoint_final.pth"
-            ck = ckpt_io.load_checkpoint(final, map_location="cpu")
-            ckpt_io.method_entry_for_checkpoint(ck, final)
-            ckpt_io.restore_training_state(ck, network=network, method=method)
-            logger.info("validation only: loaded %s (epoch %d)", final, ck["epoch"])
+            if pretrained_weights is not None:
+                load_pretrained_weights(network, pretrained_weights)
+            loop = _Loop(method, entry, ctx, network, dataset, train_keys, val_keys, fold_dir, resume,
+                         default_num_workers() if num_workers is None else num_workers, progress,
+                         dict(dataset_name=dataset_name, plans_name=plans_name, configuration=configuration, fold=fold))
+            loop.disable_checkpointing = disable_checkpointing
+            loop.run()
         if validate and val_keys:
             from autosam.training.validation import validate_fold
 
+            if validation_only or val_best:  # else the network in memory is the final one
+                path = fold_dir / val_checkpoint
+                ck = ckpt_io.load_checkpoint(path, map_location="cpu")
+                ckpt_io.method_entry_for_checkpoint(ck, path)
+                ckpt_io.restore_training_state(ck, network=network, method=method)
+                logger.info("validation with %s (epoch %d)", path, ck["epoch"])
             validate_fold(method, network, ctx, dataset, val_keys, fold_dir, pre_folder, dataset_json_path,
-                          save_npz=save_npz, progress=progress)
+                          save_npz=save_npz, progress=progress, checkpoint=val_checkpoint)
     finally:
         logging.getLogger("autosam").removeHandler(handler)
         logging.getLogger("autosam_plugins").removeHandler(handler)
@@ -214,7 +238,11 @@ class _Loop:
         logger.info("resuming from epoch %d (%d of %d epochs completed, %s)", self.start_epoch, self.start_epoch,
                     self.ctx.num_epochs, path.name)
 
+    disable_checkpointing = False  # --disable_checkpointing: only checkpoint_final.pth is written
+
     def save(self, name: str, epoch: int) -> None:
+        if self.disable_checkpointing and name != "checkpoint_final.pth":
+            return
         ckpt_io.save_checkpoint(
             self.fold_dir / name, method_entry=self.entry, options=self.ctx.options, network=self.network,
             optimizer=self.optimizer, scheduler=self.scheduler, grad_scaler=self.scaler, epoch=epoch,
@@ -241,7 +269,7 @@ class _Loop:
                 shutdown_loader(loader)
         self.method.after_training(self.network, ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
         self.save("checkpoint_final.pth", ctx.num_epochs)
-        if not self.method.per_epoch_metric:
+        if not self.method.per_epoch_metric and not self.disable_checkpointing:
             self.save("checkpoint_best.pth", ctx.num_epochs)
             logger.info("%s has no per-epoch validation metric: checkpoint_best.pth is the final network", self.method.name)
         (self.fold_dir / "checkpoint_latest.pth").unlink(missing_ok=True)  # the final one supersedes it

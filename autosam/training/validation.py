@@ -28,9 +28,15 @@ def reference_folder(preprocessed_dataset_folder: Path) -> Path:
 
 
 def validate_fold(method, network, ctx, dataset, val_keys, fold_dir: Path, preprocessed_dataset_folder: Path,
-                  dataset_json_path: Path, *, save_npz: bool = False, progress: bool = False) -> dict:
+                  dataset_json_path: Path, *, save_npz: bool = False, progress: bool = False,
+                  checkpoint: str | None = None) -> dict:
     """Predict each validation case, export ``fold_dir/validation/<case><ending>`` (plus
-    ``<case>.npz``/``<case>.json`` with ``save_npz``), write and return ``validation/summary.json``."""
+    ``<case>.npz``/``<case>.json`` with ``save_npz``), write and return ``validation/summary.json``.
+
+    Only the fold's validation cases are evaluated (other references in ``gt_segmentations``
+    belong to the training cases). ``checkpoint`` (the file the network comes from) is recorded in
+    the summary, so that a validation with ``--val_best`` can be told apart. The sliding-window
+    step is ``ctx.step_size``."""
     out = Path(fold_dir) / "validation"
     out.mkdir(parents=True, exist_ok=True)
     ending = ctx.dataset_json["file_ending"]
@@ -53,11 +59,13 @@ def validate_fold(method, network, ctx, dataset, val_keys, fold_dir: Path, prepr
     if bar is not None:
         bar.close()
     summary = evaluate_folder(reference_folder(preprocessed_dataset_folder), out, dataset_json_path,
-                              output_file=out / "summary.json")
+                              output_file=None, cases=cases)
+    if checkpoint is not None:
+        summary["checkpoint"] = checkpoint
     report = method.validation_report(network, ctx, dataset, cases)
     if report:
         summary["method_report"] = report
-        write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary, indent=2)
     fg = summary.get("foreground_mean", {}).get("Dice")
     logger.info("validation of %d cases: foreground mean Dice %s (%s)", len(cases), fg, out / "summary.json")
     return summary

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 
-def tile_starts(size: int, tile: int) -> list[int]:
-    """Start positions of tiles of ``tile`` covering ``size`` with about half-tile overlap."""
+def tile_starts(size: int, tile: int, step_size: float = 0.5) -> list[int]:
+    """Start positions of tiles of ``tile`` covering ``size``, at most ``step_size`` tiles apart
+    (0.5: about half-tile overlap)."""
     if size <= tile:
         return [0]
-    n = int(np.ceil((size - tile) / (tile / 2))) + 1
+    n = int(np.ceil((size - tile) / (tile * step_size))) + 1
     return [int(round(v)) for v in np.linspace(0, size - tile, n)]
 
 
@@ -37,29 +38,30 @@ def gaussian_weights(tile: tuple[int, int], sigma_scale: float = 1.0 / 8) -> tor
 
 @torch.no_grad()
 def predict_volume_middle_out(network, data: torch.Tensor, slice_size, num_classes: int, device, *,
-                              tile_batch: int = 4, use_mirroring: bool = True, progress: bool = False) -> torch.Tensor:
+                              tile_batch: int = 4, use_mirroring: bool = True, progress: bool = False,
+                              step_size: float = 0.5) -> torch.Tensor:
     """Class probabilities ``K x Z x Y x X`` (float32, CPU) of ``data`` (``C x Z x Y x X``)."""
     if data.dim() != 4:
         raise ValueError(f"predict_volume expects C x Z x Y x X, got shape {tuple(data.shape)}")
     was_training = network.training
     network.eval()
     try:
-        probs = _predict(network, data, slice_size, num_classes, device, tile_batch, progress)
+        probs = _predict(network, data, slice_size, num_classes, device, tile_batch, progress, step_size)
         if use_mirroring:
-            flipped = _predict(network, data.flip(-1), slice_size, num_classes, device, tile_batch, progress)
+            flipped = _predict(network, data.flip(-1), slice_size, num_classes, device, tile_batch, progress, step_size)
             probs = (probs + flipped.flip(-1)) / 2
     finally:
         network.train(was_training)
     return probs
 
 
-def _predict(network, data, slice_size, num_classes, device, tile_batch, progress) -> torch.Tensor:
+def _predict(network, data, slice_size, num_classes, device, tile_batch, progress, step_size=0.5) -> torch.Tensor:
     c, z_len, y, x = data.shape
     ty, tx = int(slice_size[0]), int(slice_size[1])
     py, px = max(y, ty), max(x, tx)
     padded = torch.zeros((c, z_len, py, px), dtype=torch.float32)
     padded[:, :, :y, :x] = data.float()
-    tiles = list(itertools.product(tile_starts(py, ty), tile_starts(px, tx)))
+    tiles = list(itertools.product(tile_starts(py, ty, step_size), tile_starts(px, tx, step_size)))
     weight = gaussian_weights((ty, tx)) if len(tiles) > 1 else torch.ones((ty, tx))
     out = torch.zeros((num_classes, z_len, py, px), dtype=torch.float32)
     norm = torch.zeros((py, px), dtype=torch.float32)

@@ -166,4 +166,4 @@ class SAutoMedMethod(Method):
         reads a label."""
         return predict_volume_middle_out(network, data, self.slice_size(ctx), ctx.num_classes, ctx.device,
                                          tile_batch=ctx.options.tile_batch, use_mirroring=use_mirroring,
-                                         progress=progress)
+                                         progress=progress, step_size=ctx.step_size)

@@ -128,6 +128,7 @@ class UNetMethod(Method):
                 forward = lambda x: self.predict_logits(network, x, ctx)  # noqa: E731
             return sliding_window_predict(forward, data, patch_size=patch, num_classes=ctx.num_classes, device=ctx.device,
                                           use_mirroring=use_mirroring, progress=progress, mirror_batch=1,
+                                          step_size=ctx.step_size,
                                           activation="sigmoid" if ctx.label_manager.has_regions else "softmax")
         finally:
             if had_ds:

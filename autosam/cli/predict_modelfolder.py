@@ -1,0 +1,77 @@
+"""``autosam_predict_from_modelfolder``: predict with a model folder given by its path (anywhere on
+disk, for example one unpacked from a colleague's zip), as nnU-Net's ``nnUNetv2_predict_from_modelfolder``."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from autosam.cli.common import (
+    CaseProgress,
+    Parser,
+    add_prediction_options,
+    default_device,
+    error_text,
+    method_option_names,
+    parse_with_method_overrides,
+)
+
+
+def build_parser() -> Parser:
+    p = Parser(
+        prog="autosam_predict_from_modelfolder",
+        description="Predict label maps for every case in a folder (<case>_0000.nii.gz, one file per channel) with a "
+                    "trained model given by its folder (<method>__<plans>__<configuration>, holding plans.json, "
+                    "dataset.json and fold_N/checkpoint_*.pth), wherever it is: AUTOSAM_RESULTS is not needed. "
+                    "Same prediction as autosam_predict: the preprocessing of training, sliding window with Gaussian "
+                    "weighting and mirroring, probabilities averaged over the folds, labels written with exactly the "
+                    "input's shape, origin, spacing and direction. Extra --name value flags override method options.",
+        epilog="example: autosam_predict_from_modelfolder -i imagesTs -o predictions "
+               "-m results/Dataset004_Hippocampus/unet__autosamPlans__3d -f 0 1 2 3 4",
+    )
+    p.add_argument("-i", required=True, type=Path, help="input folder of images")
+    p.add_argument("-o", required=True, type=Path, help="output folder (created)")
+    p.add_argument("-m", required=True, type=Path, metavar="MODEL_FOLDER",
+                   help="the model folder <method>__<plans>__<configuration> with fold_N subfolders")
+    p.add_argument("-f", nargs="+", default=None,
+                   help="folds to ensemble (default: every fold_N that has the checkpoint, listed in the log); "
+                        "'all' for a fold_all model")
+    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth",
+                   help="checkpoint file name in fold_N/: checkpoint_final.pth (default), checkpoint_best.pth, ... "
+                        "(final, best, latest also work)")
+    add_prediction_options(p)
+    p.add_argument("--disable_progress_bar", "--quiet", dest="quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides, folds = parse_with_method_overrides(
+        build_parser(), argv, lambda a: method_option_names(a.m.name.split("__")[0]))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from autosam.inference.predictor import Predictor, predict_folder_with_model
+
+    progress = CaseProgress(args.quiet)
+    start = time.perf_counter()
+    try:
+        if not args.m.is_dir():
+            raise FileNotFoundError(f"{args.m}: model folder does not exist")
+        predictor = Predictor(use_mirroring=not args.disable_tta, device=args.device or default_device(),
+                              step_size=args.step_size)
+        predictor.initialize_from_trained_model_folder(args.m, folds, args.checkpoint, overrides)
+        written = predict_folder_with_model(predictor.model, args.i, args.o, use_mirroring=not args.disable_tta,
+                                            save_probabilities=args.save_probabilities,
+                                            num_processes=args.num_processes, progress=progress,
+                                            patch_progress=not args.quiet, step_size=args.step_size,
+                                            num_export_workers=args.num_export_workers)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        progress.close()
+        print(f"autosam_predict_from_modelfolder: error: {error_text(exc)}", file=sys.stderr)
+        return 2
+    progress.close()
+    print(f"{len(written)} prediction(s) written to {args.o} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
