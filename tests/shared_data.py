@@ -15,3 +15,4 @@ def _shared_root() -> Path:
 
 
 TOTALSEG = _shared_root() / "data" / "totalsegmentator"
+HIPPOCAMPUS = _shared_root() / "data" / "msd_hippocampus" / "Task04_Hippocampus"

@@ -10,7 +10,6 @@ numbers, so memory stays at about one case per worker plus the intensity samples
 from __future__ import annotations
 
 import logging
-import multiprocessing
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from autosam.experiment_planning.fingerprint_types import FINGERPRINT_SCHEMA_VER
 from autosam.experiment_planning.integrity import verify_dataset_integrity
 from autosam.io.dataset import DatasetError, RawDataset, dataset_name_from_id, open_raw_dataset, undeclared_labels_message
 from autosam.utils.files import write_json
+from autosam.utils.parallel import imap_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +84,6 @@ def _measure(job) -> CaseMeasure:
     return measure_case(*job)
 
 
-def _init_worker() -> None:
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
 def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool = False,
                         undeclared_labels_to_background: bool = False) -> DatasetFingerprint:
     """Measure every training case of ``ds`` and aggregate (writes nothing). Undeclared label
@@ -101,28 +95,8 @@ def compute_fingerprint(ds: RawDataset, num_processes: int = 2, progress: bool =
     ignore = ds.label_manager.ignore_label  # declared, but not a class: no statistics, not foreground
     jobs = [(c.identifier, c.images, c.label, fg_labels, quota, i, ignore) for i, c in enumerate(ds.cases)]
     measures: dict[str, CaseMeasure] = {}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc="fingerprint", unit="case")
-    try:
-        if num_processes > 1 and len(jobs) > 1:
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(num_processes, len(jobs)), initializer=_init_worker) as pool:
-                for m in pool.imap_unordered(_measure, jobs, chunksize=1):
-                    measures[m.identifier] = m
-                    if bar is not None:
-                        bar.update()
-        else:
-            for job in jobs:
-                m = _measure(job)
-                measures[m.identifier] = m
-                if bar is not None:
-                    bar.update()
-    finally:
-        if bar is not None:
-            bar.close()
+    for m in imap_jobs(_measure, jobs, num_processes, progress, desc="fingerprint"):
+        measures[m.identifier] = m
     cases = [measures[c.identifier] for c in ds.cases]
     undeclared = {c.label: m.undeclared_labels for c, m in zip(ds.cases, cases) if m.undeclared_labels}
     if undeclared:

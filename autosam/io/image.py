@@ -100,11 +100,40 @@ def read_case_with_label(image_paths: Sequence[str | Path], label_path: str | Pa
     data, geometry = read_case(image_paths)
     seg = None
     if label_path is not None:
-        seg_arr, _ = read_image(label_path)
+        seg_arr, _ = read_label(label_path)
         if seg_arr.shape != data.shape[1:]:
             raise ValueError(f"{label_path}: label shape {seg_arr.shape} differs from image shape {data.shape[1:]}")
         seg = seg_arr[None]
     return data, seg, geometry
+
+
+def read_label(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a label map as an integer array.
+
+    Label files stored as floating point (some tools write float32 masks) are accepted when every
+    value is a whole number, and cast to the smallest integer type that holds them; a value that is
+    not a whole number (or not finite) is a ``ValueError`` naming the file and the value.
+    """
+    arr, geom = read_image(path)
+    return as_integer_labels(arr, path), geom
+
+
+def as_integer_labels(arr: np.ndarray, path: str | Path) -> np.ndarray:
+    """``arr`` unchanged when it is an integer array, else cast after checking the values are whole
+    numbers (see :func:`read_label`); ``path`` names the file in the error."""
+    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+        return arr
+    values = np.unique(arr)
+    bad = values[~np.isfinite(values) | (values != np.round(values))]
+    if bad.size:
+        shown = ", ".join(f"{float(v):g}" for v in bad[:5]) + (f" (and {bad.size - 5} more)" if bad.size > 5 else "")
+        raise ValueError(f"{path}: label values must be whole numbers; found {shown}")
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return arr.astype(dtype)
+    raise ValueError(f"{path}: label values {lo:g}..{hi:g} do not fit a 32-bit integer")
 
 
 def _itk_reason(exc: RuntimeError) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -27,9 +26,10 @@ from autosam.io.dataset import DatasetError, undeclared_label_values, undeclared
 from autosam.io.image import ImageGeometry, read_case_with_label, read_image
 from autosam.preprocessing import storage
 from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
-from autosam.preprocessing.normalization import normalize
+from autosam.preprocessing.normalization import ZSCORE_CLIP_PERCENTILES, normalize
 from autosam.preprocessing.resampling import compute_new_shape, resample_image, resample_segmentation, separate_axis
 from autosam.utils.files import atomic_path, read_json, write_json
+from autosam.utils.parallel import imap_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -167,18 +167,13 @@ def preprocessing_signature(plans: Plans, configuration_name: str) -> dict:
         "spacing": conf.spacing,
         "normalization_schemes": conf.normalization_schemes,
         "use_mask_for_norm": conf.use_mask_for_norm,
+        "zscore_clip_percentiles": ZSCORE_CLIP_PERCENTILES,
         "resampling": vars(conf.resampling),
         "intensity": plans.foreground_intensity_properties_per_channel,
         "class_locations_per_class": CLASS_LOCATIONS_PER_CLASS,
     }
     sig["hash"] = hashlib.sha1(json.dumps(sig, sort_keys=True, default=str).encode()).hexdigest()
     return sig
-
-
-def _worker_init() -> None:
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def _run_job(job) -> str:
@@ -202,7 +197,7 @@ def check_label_values(label_files: Sequence[str | Path], declared: set[int], nu
                        progress: bool = False) -> None:
     """Raise :class:`DatasetError` listing every file of ``label_files`` that holds a value not in ``declared``."""
     jobs = [(str(p), declared) for p in label_files]
-    found = {label: values for label, values in _map_jobs(_undeclared_in, jobs, num_processes, progress, "check labels")
+    found = {label: values for label, values in imap_jobs(_undeclared_in, jobs, num_processes, progress, "check labels")
              if values}
     if found:
         raise DatasetError(undeclared_labels_message(dict(sorted(found.items())), declared))
@@ -298,36 +293,8 @@ def _check_signature(folder: Path, signature: dict) -> None:
 
 
 def _run_jobs(jobs: list, num_processes: int, progress: bool, desc: str) -> None:
-    for _ in _map_jobs(_run_job, jobs, num_processes, progress, desc):
+    for _ in imap_jobs(_run_job, jobs, num_processes, progress, desc=desc):
         pass
-
-
-def _map_jobs(fn, jobs: list, num_processes: int, progress: bool, desc: str):
-    """Yield ``fn(job)`` for every job (in completion order), in spawned workers when ``num_processes > 1``."""
-    if not jobs:
-        return
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc=desc, unit="case")
-    try:
-        if num_processes > 1 and len(jobs) > 1:
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(num_processes, len(jobs)), initializer=_worker_init) as pool:
-                for result in pool.imap_unordered(fn, jobs, chunksize=1):
-                    if bar is not None:
-                        bar.update()
-                    yield result
-        else:
-            for job in jobs:
-                result = fn(job)
-                if bar is not None:
-                    bar.update()
-                yield result
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def _copy_ground_truth(ds, folder: Path) -> None:
