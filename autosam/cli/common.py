@@ -7,6 +7,7 @@ import sys
 from typing import Iterable, NoReturn
 
 from autosam.experiment_planning.plans import normalize_configuration  # noqa: F401  (for the commands)
+from autosam.utils.precision import default_device, parse_device  # noqa: F401 - re-exported for the CLIs
 
 
 def parse_method_overrides(extra: list[str]) -> dict[str, str | list[str]]:
@@ -47,15 +48,11 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def default_device() -> str:
-    """``cuda`` when available, else ``mps`` when available, else ``cpu``."""
-    import torch
+def error_text(exc: BaseException) -> str:
+    """The message of an error for the command line; out-of-memory errors get a hint."""
+    from autosam.utils.precision import OOM_HINT, is_oom
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return f"{exc}\nhint: {OOM_HINT}" if is_oom(exc) else str(exc)
 
 
 class CaseProgress:
@@ -263,8 +260,10 @@ def step_size(text: str) -> float:
 
 def add_device(p: argparse.ArgumentParser, what: str) -> None:
     """``-device``/``--device`` with the default order this code uses (:func:`default_device`)."""
-    p.add_argument("-device", "--device", dest="device", choices=("cpu", "cuda", "mps"), default=None,
-                   help=f"device for {what} (default: cuda when available, else mps when available, else cpu)")
+    p.add_argument("-device", "--device", dest="device", type=parse_device, default=None, metavar="DEVICE",
+                   help=f"device for {what}: cpu, cuda, cuda:N (the N-th visible GPU) or mps (default: cuda when "
+                        "available, else mps when available, else cpu). On CUDA the network runs under autocast in "
+                        "bf16 where the card computes it natively, else in fp16 (training: with gradient scaling)")
 
 
 def add_prediction_options(p: argparse.ArgumentParser) -> None:

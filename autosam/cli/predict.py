@@ -11,6 +11,7 @@ from autosam.cli.common import (
     Parser,
     add_prediction_options,
     default_device,
+    error_text,
     method_option_names,
     normalize_configuration,
     parse_with_method_overrides,
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                                  num_export_workers=args.num_export_workers)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         progress.close()
-        print(f"autosam_predict: error: {exc}", file=sys.stderr)
+        print(f"autosam_predict: error: {error_text(exc)}", file=sys.stderr)
         return 2
     progress.close()
     mode = " with the manual boxes of --boxes-json (localisation skipped)" if args.boxes_json is not None else ""

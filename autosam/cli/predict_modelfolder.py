@@ -12,6 +12,7 @@ from autosam.cli.common import (
     Parser,
     add_prediction_options,
     default_device,
+    error_text,
     method_option_names,
     parse_with_method_overrides,
 )
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                                             num_export_workers=args.num_export_workers)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         progress.close()
-        print(f"autosam_predict_from_modelfolder: error: {exc}", file=sys.stderr)
+        print(f"autosam_predict_from_modelfolder: error: {error_text(exc)}", file=sys.stderr)
         return 2
     progress.close()
     print(f"{len(written)} prediction(s) written to {args.o} in {time.perf_counter() - start:.1f} s")

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
 
-    from autosam.cli.common import default_device
+    from autosam.cli.common import default_device, error_text
     from autosam.io.image import read_image, write_image
     from autosam.sam.backbones import build_backbone
     from autosam.sam.box_segment import segment_volume_with_boxes
@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
     except (CheckpointError, ValueError) as exc:
         raise SystemExit(f"{args.input}: {exc}")
+    except RuntimeError as exc:  # CUDA out of memory among them: the message and a hint
+        raise SystemExit(f"autosam_segment_box: error: {error_text(exc)}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_image(args.output, label_map, geometry)
     if args.save_probabilities:

@@ -11,6 +11,7 @@ from autosam.cli.common import (
     Parser,
     add_device,
     default_device,
+    error_text,
     method_option_names,
     method_overrides_from,
     normalize_configuration,
@@ -41,7 +42,7 @@ def build_parser(method=None) -> Parser:
     p.add_argument("--iters-per-epoch", type=int, default=None,
                    help="training iterations per epoch (default: clip(2 x training voxels / voxels per batch, 10, 250), "
                         "i.e. nnU-Net's 250 on real datasets, fewer on tiny ones)")
-    add_device(p, "training; AMP is used on cuda only")
+    add_device(p, "training")
     p.add_argument("--c", dest="resume", action="store_true",
                    help="continue from the last completed epoch (checkpoint_latest.pth)")
     p.add_argument("--val", dest="validation_only", action="store_true",
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             pretrained_weights=args.pretrained_weights, step_size=args.step_size,
         )
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
-        print(f"autosam_train: error: {exc}", file=sys.stderr)
+        print(f"autosam_train: error: {error_text(exc)}", file=sys.stderr)
         return 1
     print(f"results: {fold_dir}")
     print(f"progress plot: {fold_dir / 'progress.png'}")

@@ -50,7 +50,8 @@ def frozen_cpu_forward(network: nn.Module, example_shape: Sequence[int]) -> Call
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent Python values
-            traced = torch.jit.trace(network, torch.zeros(example_shape), check_trace=False)
+            example = torch.zeros(example_shape, device=next(network.parameters()).device)
+            traced = torch.jit.trace(network, example, check_trace=False)
             frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
     except Exception as exc:  # an untraceable network still predicts, only slower
         logger.warning("could not trace %s for CPU inference (%s: %s); using the eager network",

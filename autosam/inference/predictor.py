@@ -27,6 +27,8 @@ from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, ConfigurationP
 from autosam.inference.export import export_prediction
 from autosam.io.dataset import dataset_name_from_id, list_prediction_inputs
 from autosam.training.method import Method, MethodContext, check_label_support
+from autosam.training.run_support import pick_device
+from autosam.utils import precision
 from autosam.utils.files import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -127,17 +129,17 @@ def _parse_folder_name(model_folder: Path) -> tuple[str, str, str]:
 
 
 def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0,), checkpoint: str = "final",
-                       device: str | torch.device = "cpu", method_overrides: dict | None = None) -> TrainedModel:
+                       device: str | torch.device | None = None, method_overrides: dict | None = None) -> TrainedModel:
     """Load the networks of ``folds`` (``0``.. or ``"all"``) from ``checkpoint_<checkpoint>.pth``
     (``checkpoint``: final, best, latest, or a file name such as ``checkpoint_best.pth``)."""
-    from autosam.training.checkpoint import load_checkpoint, method_entry_for_checkpoint
+    from autosam.training.checkpoint import load_checkpoint, method_entry_for_checkpoint, strip_compile_prefix, unwrap
 
     model_folder = Path(model_folder)
     checkpoint_name = checkpoint_file_name(checkpoint)
     if not folds:
         raise ValueError("give at least one fold")
     _, plans_name, configuration_name = _parse_folder_name(model_folder)
-    device = torch.device(device)
+    device = pick_device(device)  # None: the best available device, as the command line
     if device.type == "cpu":
         from autosam.utils.cpu_allocator import tune_cpu_allocator
 
@@ -170,7 +172,7 @@ def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0
                              f"with {method.name!r}")
         network = method.build_network(ctx)
         try:
-            network.load_state_dict(ckpt["network"])
+            unwrap(network).load_state_dict(strip_compile_prefix(ckpt["network"]))
         except RuntimeError as exc:
             raise ValueError(f"{path}: weights do not fit the network built from the plans and options ({exc})") from None
         network.to(device).eval()
@@ -186,7 +188,8 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
     """Fold-ensemble probabilities (K x Z x Y x X, float32, CPU) of one preprocessed case.
 
     ``data`` is the preprocessed image (C x Z x Y x X). Each network predicts through
-    ``method.predict_volume``; the result is the mean of the folds' probabilities. The case's
+    ``method.predict_volume`` (on CUDA under autocast in the training precision,
+    :func:`autosam.utils.precision.amp_dtype`); the result is the mean of the folds' probabilities. The case's
     properties are visible to the method as ``ctx.extra["case_properties"]`` while it predicts.
     ``boxes`` (label -> boxes on the preprocessed grid) are passed on as box prompts to a method
     with ``accepts_boxes`` (it then skips its own localisation).
@@ -212,7 +215,9 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
             if isinstance(item, FoldModel):
                 method.load_extra_state(item.method_state)
             network.eval()
-            probs = method.predict_volume(network, tensor, ctx, use_mirroring=use_mirroring, progress=progress, **box_kw)
+            with precision.autocast(ctx.device):  # the training precision (bf16 or fp16 on CUDA), for every method
+                probs = method.predict_volume(network, tensor, ctx, use_mirroring=use_mirroring, progress=progress,
+                                              **box_kw)
             probs = probs.detach().to("cpu", torch.float32)
             if tuple(probs.shape) != expected:
                 raise ValueError(f"method {method.name!r} predicted shape {tuple(probs.shape)}; expected {expected}")
@@ -229,7 +234,7 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
 
 def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_id: str | int, configuration: str,
                    method: str, folds: Sequence[int | str] | None = None, checkpoint: str = "final",
-                   use_mirroring: bool = True, save_probabilities: bool = False, device: str | torch.device = "cpu",
+                   use_mirroring: bool = True, save_probabilities: bool = False, device: str | torch.device | None = None,
                    num_processes: int = 2, plans_name: str = DEFAULT_PLANS_NAME, method_overrides: dict | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
                    patch_progress: bool | Callable = False, boxes_json: str | Path | None = None,
@@ -293,7 +298,7 @@ def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, out
         "input_folder": str(input_folder), "model_folder": str(model.model_folder), "method": model.method.name,
         "configuration": configuration, "folds": [str(f) for f in folds], "checkpoint": checkpoint,
         "use_mirroring": use_mirroring, "step_size": step_size, "save_probabilities": save_probabilities,
-        "device": str(device),
+        "device": str(model.ctx.device),
         "options": _options_dict(model.ctx.options),
         "checkpoint_epochs": {str(f.fold): f.epoch for f in model.folds},
         "box_prompts": None if user_boxes is None else {

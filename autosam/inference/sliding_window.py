@@ -7,13 +7,12 @@ maximum 1) and accumulated; the weighted average of the logits is turned into pr
 softmax over the classes (or, for region-based outputs, a sigmoid per channel). A 2D patch size (``len(patch_size) == 2``) predicts slice by slice along
 the first spatial axis (z), the network then receiving B x C x Y x X patches.
 
-Memory: the accumulators (K + 1 floats per voxel) live on the prediction device when they fit
-there and on the CPU otherwise; the division and the softmax run in place, in chunks of slices, so
+Memory: the accumulators (K + 1 floats per voxel) and the input live on the prediction device when
+they fit there and on the CPU otherwise (with a warning); the division and the softmax run in place, in chunks of slices, so
 the peak is about one copy of the K x Z x Y x X float32 result.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -23,6 +22,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from autosam.utils import precision
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +95,26 @@ def _pad_to_patch(data: torch.Tensor, patch3: Sequence[int]) -> tuple[torch.Tens
     return padded, tuple(slice(b, b + s) for b, s in zip(before, spatial))
 
 
-def _allocate(shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.device]:
-    """A float32 zero tensor on ``device``, falling back to the CPU when the device is out of memory."""
+def _accumulators(num_classes: int, padded: torch.Tensor, device: torch.device):
+    """``(logits_sum, weight_sum, source, acc_device)``: the float32 accumulators and the padded
+    input on ``device`` when they all fit there, else all three on the CPU (with a warning): the
+    patches then travel to ``device`` one batch at a time and their logits back."""
+    spatial = tuple(padded.shape[1:])
     if device.type != "cpu":
         try:
-            return torch.zeros(shape, dtype=torch.float32, device=device), device
+            logits_sum = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=device)
+            weight_sum = torch.zeros(spatial, dtype=torch.float32, device=device)
+            return logits_sum, weight_sum, padded.to(device), device
         except torch.OutOfMemoryError:
-            logger.info("accumulators of shape %s do not fit on %s; accumulating on the CPU", shape, device)
-            torch.cuda.empty_cache()
-    return torch.zeros(shape, dtype=torch.float32), torch.device("cpu")
+            logits_sum = weight_sum = None  # noqa: F841 - free what was allocated before the fallback
+            logger.warning("the sliding-window accumulators of a %s volume with %d classes (%.1f GB) do not fit on %s; "
+                           "accumulating on the CPU (slower)", "x".join(map(str, spatial)), num_classes,
+                           (num_classes + 1 + padded.shape[0]) * int(np.prod(spatial)) * 4 / 1e9, device)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    cpu = torch.device("cpu")
+    return (torch.zeros((num_classes, *spatial), dtype=torch.float32, device=cpu),
+            torch.zeros(spatial, dtype=torch.float32, device=cpu), padded, cpu)
 
 
 def _as_tensor(data) -> torch.Tensor:
@@ -134,7 +146,8 @@ def sliding_window_predict(
     """Class probabilities (K x Z x Y x X, float32, CPU) of a whole volume.
 
     :param logits_fn: maps a batch of patches (B x C x *patch, on ``device``) to logits
-        (B x K x *patch); called in inference mode (and under autocast on CUDA).
+        (B x K x *patch); called in inference mode, on CUDA under autocast in the training
+        precision (:func:`autosam.utils.precision.amp_dtype`: bf16 where native, else fp16).
     :param data: C x Z x Y x X tensor or array (a memory map is fine).
     :param patch_size: 3 values (3D patches) or 2 values (2D patches on the z slices).
     :param num_classes: K, including background.
@@ -177,11 +190,12 @@ def sliding_window_predict(
     else:
         combos = []
 
-    logits_sum, acc_device = _allocate((num_classes, *spatial), device)
-    weight_sum = torch.zeros(spatial, dtype=torch.float32, device=acc_device)
+    logits_sum, weight_sum, source, acc_device = _accumulators(num_classes, padded, device)
     gaussian = gaussian_importance_map(patch3, device=acc_device) if use_gaussian else torch.ones(patch3, device=acc_device)
-    source = padded.to(acc_device) if acc_device.type != "cpu" else padded
-    amp = torch.autocast(device.type) if device.type == "cuda" else contextlib.nullcontext()
+    # a device -> CPU copy must be blocking: the CPU accumulation right after it would otherwise
+    # read the buffer before the copy has landed (non_blocking only pays off device -> device)
+    to_acc_non_blocking = acc_device.type != "cpu"
+    amp_dtype = precision.amp_dtype(device)  # decided once, not per batch
 
     callback = _progress_callback(progress, len(tiles))
     logger.debug("sliding window: %d patches of %s on %s, mirrorings %d", len(tiles), patch3, tuple(spatial), len(combos))
@@ -191,11 +205,11 @@ def sliding_window_predict(
         patches = torch.stack([source[(slice(None), *t)] for t in batch_tiles]).to(device, non_blocking=True)
         if is_2d:
             patches = patches[:, :, 0]
-        with amp:
+        with precision.autocast(device, amp_dtype):
             logits = _predict_mirrored(logits_fn, patches, combos, num_classes, mirror_batch)
         if is_2d:
             logits = logits.unsqueeze(2)
-        logits = logits.to(acc_device, non_blocking=True)
+        logits = logits.to(acc_device, non_blocking=to_acc_non_blocking)
         for b, tile in enumerate(batch_tiles):
             logits_sum[(slice(None), *tile)].addcmul_(logits[b], gaussian)
             weight_sum[tile] += gaussian

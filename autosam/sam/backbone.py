@@ -10,7 +10,6 @@ multimask_output=)``), in 2D or, for SAM-Med3D, in 3D. Methods train through the
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autosam.sam.intensity import normalise_for_backbone, window_to_unit
+from autosam.utils import precision
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class SamBackbone(nn.Module):
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        float32_layer_norms(self)
         self.spec = spec
         self.input_size = int(input_size)
         self.image_embedding_size = tuple(int(s) for s in image_embedding_size)
@@ -127,14 +128,14 @@ class SamBackbone(nn.Module):
     def encode(self, x: torch.Tensor, batch_size: int = 8, amp: bool = True) -> torch.Tensor:
         """Run the image encoder on prepared input in chunks of ``batch_size``.
 
-        On CUDA with ``amp=True`` the encoder runs under bf16 autocast; the result is returned in
-        float32. Gradients flow when grad mode is on (LoRA training); wrap in ``torch.no_grad()``
+        On CUDA with ``amp=True`` the encoder runs under autocast in the training precision
+        (:func:`autosam.utils.precision.amp_dtype`: bf16 where the card computes it natively, else
+        fp16); the result is returned in float32. Gradients flow when grad mode is on (LoRA training); wrap in ``torch.no_grad()``
         for inference.
         """
         if x.shape[0] == 0:
             raise ValueError("encode: empty batch")
-        use_amp = amp and x.device.type == "cuda"
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
+        ctx = precision.autocast(x.device, enabled=amp)
         outs = []
         with ctx:
             for start in range(0, x.shape[0], max(1, int(batch_size))):
@@ -213,6 +214,31 @@ class SamBackbone(nn.Module):
     def extra_repr(self) -> str:
         return (f"name={self.name}, dims={self.dims}, input_size={self.input_size}, "
                 f"embedding={self.embed_dim}x{'x'.join(map(str, self.image_embedding_size))}")
+
+
+def float32_layer_norms(module: nn.Module) -> nn.Module:
+    """Make every segment-anything ``LayerNorm2d`` in ``module`` compute in float32 under autocast
+    (in place, same parameters and state dict): its squared activations overflow fp16."""
+    try:
+        from segment_anything.modeling.common import LayerNorm2d
+    except ImportError:  # pragma: no cover - segment-anything is a dependency
+        return module
+    for m in module.modules():
+        if type(m) is LayerNorm2d:
+            m.__class__ = _float32_subclass(LayerNorm2d)
+    return module
+
+
+_FLOAT32_CLASSES: dict[type, type] = {}
+
+
+def _float32_subclass(cls: type) -> type:
+    if cls not in _FLOAT32_CLASSES:
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return precision.channel_layer_norm(x, self.weight, self.bias, self.eps)
+
+        _FLOAT32_CLASSES[cls] = type(f"Float32{cls.__name__}", (cls,), {"forward": forward, "__module__": __name__})
+    return _FLOAT32_CLASSES[cls]
 
 
 def _select_channels(x: torch.Tensor, channel: int | None, want: int) -> torch.Tensor:

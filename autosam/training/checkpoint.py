@@ -49,20 +49,42 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return getattr(network, "_orig_mod", network)
 
 
-def rng_state() -> dict:
-    """Python, numpy, torch (and CUDA) RNG states, as tensors and plain types."""
+COMPILE_PREFIX = "_orig_mod."
+
+
+def strip_compile_prefix(state_dict: dict) -> dict:
+    """A state dict without the ``_orig_mod.`` prefixes that a ``torch.compile``d module's
+    ``state_dict()`` puts on every key (at any depth), so that it loads into the plain module."""
+    if not any(COMPILE_PREFIX in k for k in state_dict):
+        return state_dict
+    return type(state_dict)((k.replace(COMPILE_PREFIX, ""), v) for k, v in state_dict.items())
+
+
+def network_device(network: torch.nn.Module) -> torch.device:
+    param = next(iter(network.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def rng_state(device: torch.device | str | None = None) -> dict:
+    """Python, numpy and torch CPU generator states (as tensors and plain types), plus the
+    generator of the training ``device`` when it is a CUDA device (only that one: the run may be
+    resumed with fewer GPUs visible)."""
     np_state = np.random.get_state(legacy=False)
     numpy_state = {"bit_generator": np_state["bit_generator"],
                    "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
                    "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
                    "gauss": float(np_state["gauss"])}
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | str | None = None) -> None:
+    """Restore :func:`rng_state`; the CUDA generator state goes to ``device`` (the device training
+    continues on), whatever the device index at saving time. Checkpoints of older versions hold
+    one state per visible GPU: the one of ``device``'s index is used when it exists."""
     random.setstate(state["python"])
     np_state = state["numpy"]
     if isinstance(np_state, dict) and "key" in np_state:  # format 2
@@ -71,8 +93,17 @@ def set_rng_state(state: dict) -> None:
                     "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]}
     np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    device = torch.device(device) if device is not None else None
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda" or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, (list, tuple)):  # per-GPU states of an older checkpoint
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            logger.warning("the checkpoint has no CUDA generator state for %s; its generator is not restored", device)
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def options_dict(options: Any) -> dict:
@@ -97,7 +128,7 @@ def save_checkpoint(path: Path, *, method_entry, options, network, optimizer=Non
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
-        "rng": rng_state(),
+        "rng": rng_state(network_device(network)),
         "logger": history or {},
         "best_ema": best_ema,
         "method_state": method_state or {},
@@ -185,8 +216,9 @@ def method_entry_for_checkpoint(ckpt: dict, path: Path | str = "checkpoint"):
 
 
 def restore_training_state(ckpt: dict, *, network, optimizer=None, scheduler=None, grad_scaler=None, method=None) -> None:
-    """Load weights, optimiser/scheduler/scaler state, method state and RNG state."""
-    unwrap(network).load_state_dict(ckpt["network"])
+    """Load weights (with or without ``torch.compile``'s prefixes, into a compiled network or not),
+    optimiser/scheduler/scaler state, method state and the RNG state (CUDA: of the network's device)."""
+    unwrap(network).load_state_dict(strip_compile_prefix(ckpt["network"]))
     if optimizer is not None and ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler") is not None:
@@ -196,4 +228,4 @@ def restore_training_state(ckpt: dict, *, network, optimizer=None, scheduler=Non
     if method is not None:
         method.load_extra_state(ckpt.get("method_state") or {})
     if ckpt.get("rng"):
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], network_device(network))

@@ -260,16 +260,27 @@ def validation_transforms(ds_scales) -> Compose:
 
 
 # ----------------------------------------------------------------------------------- loaders
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity (cluster schedulers restrict it), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no sched_getaffinity on macOS / Windows
+        return os.cpu_count() or 1
+
+
 def default_num_workers() -> int:
-    """Background augmentation workers: one per core minus one for the training loop, at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """Background augmentation workers: one per usable core minus one for the training loop, at most 8."""
+    return max(0, min(8, available_cores() - 1))
 
 
 def make_loader(dataset: PreprocessedDataset, batch_size: int, patch_size, ds_scales, *, train: bool,
                 num_workers: int = 0, seed: int = 0, oversample_foreground: float = 0.33,
-                augmentation: AugmentationParams | None = None, ignore_label: int | None = None):
+                augmentation: AugmentationParams | None = None, ignore_label: int | None = None,
+                pin_memory: bool = False):
     """An endless iterator of batches; ``num_workers`` > 0 augments in background processes.
-    ``ignore_label``: the dataset's ignore label, excluded from foreground oversampling."""
+    ``ignore_label``: the dataset's ignore label, excluded from foreground oversampling.
+    ``pin_memory`` (for CUDA) puts the worker batches in page-locked memory, so that their copy to
+    the GPU runs asynchronously."""
     if train:
         params = augmentation or AugmentationParams()
         anisotropic = len(patch_size) == 3 and max(patch_size) / min(patch_size) > 3
@@ -283,7 +294,7 @@ def make_loader(dataset: PreprocessedDataset, batch_size: int, patch_size, ds_sc
         return SingleThreadedAugmenter(sampler, transforms)
     seeds = [(seed * 1000 + i) % 2**32 for i in range(num_workers)]
     return NonDetMultiThreadedAugmenter(sampler, transforms, num_processes=num_workers, num_cached=max(2, num_workers),
-                                        seeds=seeds, pin_memory=False)
+                                        seeds=seeds, pin_memory=pin_memory)
 
 
 def shutdown_loader(loader) -> None:

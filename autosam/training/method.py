@@ -65,7 +65,9 @@ class StepResult:
     """What one training step returns: the loss to back-propagate and scalars to log."""
 
     loss: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    #: Scalars of the step: floats or 0-dim tensors; detached tensors (``loss.detach()``) cost no
+    #: host synchronisation per step on a GPU, ``float(...)`` does.
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
     #: Logits (B x K x *patch) of the batch; set by :meth:`Method.validation_step` so that the
     #: core can compute the pseudo Dice. ``None`` in training steps is fine.
     output: torch.Tensor | None = None

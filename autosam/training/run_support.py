@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from autosam.utils.files import atomic_path, write_json
+from autosam.utils.precision import default_device
 
 logger = logging.getLogger(__name__)
 NNUNET_ITERATIONS = 250
@@ -19,12 +20,16 @@ EPOCH_COVERAGE = 2.0
 
 
 def pick_device(device=None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU. A requested but missing accelerator is an error."""
+    """``None`` -> the best available device (:func:`autosam.utils.precision.default_device`).
+    A requested but missing accelerator (``cuda:3`` on a node with 2 visible GPUs) is an error."""
     if device is None or device == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device()
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        raise RuntimeError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                           "(CUDA_VISIBLE_DEVICES numbers them from 0)")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise RuntimeError("--device mps: Apple MPS is not available on this machine")
     return dev
@@ -111,3 +116,18 @@ def load_pretrained_weights(network: torch.nn.Module, path: str | Path) -> dict:
         logger.info("pretrained weights: %d tensor(s) of the checkpoint unused (no such name here): %s",
                     len(unused), ", ".join(unused))
     return {"loaded": loaded, "reinitialised": reinit, "unused": unused}
+
+
+def compile_network(network: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(network)`` with an eager fallback: when the compiler fails (no C compiler or
+    Triton on the node, an unsupported operator) the module runs eagerly with a warning instead of
+    stopping training. The compiled module's state dict carries ``_orig_mod.`` prefixes; checkpoints
+    are written without them (:func:`autosam.training.checkpoint.unwrap`)."""
+    try:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True  # compiler errors -> eager execution, logged by torch
+        return torch.compile(network)
+    except Exception as exc:  # torch.compile unavailable on this platform
+        logger.warning("torch.compile is not available (%s: %s); the network runs eagerly", type(exc).__name__, exc)
+        return network

@@ -11,7 +11,6 @@ import math
 import platform
 import random
 import time
-from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -40,12 +39,14 @@ from autosam.training.run_support import (
     pick_device,
     write_model_folder_files,
 )
+from autosam.utils import precision
 from autosam.utils.files import read_json, write_json
 
 logger = logging.getLogger(__name__)
 DEFAULT_EPOCHS = 1000
 DEFAULT_SEED = 12345
 EMA_MOMENTUM = 0.9  # ema = 0.9 * ema + 0.1 * mean pseudo Dice (nnU-Net)
+PROGRESS_EVERY = 10  # iterations between updates of the progress bar's running mean loss
 
 
 def model_folder(dataset_name: str, method: str, plans_name: str, configuration: str) -> Path:
@@ -130,6 +131,9 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
         from autosam.utils.cpu_allocator import tune_cpu_allocator
 
         tune_cpu_allocator()
+    elif dev.type == "cuda":
+        torch.cuda.set_device(dev)  # cuda:N: allocations and kernels without an index go to N too
+        torch.backends.cudnn.benchmark = True  # fixed patch sizes: let cuDNN pick its fastest kernels (nnU-Net)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -202,20 +206,15 @@ class _Loop:
         if isinstance(self.loss_fn, torch.nn.Module):
             self.loss_fn = self.loss_fn.to(ctx.device)
         self.optimizer, self.scheduler = method.configure_optimizers(network, ctx)
-        self.amp_dtype = None
-        self.scaler = None
-        if ctx.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            if self.amp_dtype == torch.float16:
-                self.scaler = torch.amp.GradScaler("cuda")
+        self.amp_dtype = precision.amp_dtype(ctx.device)  # bf16 where native, else fp16 + GradScaler
+        self.scaler = precision.grad_scaler(self.amp_dtype, ctx.device)
+        logger.info("precision: %s on %s", precision.precision_name(self.amp_dtype), ctx.device)
         self.history = TrainingHistory()
         self.best_ema: float | None = None
         self.start_epoch = 0
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return precision.autocast(self.ctx.device, self.amp_dtype)
 
     # ------------------------------------------------------------------ resume / save
     def try_resume(self) -> None:
@@ -285,11 +284,14 @@ class _Loop:
         seed = ctx.seed + 7919 * self.start_epoch
         custom = method.make_train_loader(ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
         ignore = ctx.label_manager.ignore_label  # never a foreground-sampling target
+        pin = ctx.device.type == "cuda"
         train = iter(custom) if custom is not None else make_loader(
             self.dataset.subset(self.train_keys), bs, patch, ds_scales, train=True,
-            num_workers=self.num_workers, seed=seed, ignore_label=ignore)
+            num_workers=self.num_workers, seed=seed, ignore_label=ignore, pin_memory=pin)
+        # validation draws a fifth of the batches: half the workers (nnU-Net), at least one if any
         val = make_loader(self.dataset.subset(self.val_keys), bs, patch, ds_scales, train=False,
-                          num_workers=min(1, self.num_workers), seed=ctx.seed + 1, ignore_label=ignore)
+                          num_workers=max(1, self.num_workers // 2) if self.num_workers > 0 else 0,
+                          seed=ctx.seed + 1, ignore_label=ignore, pin_memory=pin)
         return train, val
 
     def to_device(self, batch: dict) -> dict:
@@ -301,20 +303,22 @@ class _Loop:
                 out[key] = [move(t) for t in out[key]] if isinstance(out[key], (list, tuple)) else move(out[key])
         return out
 
-    def train_iteration(self, batch: dict) -> float | None:
+    def train_iteration(self, batch: dict) -> torch.Tensor | None:
+        """One optimiser step; returns the detached loss (still on the device: no host sync), or
+        ``None`` when the loss was not finite and the step was skipped."""
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             result = self.method.train_step(self.network, self.to_device(batch), self.loss_fn, self.ctx)
         loss = result.loss
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        # the one host sync of a step, once the backward pass is queued: a non-finite loss skips the update
         if not torch.isfinite(loss):
             logger.warning("epoch %d: non-finite loss %s; step skipped", self.ctx.epoch, float(loss))
+            self.optimizer.zero_grad(set_to_none=True)
             return None
         clip = getattr(self.ctx.options, "grad_clip", None)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
         if clip and clip > 0:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), clip)
         if self.scaler is not None:
@@ -322,26 +326,27 @@ class _Loop:
             self.scaler.update()
         else:
             self.optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
     @torch.no_grad()
     def validate_patches(self, val_loader) -> tuple[float, list[float]]:
         labels = self.ctx.label_manager  # one pseudo Dice per foreground class or region
         k = len(labels.evaluation_keys)
-        tp, fp, fn = (torch.zeros(k, dtype=torch.float64) for _ in range(3))
-        losses = []
+        # counts and losses stay on the device (one host sync at the end, not one per batch)
+        tp, fp, fn = (torch.zeros(k, dtype=torch.int64, device=self.ctx.device) for _ in range(3))
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.ctx.device)
         n = max(1, math.ceil(self.ctx.iterations_per_epoch / 5))
         self.network.eval()
         for _ in range(n):
             batch = self.to_device(next(val_loader))
             with self.autocast():
                 result = self.method.validation_step(self.network, batch, self.loss_fn, self.ctx)
-            losses.append(float(result.loss))
+            loss_sum += result.loss.detach().float()
             if result.output is None:
                 continue
             target = batch["target"][0] if isinstance(batch["target"], (list, tuple)) else batch["target"]
-            ref = target[:, 0].cpu()
-            pred, refs = labels.predicted_masks(result.output.float().cpu()), labels.masks_of(ref)
+            ref = target[:, 0].to(result.output.device)
+            pred, refs = labels.predicted_masks(result.output), labels.masks_of(ref)
             valid = labels.valid_mask(ref)  # ignored voxels count nowhere
             if valid is not None:
                 pred = pred & valid
@@ -350,9 +355,10 @@ class _Loop:
             fp += (pred & ~refs).sum(dims)
             fn += (~pred & refs).sum(dims)
         self.network.train()
+        tp, fp, fn = (t.cpu().double() for t in (tp, fp, fn))
         denom = 2 * tp + fp + fn
         dice = [float(2 * t / d) if d > 0 else math.nan for t, d in zip(tp, denom)]
-        return float(np.mean(losses)), dice
+        return float(loss_sum) / n, dice
 
     def run_epoch(self, epoch: int, train_loader, val_loader) -> None:
         ctx = self.ctx
@@ -365,14 +371,17 @@ class _Loop:
             from tqdm import tqdm
 
             bar = tqdm(total=ctx.iterations_per_epoch, desc=f"epoch {epoch + 1}/{ctx.num_epochs}", unit="it", leave=False)
-        losses = []
-        for _ in range(ctx.iterations_per_epoch):
+        loss_sum = torch.zeros((), dtype=torch.float32, device=ctx.device)  # on the device: no sync per step
+        steps = 0
+        for i in range(ctx.iterations_per_epoch):
             value = self.train_iteration(next(train_loader))
             if value is not None:
-                losses.append(value)
+                loss_sum += value.float()
+                steps += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}" if value is not None else "nan")
+                if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == ctx.iterations_per_epoch:  # a host sync: not every step
+                    bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}" if steps else "nan")
         if bar is not None:
             bar.close()
         val_loss, dice = self.validate_patches(val_loader)
@@ -382,7 +391,7 @@ class _Loop:
         mean_dice = float(np.mean(valid)) if valid else 0.0
         ema = mean_dice if self.history.last("ema_pseudo_dice") is None else (
             EMA_MOMENTUM * self.history.last("ema_pseudo_dice") + (1 - EMA_MOMENTUM) * mean_dice)
-        train_loss = float(np.mean(losses)) if losses else math.nan
+        train_loss = float(loss_sum) / steps if steps else math.nan
         seconds = time.time() - start
         self.history.log(epoch, train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice, ema_pseudo_dice=ema,
                          lr=lr, epoch_time=seconds)

@@ -53,7 +53,7 @@ class MaskSAMLoss(nn.Module):
             tb.append(tg.boxes[cols_t])
         loss_ce = F.cross_entropy(cls_f.reshape(-1, k + 1).float(), tgt_classes.flatten(),
                                   weight=self.class_weight.to(cls.device))
-        logs = {"ce": float(loss_ce.detach())}
+        logs = {"ce": loss_ce.detach()}
         total = self.w.ce * loss_ce
         if q_idx:
             q = torch.cat(q_idx)
@@ -69,11 +69,11 @@ class MaskSAMLoss(nn.Module):
 
             bce, dice = mask_terms(masks_f)
             total = total + self.w.bce * bce + self.w.dice * dice
-            logs.update(bce=float(bce.detach()), dice=float(dice.detach()))
+            logs.update(bce=bce.detach(), dice=dice.detach())
             if aux_f is not None:
                 abce, adice = mask_terms(aux_f)
                 total = total + self.w.aux_bce * abce + self.w.aux_dice * adice
-                logs.update(aux_bce=float(abce.detach()), aux_dice=float(adice.detach()))
+                logs.update(aux_bce=abce.detach(), aux_dice=adice.detach())
             if boxes_f is not None:
                 pb = boxes_f.reshape(b * t * n, 4)[q].float()
                 l1 = F.l1_loss(pb, tbox, reduction="none").sum(-1).mean()
@@ -81,6 +81,6 @@ class MaskSAMLoss(nn.Module):
 
                 giou = generalized_box_iou_loss(pb, tbox, reduction="mean")
                 total = total + self.w.l1 * l1 + self.w.giou * giou
-                logs.update(l1=float(l1.detach()), giou=float(giou.detach()))
+                logs.update(l1=l1.detach(), giou=giou.detach())
         logs["matched"] = float(sum(len(x) for x in q_idx))
         return total, logs

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autosam.utils.precision import no_autocast
+
 from .prompt_generator import boxes_from_masks
 
 
@@ -34,10 +36,10 @@ def slice_targets(seg: torch.Tensor, num_classes: int) -> list[SliceTarget]:
     flat = seg.reshape(b * t, h, w).long()
     classes = torch.arange(1, num_classes + 1, device=seg.device)
     onehot = flat[:, None] == classes[None, :, None, None]  # (B*T, K, H, W)
-    present = onehot.flatten(2).any(-1)  # (B*T, K)
+    present = onehot.flatten(2).any(-1).cpu()  # (B*T, K); one host sync for all slices, not one per slice
     out = []
     for i in range(b * t):
-        idx = present[i].nonzero().flatten()
+        idx = present[i].nonzero().flatten().to(seg.device)
         masks = onehot[i, idx].float()
         boxes, _ = boxes_from_masks(masks)
         out.append(SliceTarget(idx, masks, boxes))
@@ -86,13 +88,22 @@ def _flat(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def match_slice(class_logits: torch.Tensor, masks: torch.Tensor, aux_masks: torch.Tensor | None,
                 boxes: torch.Tensor | None, target: SliceTarget, w: CostWeights,
                 cost_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Match the N predictions of one slice to its segments; returns (query indices, segment indices)."""
+    """Match the N predictions of one slice to its segments; returns (query indices, segment indices).
+
+    The cost is computed in float32 outside autocast: its matrix products sum over up to
+    ``cost_size**2`` pixels, which overflows fp16 (inf costs make the solver fail)."""
     m = len(target.labels)
     if m == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    with no_autocast(class_logits.device.type):
+        return hungarian(match_cost(class_logits, masks, aux_masks, boxes, target, w, cost_size))
+
+
+def match_cost(class_logits, masks, aux_masks, boxes, target: SliceTarget, w: CostWeights, cost_size: int = 64) -> torch.Tensor:
+    """The (N queries x M segments) matching cost of :func:`match_slice` (float32; call it outside autocast)."""
     h, w_ = target.masks.shape[-2:]
     size = (min(h, cost_size), min(w_, cost_size))
-    tgt = _flat(target.masks, size)
+    tgt = _flat(target.masks.float(), size)
     tgt = (tgt > 0.5).float() if size != (h, w_) else tgt
     cost = -w.ce * class_logits.float().softmax(-1)[:, target.labels]
     pm = _flat(masks.float(), size)
@@ -101,8 +112,8 @@ def match_slice(class_logits: torch.Tensor, masks: torch.Tensor, aux_masks: torc
         am = _flat(aux_masks.float(), size)
         cost = cost + w.aux_bce * pairwise_bce(am, tgt) + w.aux_dice * pairwise_dice(am, tgt)
     if boxes is not None:
-        cost = cost + w.l1 * torch.cdist(boxes.float(), target.boxes, p=1)
+        cost = cost + w.l1 * torch.cdist(boxes.float(), target.boxes.float(), p=1)
         from torchvision.ops import generalized_box_iou  # lazily: torchvision.ops imports torch._dynamo (~3 s)
 
-        cost = cost - w.giou * generalized_box_iou(boxes.float(), target.boxes)
-    return hungarian(cost)
+        cost = cost - w.giou * generalized_box_iou(boxes.float(), target.boxes.float())
+    return cost

@@ -42,6 +42,7 @@ class MedLSAMOptions:
     # --- SAM segmentation stage
     backbone: str = "litemedsam"
     sam_checkpoint: str | None = None
+    allow_random_init: bool = False  # a randomly initialised SAM (speed checks; it segments nothing useful)
     sam_input_size: int | None = None  # None: the backbone's default
     finetune_sam: bool = False  # fine-tune the mask decoder on label boxes with 0-20 px perturbation
     finetune_steps: int = 200

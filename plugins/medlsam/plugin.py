@@ -65,7 +65,7 @@ class MedLSAM(Method):
             p = torch.cat(parts)[torch.argsort(torch.cat([idx, rest]))]
             l_rdr = rdr_pairs_loss(p, batch["centre_mm"], batch["scan"], net.r_mm)
             l_mss = mss_loss(f_m, f_aug, batch["points"], opts.patch, points_b=batch["points_aug"])
-            return l_rdr + opts.mss_weight * l_mss, {"rdr_rmse_mm": float(l_rdr.detach()) ** 0.5, "mss": float(l_mss.detach())}
+            return l_rdr + opts.mss_weight * l_mss, {"rdr_rmse_mm": l_rdr.detach().sqrt(), "mss": l_mss.detach()}
 
         return loss_fn
 
@@ -151,7 +151,8 @@ class MedLSAM(Method):
         if key not in cache:
             from autosam.sam.backbones import build_backbone
 
-            bb = build_backbone(ctx.options.backbone, input_size=ctx.options.sam_input_size, checkpoint=ctx.options.sam_checkpoint)
+            bb = build_backbone(ctx.options.backbone, input_size=ctx.options.sam_input_size, checkpoint=ctx.options.sam_checkpoint,
+                                allow_random_init=ctx.options.allow_random_init)
             cache[key] = bb.to(ctx.device).eval()
         return cache[key]
 

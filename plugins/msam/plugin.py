@@ -98,7 +98,7 @@ class MSam(Method):
         use_clicks = bool(np.random.random() < ctx.options.click_training_fraction)
         outs = refine_with_clicks(network, x, target, ctx.options.train_iterations, use_clicks=use_clicks)
         losses = [loss_fn(o, target) for o in outs]
-        return StepResult(torch.stack(losses).sum(), {"loss_last_iteration": float(losses[-1].detach())})
+        return StepResult(torch.stack(losses).sum(), {"loss_last_iteration": losses[-1].detach()})
 
     def validation_step(self, network: MSamNetwork, batch: dict, loss_fn, ctx: MethodContext) -> StepResult:
         target = batch["target"]

@@ -48,7 +48,7 @@ class SAutoMedLoss:
         ce = F.cross_entropy(logits, labels)
         dice = soft_dice_loss(logits, labels)
         loss = self.ce_weight * ce + self.dice_weight * dice
-        return loss, {"ce": float(ce.detach()), "dice_loss": float(dice.detach())}
+        return loss, {"ce": ce.detach(), "dice_loss": dice.detach()}
 
     def boxes(self, layer_boxes: list[torch.Tensor], target_slice: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """L1 + GIoU of every generator layer's boxes (``B x F x 4`` cxcywh) against the boxes of
@@ -65,4 +65,4 @@ class SAutoMedLoss:
             giou = giou + (1 - generalized_iou(cxcywh_to_xyxy(pred), gt_xyxy[present])).mean()
         l1, giou = l1 / len(layer_boxes), giou / len(layer_boxes)
         loss = self.box_l1_weight * l1 + self.box_giou_weight * giou
-        return loss, {"box_l1": float(l1.detach()), "box_giou": float(giou.detach())}
+        return loss, {"box_l1": l1.detach(), "box_giou": giou.detach()}

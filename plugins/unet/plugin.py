@@ -46,7 +46,9 @@ class UNetOptions:
     batch_dice: bool = False  # Dice over the whole batch (one per class) instead of per sample
     dice_weight: float = 1.0
     ce_weight: float = 1.0
-    compile: bool = False  # torch.compile the network; honoured on CUDA only (never on CPU/MPS)
+    # torch.compile the network: None = on CUDA (nnU-Net compiles by default), never on CPU/MPS;
+    # compiler errors fall back to eager execution with a warning
+    compile: bool | None = None
     # CPU prediction: "jit" = TorchScript trace + freeze + optimize_for_inference (5-20% less time
     # per patch than eager, measured; falls back to eager if tracing fails), "eager" = the plain module
     cpu_inference: str = "jit"
@@ -91,10 +93,13 @@ class UNetMethod(Method):
             deep_supervision=ctx.options.deep_supervision,
         )
         net.apply(PlainConvUNet.initialize)
-        if ctx.options.compile:
+        want = ctx.device.type == "cuda" if ctx.options.compile is None else ctx.options.compile
+        if want:
             if ctx.device.type == "cuda":
+                from autosam.training.run_support import compile_network
+
                 logger.info("unet: compiling the network with torch.compile")
-                net = torch.compile(net)
+                net = compile_network(net)
             else:
                 logger.warning("unet: --compile ignored on %s (torch.compile is used on CUDA only)", ctx.device.type)
         return net

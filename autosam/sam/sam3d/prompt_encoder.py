@@ -16,9 +16,11 @@ import math
 import torch
 from torch import nn
 
+from autosam.utils.precision import channel_layer_norm
+
 
 class LayerNorm3d(nn.Module):
-    """LayerNorm over the channel axis of ``B x C x D x H x W`` (eps 1e-6)."""
+    """LayerNorm over the channel axis of ``B x C x D x H x W`` (eps 1e-6), in float32 under autocast."""
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -27,10 +29,7 @@ class LayerNorm3d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None, None] * x + self.bias[:, None, None, None]
+        return channel_layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class PositionEmbeddingRandom3D(nn.Module):
