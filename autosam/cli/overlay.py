@@ -74,11 +74,13 @@ def _render_all(jobs, alpha: float, num_processes: int, quiet: bool) -> None:
     from tqdm import tqdm
 
     from autosam.utils.overlay import render
+    from autosam.utils.processes import pool_initializer
 
     draw = functools.partial(render, alpha=alpha)
     with tqdm(total=len(jobs), desc="overlays", unit="case", disable=quiet) as bar:
         if num_processes > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                                     **pool_initializer()) as pool:
                 for _ in pool.map(draw, jobs):
                     bar.update()
         else:

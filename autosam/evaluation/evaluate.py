@@ -37,6 +37,7 @@ from autosam.evaluation.metrics import case_metrics
 from autosam.io.labels import LabelManager, metric_key
 from autosam.io.image import read_image
 from autosam.utils.files import read_json, write_json
+from autosam.utils.processes import pool_initializer
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def evaluate_folder_labels(ref_dir: str | Path, pred_dir: str | Path, labels: Se
     per_case: list[dict] = []
     if num_processes > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")  # safe inside processes that hold threads (training)
-        with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(min(num_processes, len(jobs)), mp_context=ctx, **pool_initializer()) as pool:
             for result in pool.map(_evaluate_case_args, jobs):
                 per_case.append(result)
                 if progress:

@@ -24,6 +24,7 @@ from autosam.experiment_planning.fingerprint_types import FINGERPRINT_SCHEMA_VER
 from autosam.experiment_planning.integrity import verify_dataset_integrity
 from autosam.io.dataset import DatasetError, RawDataset, dataset_name_from_id, open_raw_dataset, undeclared_labels_message
 from autosam.utils.files import write_json
+from autosam.utils.locks import lock_folder
 from autosam.utils.parallel import imap_jobs
 
 logger = logging.getLogger(__name__)
@@ -59,25 +60,26 @@ def extract_fingerprint(
                                  undeclared_labels_to_background=undeclared_labels_to_background)
     ds = open_raw_dataset(dataset_id)
     out_dir = paths.preprocessed_dir() / ds.name
-    out_file = out_dir / FINGERPRINT_FILE
-    identifiers = [c.identifier for c in ds.cases]
-    if out_file.is_file() and not overwrite:
-        try:
-            existing = DatasetFingerprint.load(out_file)
-        except ValueError as exc:
-            logger.info("recomputing the fingerprint: %s", exc)
-        else:
-            if existing.case_identifiers == identifiers:
-                logger.info("%s exists; reusing it (overwrite=True recomputes)", out_file)
-                write_json(out_dir / "dataset.json", ds.dataset_json)
-                return existing
-            logger.info("%s lists other cases than %s; recomputing", out_file, ds.folder)
-    fingerprint = compute_fingerprint(ds, num_processes=num_processes, progress=progress,
-                                      undeclared_labels_to_background=undeclared_labels_to_background)
-    write_json(out_dir / "dataset.json", ds.dataset_json)
-    fingerprint.save(out_file)
-    logger.info("wrote %s", out_file)
-    return fingerprint
+    with lock_folder(out_dir, "preprocessed dataset folder"):  # one process writes it at a time
+        out_file = out_dir / FINGERPRINT_FILE
+        identifiers = [c.identifier for c in ds.cases]
+        if out_file.is_file() and not overwrite:
+            try:
+                existing = DatasetFingerprint.load(out_file)
+            except ValueError as exc:
+                logger.info("recomputing the fingerprint: %s", exc)
+            else:
+                if existing.case_identifiers == identifiers:
+                    logger.info("%s exists; reusing it (overwrite=True recomputes)", out_file)
+                    write_json(out_dir / "dataset.json", ds.dataset_json)
+                    return existing
+                logger.info("%s lists other cases than %s; recomputing", out_file, ds.folder)
+        fingerprint = compute_fingerprint(ds, num_processes=num_processes, progress=progress,
+                                          undeclared_labels_to_background=undeclared_labels_to_background)
+        write_json(out_dir / "dataset.json", ds.dataset_json)
+        fingerprint.save(out_file)
+        logger.info("wrote %s", out_file)
+        return fingerprint
 
 
 def _measure(job) -> CaseMeasure:

@@ -22,6 +22,7 @@ import numpy as np
 from autosam.io.dataset import DatasetError, load_dataset_json
 from autosam.io.labels import LabelManager
 from autosam.io.image import SUPPORTED_ENDINGS, ImageGeometry, NiftiLayout, read_image
+from autosam.utils.processes import pool_initializer
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def verify_dataset_integrity(folder: str | Path, num_processes: int = 1, undecla
     jobs = [j for j in jobs if len(j[0].images) == n_channels]  # missing channels are already reported
     if num_processes > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(num_processes, len(jobs))) as pool:
+        with ctx.Pool(min(num_processes, len(jobs)), **pool_initializer()) as pool:
             results = pool.map(_check_case, jobs, chunksize=1)
     else:
         results = [_check_case(j) for j in jobs]

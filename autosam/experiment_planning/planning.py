@@ -9,6 +9,7 @@ from autosam.experiment_planning.fingerprint_types import DatasetFingerprint
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, Plans, normalize_configuration
 from autosam.io.dataset import DatasetError, dataset_name_from_id, load_dataset_json
 from autosam.utils.files import write_json
+from autosam.utils.locks import lock_folder
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +97,10 @@ def plan_experiment(
         raise TypeError(f"planner {planner!r} returned {type(plans).__name__}; expected autosam.experiment_planning.plans.Plans")
     plans.dataset_name = name
     plans.plans_name = plans_name
-    out = plans_path(name, plans_name)
-    write_json(pre / "dataset.json", dataset_json)
-    plans.save(out)
+    with lock_folder(pre, "preprocessed dataset folder"):  # one process writes it at a time
+        out = plans_path(name, plans_name)
+        write_json(pre / "dataset.json", dataset_json)
+        plans.save(out)
     for cname, conf in plans.configurations.items():
         logger.info("%s: spacing %s, patch %s, batch %d, data %s, methods %s", cname, conf.spacing, conf.patch_size,
                     conf.batch_size, conf.data_identifier, sorted(conf.methods))

@@ -30,6 +30,7 @@ from autosam.training.method import Method, MethodContext, check_label_support
 from autosam.training.run_support import pick_device
 from autosam.utils import precision
 from autosam.utils.files import read_json, write_json
+from autosam.utils.locks import lock_folder
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_CHOICES = ("final", "best", "latest")
@@ -291,62 +292,63 @@ def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, out
         raise FileNotFoundError(f"{input_folder}: no images named <case>_0000{model.dataset_json['file_ending']}")
     ending = model.dataset_json["file_ending"]
     user_boxes = _read_user_boxes(boxes_json, model, cases) if boxes_json is not None else None
-    output_folder.mkdir(parents=True, exist_ok=True)
-    write_json(output_folder / "dataset.json", model.dataset_json)
-    model.plans.save(output_folder / "plans.json")
-    write_json(output_folder / "predict_args.json", {
-        "input_folder": str(input_folder), "model_folder": str(model.model_folder), "method": model.method.name,
-        "configuration": configuration, "folds": [str(f) for f in folds], "checkpoint": checkpoint,
-        "use_mirroring": use_mirroring, "step_size": step_size, "save_probabilities": save_probabilities,
-        "device": str(model.ctx.device),
-        "options": _options_dict(model.ctx.options),
-        "checkpoint_epochs": {str(f.fold): f.epoch for f in model.folds},
-        "box_prompts": None if user_boxes is None else {
-            "file": str(boxes_json), "mode": f"manual boxes from --boxes-json: {model.method.name}'s own localisation skipped",
-            "boxes": {case: {str(k): v for k, v in b.items()} for case, b in user_boxes.items()}},
-    })
+    # one process writes an output folder at a time (FolderLockedError names the other)
+    with lock_folder(output_folder, "prediction output folder"):
+        write_json(output_folder / "dataset.json", model.dataset_json)
+        model.plans.save(output_folder / "plans.json")
+        write_json(output_folder / "predict_args.json", {
+            "input_folder": str(input_folder), "model_folder": str(model.model_folder), "method": model.method.name,
+            "configuration": configuration, "folds": [str(f) for f in folds], "checkpoint": checkpoint,
+            "use_mirroring": use_mirroring, "step_size": step_size, "save_probabilities": save_probabilities,
+            "device": str(model.ctx.device),
+            "options": _options_dict(model.ctx.options),
+            "checkpoint_epochs": {str(f.fold): f.epoch for f in model.folds},
+            "box_prompts": None if user_boxes is None else {
+                "file": str(boxes_json), "mode": f"manual boxes from --boxes-json: {model.method.name}'s own localisation skipped",
+                "boxes": {case: {str(k): v for k, v in b.items()} for case, b in user_boxes.items()}},
+        })
 
-    def load(case):
-        return preprocess_case([str(p) for p in case.images], model.plans, configuration)
+        def load(case):
+            return preprocess_case([str(p) for p in case.images], model.plans, configuration)
 
-    exports_in_flight = max(1, int(num_export_workers))
-    background = ThreadPoolExecutor(max_workers=1 + exports_in_flight) if num_processes > 1 else None
-    written: list[Path] = []
-    pending_exports: list[Future] = []
-    try:
-        next_case: Future | Any = background.submit(load, cases[0]) if background else None
-        for i, case in enumerate(cases):
-            data, _seg, properties = next_case.result() if background else load(case)
-            if background and i + 1 < len(cases):
-                next_case = background.submit(load, cases[i + 1])
+        exports_in_flight = max(1, int(num_export_workers))
+        background = ThreadPoolExecutor(max_workers=1 + exports_in_flight) if num_processes > 1 else None
+        written: list[Path] = []
+        pending_exports: list[Future] = []
+        try:
+            next_case: Future | Any = background.submit(load, cases[0]) if background else None
+            for i, case in enumerate(cases):
+                data, _seg, properties = next_case.result() if background else load(case)
+                if background and i + 1 < len(cases):
+                    next_case = background.submit(load, cases[i + 1])
+                if progress:
+                    progress(case.identifier, i, len(cases))
+                case_boxes = None
+                if user_boxes is not None:
+                    from autosam.inference.box_prompts import to_preprocessed_grid
+
+                    case_boxes = to_preprocessed_grid(user_boxes[case.identifier], properties, data.shape[1:])
+                probs = predict_preprocessed_case(model.method, model.folds, data, properties, model.ctx, use_mirroring,
+                                                  progress=patch_progress, boxes=case_boxes)
+                del data
+                out = output_folder / f"{case.identifier}{ending}"
+                if background:
+                    # at most num_export_workers exports in flight: bounds memory to that many cases of probabilities
+                    while len(pending_exports) >= exports_in_flight:
+                        pending_exports.pop(0).result()
+                    pending_exports.append(background.submit(export_prediction, probs, properties, model.configuration,
+                                                             out, save_probabilities, model.ctx.label_manager))
+                else:
+                    export_prediction(probs, properties, model.configuration, out, save_probabilities, model.ctx.label_manager)
+                written.append(out)
+            for f in pending_exports:
+                f.result()
             if progress:
-                progress(case.identifier, i, len(cases))
-            case_boxes = None
-            if user_boxes is not None:
-                from autosam.inference.box_prompts import to_preprocessed_grid
-
-                case_boxes = to_preprocessed_grid(user_boxes[case.identifier], properties, data.shape[1:])
-            probs = predict_preprocessed_case(model.method, model.folds, data, properties, model.ctx, use_mirroring,
-                                              progress=patch_progress, boxes=case_boxes)
-            del data
-            out = output_folder / f"{case.identifier}{ending}"
+                progress("", len(cases), len(cases))
+        finally:
             if background:
-                # at most num_export_workers exports in flight: bounds memory to that many cases of probabilities
-                while len(pending_exports) >= exports_in_flight:
-                    pending_exports.pop(0).result()
-                pending_exports.append(background.submit(export_prediction, probs, properties, model.configuration,
-                                                         out, save_probabilities, model.ctx.label_manager))
-            else:
-                export_prediction(probs, properties, model.configuration, out, save_probabilities, model.ctx.label_manager)
-            written.append(out)
-        for f in pending_exports:
-            f.result()
-        if progress:
-            progress("", len(cases), len(cases))
-    finally:
-        if background:
-            background.shutdown(wait=True, cancel_futures=True)
-    return written
+                background.shutdown(wait=True, cancel_futures=True)
+        return written
 
 
 def _read_user_boxes(boxes_json, model: TrainedModel, cases) -> dict:

@@ -29,6 +29,7 @@ from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
 from autosam.preprocessing.normalization import ZSCORE_CLIP_PERCENTILES, normalize
 from autosam.preprocessing.resampling import compute_new_shape, resample_image, resample_segmentation, separate_axis
 from autosam.utils.files import atomic_path, read_json, write_json
+from autosam.utils.locks import lock_folder
 from autosam.utils.parallel import imap_jobs
 
 logger = logging.getLogger(__name__)
@@ -234,34 +235,35 @@ def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NA
             raise ValueError(f"plans {plans_file} have no configuration(s) {missing}; available: {sorted(plans.configurations)}")
         wanted = [c for c in wanted if c in plans.configurations]
 
-    if not undeclared_labels_to_background:  # labels of the cases that some configuration still needs
-        folders_wanted = {pre / plans.configurations[c].data_identifier for c in wanted}
-        to_check = [c.label for c in ds.cases if c.label is not None
-                    and not all(storage.is_complete(f, c.identifier, needs_seg=True) for f in folders_wanted)]
-        check_label_values(to_check, set(plans.label_manager.declared_values), num_processes, progress)
+    with lock_folder(pre, "preprocessed dataset folder"):  # one process writes it at a time
+        if not undeclared_labels_to_background:  # labels of the cases that some configuration still needs
+            folders_wanted = {pre / plans.configurations[c].data_identifier for c in wanted}
+            to_check = [c.label for c in ds.cases if c.label is not None
+                        and not all(storage.is_complete(f, c.identifier, needs_seg=True) for f in folders_wanted)]
+            check_label_values(to_check, set(plans.label_manager.declared_values), num_processes, progress)
 
-    write_json(pre / "dataset.json", ds.dataset_json)
-    _copy_ground_truth(ds, pre / "gt_segmentations")
-    get_or_create_splits(pre, [c.identifier for c in ds.cases])
+        write_json(pre / "dataset.json", ds.dataset_json)
+        _copy_ground_truth(ds, pre / "gt_segmentations")
+        get_or_create_splits(pre, [c.identifier for c in ds.cases])
 
-    folders: dict[str, Path] = {}
-    done_identifiers: set[str] = set()
-    plans_dict = json.loads(json.dumps(_plans_to_dict(plans)))
-    for cname in wanted:
-        conf = plans.configurations[cname]
-        folder = pre / conf.data_identifier
-        folders[cname] = folder
-        if conf.data_identifier in done_identifiers:
-            logger.info("%s shares %s with an earlier configuration; nothing to do", cname, conf.data_identifier)
-            continue
-        done_identifiers.add(conf.data_identifier)
-        _check_signature(folder, preprocessing_signature(plans, cname))
-        todo = [c for c in ds.cases if not storage.is_complete(folder, c.identifier, needs_seg=c.label is not None)]
-        logger.info("%s -> %s: %d of %d cases to do", cname, folder, len(todo), len(ds.cases))
-        jobs = [(plans_dict, cname, str(folder), c.identifier, [str(p) for p in c.images],
-                 str(c.label) if c.label is not None else None, undeclared_labels_to_background) for c in todo]
-        _run_jobs(jobs, num_processes, progress, desc=f"preprocess {conf.data_identifier}")
-    return folders
+        folders: dict[str, Path] = {}
+        done_identifiers: set[str] = set()
+        plans_dict = json.loads(json.dumps(_plans_to_dict(plans)))
+        for cname in wanted:
+            conf = plans.configurations[cname]
+            folder = pre / conf.data_identifier
+            folders[cname] = folder
+            if conf.data_identifier in done_identifiers:
+                logger.info("%s shares %s with an earlier configuration; nothing to do", cname, conf.data_identifier)
+                continue
+            done_identifiers.add(conf.data_identifier)
+            _check_signature(folder, preprocessing_signature(plans, cname))
+            todo = [c for c in ds.cases if not storage.is_complete(folder, c.identifier, needs_seg=c.label is not None)]
+            logger.info("%s -> %s: %d of %d cases to do", cname, folder, len(todo), len(ds.cases))
+            jobs = [(plans_dict, cname, str(folder), c.identifier, [str(p) for p in c.images],
+                     str(c.label) if c.label is not None else None, undeclared_labels_to_background) for c in todo]
+            _run_jobs(jobs, num_processes, progress, desc=f"preprocess {conf.data_identifier}")
+        return folders
 
 
 def _plans_to_dict(plans: Plans) -> dict:

@@ -56,3 +56,28 @@ def list_cases(folder: Path) -> list[str]:
         return []
     keys = [p.name[: -len(".json")] for p in folder.glob("*.json") if not p.name.startswith(".")]
     return sorted(k for k in keys if (folder / f"{k}.npy").is_file())
+
+
+def undeclared_values_of_cases(folder: Path, keys, declared) -> dict[str, list[int]]:
+    """``{segmentation file: values}`` for the cases of ``keys`` whose stored segmentation holds
+    label values outside ``declared`` (a folder written before undeclared labels were refused).
+
+    Cheap: the properties' ``class_locations`` name every foreground value present (up to a few
+    thousand voxels each); a case whose properties lack them is read once."""
+    from autosam.io.dataset import undeclared_label_values
+
+    declared = {int(v) for v in declared}
+    found: dict[str, list[int]] = {}
+    for key in keys:
+        _, seg_p, prop_p = case_paths(folder, key)
+        props = read_json(prop_p)
+        locations = props.get("class_locations")
+        if isinstance(locations, dict):
+            values = sorted(int(v) for v in locations if int(v) not in declared)
+        elif seg_p.is_file():
+            values = undeclared_label_values(np.load(seg_p, mmap_mode="r"), declared | {-1})
+        else:
+            values = []
+        if values:
+            found[str(seg_p)] = values
+    return found

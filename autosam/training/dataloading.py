@@ -32,6 +32,7 @@ from batchgenerators.transforms.resample_transforms import SimulateLowResolution
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
 from autosam.preprocessing.storage import case_paths, list_cases, load_case
+from autosam.utils.processes import exit_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,9 @@ def rotation_padded_size(patch_size, rot_range: float, scale_max: float = 1.0, i
 class PatchSampler(SlimDataLoaderBase):
     """Cuts (larger-than-patch) random patches from preprocessed cases; foreground oversampling.
 
-    Randomness comes from numpy's global generator, which batchgenerators seeds per worker.
+    Randomness comes from numpy's global generator, which batchgenerators seeds per worker. In a
+    background worker it ends the worker when the training process ends
+    (:func:`autosam.utils.processes.exit_with_parent`), so that a killed run leaves no workers.
     """
 
     def __init__(self, dataset: PreprocessedDataset, batch_size: int, patch_size, sample_size=None,
@@ -127,6 +130,13 @@ class PatchSampler(SlimDataLoaderBase):
         self.excluded_classes = {str(int(ignore_label))} if ignore_label is not None else set()
         if not dataset.keys:
             raise ValueError(f"{dataset.folder}: no training cases to sample from")
+        self.parent_pid = os.getpid()  # the process that starts the workers
+
+    def set_thread_id(self, thread_id):
+        # batchgenerators calls this first thing in every background worker
+        if os.getpid() != self.parent_pid:
+            exit_with_parent(self.parent_pid)
+        super().set_thread_id(thread_id)
 
     def force_foreground(self, index: int) -> bool:
         return index >= round(self.BATCH_SIZE * (1 - self.oversample_foreground))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -57,9 +58,13 @@ class _Formatter(logging.Formatter):
 
 
 def attach_log_file(fold_dir: Path) -> logging.Handler:
-    """Send INFO logs of autosam and its plugins to ``fold_dir/training_log_<timestamp>.txt``."""
-    stamp = datetime.now().strftime("%Y_%m_%d_%H_%M_%S")
-    handler = logging.FileHandler(Path(fold_dir) / f"training_log_{stamp}.txt", encoding="utf-8")
+    """Send INFO logs of autosam and its plugins to ``fold_dir/training_log_<timestamp>_<pid>.txt``.
+
+    The name is unique per run: the time to the microsecond and the process id (two runs started
+    in the same second never share a log file). The file is opened exclusively, never appended to."""
+    stamp = datetime.now().strftime("%Y_%m_%d_%H_%M_%S_%f")
+    path = Path(fold_dir) / f"training_log_{stamp}_pid{os.getpid()}.txt"
+    handler = logging.FileHandler(path, mode="x", encoding="utf-8")
     handler.setFormatter(_Formatter())
     handler.setLevel(logging.INFO)
     for name in ("autosam", "autosam_plugins"):

@@ -41,6 +41,7 @@ from autosam.training.run_support import (
 )
 from autosam.utils import precision
 from autosam.utils.files import read_json, write_json
+from autosam.utils.locks import lock_folder
 
 logger = logging.getLogger(__name__)
 DEFAULT_EPOCHS = 1000
@@ -121,6 +122,7 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
             raise ValueError(f"fold {fold} does not exist; {pre_folder / 'splits_final.json'} has {len(splits)} folds")
         train_keys, val_keys = splits[fold]["train"], splits[fold]["val"]
     dataset = PreprocessedDataset(data_folder, sorted(set(train_keys) | set(val_keys)))
+    check_preprocessed_labels(dataset, plans, dataset_id, configuration)  # before anything is written
 
     out = model_folder(dataset_name, method.name, plans_name, configuration)
     fold_dir = out / f"fold_{fold}"
@@ -145,7 +147,14 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
                         extra={"num_workers": default_num_workers() if num_workers is None else num_workers},
                         step_size=step_size)
 
-    handler = attach_log_file(fold_dir)
+    # one process owns the fold folder while it trains or validates (under DDP: the main process only);
+    # a second run of the same fold stops here with FolderLockedError naming the owner
+    fold_lock = lock_folder(fold_dir, "training fold")
+    try:
+        handler = attach_log_file(fold_dir)
+    except BaseException:
+        fold_lock.release()
+        raise
     try:
         logger.info("training %s fold %s: method %s (%s %s), configuration %s, device %s, %d epochs x %d iterations, "
                     "%d training / %d validation cases", dataset_name, fold, method.name, entry.distribution,
@@ -191,7 +200,27 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
         logging.getLogger("autosam").removeHandler(handler)
         logging.getLogger("autosam_plugins").removeHandler(handler)
         handler.close()
+        fold_lock.release()
     return fold_dir
+
+
+def check_preprocessed_labels(dataset: PreprocessedDataset, plans: Plans, dataset_id, configuration: str) -> None:
+    """Stop with one error naming every preprocessed segmentation of ``dataset`` that holds label
+    values the plans' labels (dataset.json) do not declare: a folder preprocessed by an older
+    autosam kept them, and training would crash on them mid-run (or learn from them silently)."""
+    from autosam.io.dataset import DatasetError
+    from autosam.preprocessing.storage import undeclared_values_of_cases
+
+    declared = set(plans.label_manager.declared_values)
+    found = undeclared_values_of_cases(dataset.folder, dataset.keys, declared)
+    if found:
+        lines = "\n  - ".join(f"{path}: label value(s) {values}" for path, values in sorted(found.items()))
+        raise DatasetError(
+            f"{len(found)} preprocessed segmentation(s) in {dataset.folder} hold label values that dataset.json does "
+            f"not declare (declared: {sorted(declared)}); the folder was written by an older autosam that kept "
+            f"them:\n  - {lines}\nRemove {dataset.folder} and run autosam_preprocess -d {dataset_id} -c "
+            f"{configuration} again: it stops on undeclared values in the raw labels (or maps them to background "
+            f"with --undeclared_labels_to_background), or declare the values in dataset.json 'labels'.")
 
 
 class _Loop:
