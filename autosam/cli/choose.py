@@ -3,12 +3,11 @@ steps of find_best_configuration on their own (accumulate_crossval_results, dete
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from autosam.cli.common import Parser, normalize_configuration
+from autosam.cli.common import Parser, command, normalize_configuration
 
 
 def _bar(desc: str):
@@ -22,6 +21,7 @@ def _bar(desc: str):
     return update
 
 
+@command("autosam_find_best_configuration", status=1, errors=(ValueError,))
 def main_find_best(argv: list[str] | None = None) -> int:
     p = Parser(
         prog="autosam_find_best_configuration",
@@ -50,12 +50,8 @@ def main_find_best(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autosam.postprocessing.find_best import find_best_configuration
 
-    try:
-        result = find_best_configuration(a.dataset, a.methods, a.configurations, a.folds, a.plans,
-                                         not a.disable_ensembling, a.num_processes)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"autosam_find_best_configuration: {exc}", file=sys.stderr)
-        return 1
+    result = find_best_configuration(a.dataset, a.methods, a.configurations, a.folds, a.plans,
+                                     not a.disable_ensembling, a.num_processes)
     print("\nRanking (cross-validation foreground-mean Dice):")
     for r in result["ranking"]:
         print(f"  {r['foreground_mean_dice']:.4f}  {r['name']}")
@@ -64,6 +60,7 @@ def main_find_best(argv: list[str] | None = None) -> int:
     return 0
 
 
+@command("autosam_ensemble", status=1, errors=(ValueError,))
 def main_ensemble(argv: list[str] | None = None) -> int:
     p = Parser(prog="autosam_ensemble",
                                 description="Average saved probabilities (<case>.npz from --save_probabilities/--npz) of "
@@ -76,15 +73,12 @@ def main_ensemble(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from autosam.postprocessing.ensemble import ensemble_folders
 
-    try:
-        cases = ensemble_folders(a.inputs, a.output, a.file_ending, a.save_probabilities, progress=_bar("ensemble"))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"autosam_ensemble: {exc}", file=sys.stderr)
-        return 1
+    cases = ensemble_folders(a.inputs, a.output, a.file_ending, a.save_probabilities, progress=_bar("ensemble"))
     print(f"ensembled {len(cases)} case(s) into {a.output}")
     return 0
 
 
+@command("autosam_apply_postprocessing", status=1, errors=(ValueError,))
 def main_apply_postprocessing(argv: list[str] | None = None) -> int:
     p = Parser(prog="autosam_apply_postprocessing",
                                 description="Apply post-processing rules (postprocessing.json written by "
@@ -98,20 +92,26 @@ def main_apply_postprocessing(argv: list[str] | None = None) -> int:
     p.add_argument("-dataset_json", default=None, help="dataset.json whose file_ending applies (as nnU-Net)")
     a = p.parse_args(argv)
     from autosam.postprocessing.postprocess import apply_postprocessing_folder
-    from autosam.utils.files import read_json
 
-    try:
-        if a.file_ending is None:
-            a.file_ending = read_json(a.dataset_json)["file_ending"] if a.dataset_json else ".nii.gz"
-        rules = read_json(a.pp_file)["rules"]
-        written = apply_postprocessing_folder(a.input, a.output, rules, a.file_ending)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"autosam_apply_postprocessing: {a.pp_file if isinstance(exc, KeyError) else ''} {exc}", file=sys.stderr)
-        return 1
+    if a.file_ending is None:
+        a.file_ending = _entry(a.dataset_json, "file_ending") if a.dataset_json else ".nii.gz"
+    rules = _entry(a.pp_file, "rules")
+    written = apply_postprocessing_folder(a.input, a.output, rules, a.file_ending)
     print(f"post-processed {len(written)} case(s) into {a.output} (rules: {rules or 'none'})")
     return 0
 
 
+def _entry(path, key: str):
+    """``read_json(path)[key]``; a missing key is a ValueError naming the file."""
+    from autosam.utils.files import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict) or key not in data:
+        raise ValueError(f"{path}: no {key!r} entry")
+    return data[key]
+
+
+@command("autosam_accumulate_crossval_results", errors=(ValueError,))
 def main_accumulate_crossval_results(argv: list[str] | None = None) -> int:
     p = Parser(
         prog="autosam_accumulate_crossval_results",
@@ -134,16 +134,13 @@ def main_accumulate_crossval_results(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autosam.postprocessing.find_best import accumulate_crossval_results
 
-    try:
-        folder, summary = accumulate_crossval_results(a.dataset, a.c, a.m, a.f, a.plans, a.o, a.num_processes)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"autosam_accumulate_crossval_results: error: {exc}", file=sys.stderr)
-        return 2
+    folder, summary = accumulate_crossval_results(a.dataset, a.c, a.m, a.f, a.plans, a.o, a.num_processes)
     print(f"{len(summary['metric_per_case'])} case(s) of folds {' '.join(map(str, a.f))} in {folder}; "
           f"foreground mean Dice {summary['foreground_mean'].get('Dice', float('nan')):.4f} ({folder / 'summary.json'})")
     return 0
 
 
+@command("autosam_determine_postprocessing", errors=(ValueError, KeyError))
 def main_determine_postprocessing(argv: list[str] | None = None) -> int:
     p = Parser(
         prog="autosam_determine_postprocessing",
@@ -164,18 +161,13 @@ def main_determine_postprocessing(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autosam.postprocessing.postprocess import apply_postprocessing_folder, determine_postprocessing
-    from autosam.utils.files import read_json
 
     dataset_json = a.dataset_json or a.i / "dataset.json"
-    try:
-        if not dataset_json.is_file():
-            raise FileNotFoundError(f"{dataset_json}: no dataset.json; give one with -dataset_json")
-        result = determine_postprocessing(a.i, a.ref, dataset_json, num_processes=a.num_processes)
-        if not a.remove_postprocessed:
-            apply_postprocessing_folder(a.i, a.i / "postprocessed", result["rules"], read_json(dataset_json)["file_ending"])
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"autosam_determine_postprocessing: error: {exc}", file=sys.stderr)
-        return 2
+    if not dataset_json.is_file():
+        raise FileNotFoundError(f"{dataset_json}: no dataset.json; give one with -dataset_json")
+    result = determine_postprocessing(a.i, a.ref, dataset_json, num_processes=a.num_processes)
+    if not a.remove_postprocessed:
+        apply_postprocessing_folder(a.i, a.i / "postprocessed", result["rules"], _entry(dataset_json, "file_ending"))
     rules = ", ".join(f"largest component of {r}" for r in result["rules"]) or "none (no step raised the Dice)"
     print(f"post-processing: {rules}; foreground mean Dice {result['foreground_mean_dice_before']:.4f} -> "
           f"{result['foreground_mean_dice_after']:.4f}; rules in {a.i / 'postprocessing.json'}"

@@ -5,7 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
-from autosam.cli.common import Parser
+from autosam.cli.common import Parser, command
 from autosam.dataset_conversion.msd import convert_msd_dataset
 
 
@@ -32,18 +32,15 @@ def build_parser() -> Parser:
     return p
 
 
+@command("autosam_convert_MSD_dataset", errors=(ValueError,))  # DatasetError is a ValueError
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.num_processes < 1:
-        print("error: -np must be at least 1", file=sys.stderr)
+        print("autosam_convert_MSD_dataset: error: -np must be at least 1", file=sys.stderr)
         return 2
-    try:
-        folder = convert_msd_dataset(args.input, args.overwrite_id, args.num_processes, args.raw,
-                                     overwrite=args.overwrite, progress=not args.quiet)
-    except ValueError as exc:  # DatasetError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    folder = convert_msd_dataset(args.input, args.overwrite_id, args.num_processes, args.raw,
+                                 overwrite=args.overwrite, progress=not args.quiet)
     print(folder)
     return 0
 

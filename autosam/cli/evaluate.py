@@ -5,7 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
-from autosam.cli.common import Parser
+from autosam.cli.common import Parser, command
 
 
 def build_parser() -> Parser:
@@ -44,6 +44,7 @@ def _add_output_options(p: Parser) -> None:
     p.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster on large images)")
 
 
+@command("autosam_evaluate_folder", errors=(ValueError,))
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -82,6 +83,7 @@ def build_simple_parser() -> Parser:
     return p
 
 
+@command("autosam_evaluate_simple", errors=(ValueError,))
 def main_simple(argv: list[str] | None = None) -> int:
     args = build_simple_parser().parse_args(argv)
     from autosam.evaluation.evaluate import evaluate_folder_labels
@@ -109,11 +111,8 @@ def _run(prog: str, output: Path, evaluate) -> int:
 
     try:
         summary = evaluate(progress)
-    except (FileNotFoundError, ValueError) as exc:
+    finally:
         bar.close()
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    bar.close()
     fg = summary["foreground_mean"]
     hd = fg.get("HD95")
     print(f"{len(summary['metric_per_case'])} case(s); foreground mean Dice {fg.get('Dice', float('nan')):.4f}, "

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from autosam import paths
-from autosam.cli.common import Parser
+from autosam.cli.common import Parser, command
 from autosam.data.example import KINDS, make_example_dataset
 
 
@@ -25,15 +25,12 @@ def build_parser() -> Parser:
     return p
 
 
+@command("autosam_example_dataset", errors=(ValueError,))  # DatasetError is a ValueError
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     raw = args.raw if args.raw is not None else paths.raw_dir()
-    try:
-        folder = make_example_dataset(raw, args.dataset_id, args.cases, args.kind, args.seed)
-    except ValueError as exc:  # DatasetError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    folder = make_example_dataset(raw, args.dataset_id, args.cases, args.kind, args.seed)
     print(folder)
     return 0
 

@@ -3,12 +3,12 @@ models as zip files (nnU-Net's commands of the same names, with its flags)."""
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-from autosam.cli.common import Parser, fold_value, normalize_configuration
+from autosam.cli.common import Parser, command, fold_value, normalize_configuration
 
 
+@command("autosam_export_model_to_zip", errors=(ValueError, RuntimeError))
 def main_export(argv: list[str] | None = None) -> int:
     p = Parser(
         prog="autosam_export_model_to_zip",
@@ -37,18 +37,15 @@ def main_export(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autosam.inference.model_sharing import export_model_to_zip
 
-    try:
-        folds = [fold_value(f) for f in a.f] if a.f else None
-        exported = export_model_to_zip(a.d, a.o, a.c, a.m, a.plans, folds, a.chk, not a.not_strict, a.exp_cv_preds)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"autosam_export_model_to_zip: error: {exc}", file=sys.stderr)
-        return 2
+    folds = [fold_value(f) for f in a.f] if a.f else None
+    exported = export_model_to_zip(a.d, a.o, a.c, a.m, a.plans, folds, a.chk, not a.not_strict, a.exp_cv_preds)
     for e in exported:
         print(f"  {e.folder.name}: folds {' '.join(map(str, e.folds))}, {', '.join(e.checkpoints)}")
     print(f"{len(exported)} model(s) written to {a.o}")
     return 0
 
 
+@command("autosam_install_pretrained_model_from_zip", errors=(ValueError, RuntimeError))
 def main_install(argv: list[str] | None = None) -> int:
     p = Parser(
         prog="autosam_install_pretrained_model_from_zip",
@@ -64,11 +61,7 @@ def main_install(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autosam.inference.model_sharing import install_model_from_zip
 
-    try:
-        installed = install_model_from_zip(a.zip, force=a.force)
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"autosam_install_pretrained_model_from_zip: error: {exc}", file=sys.stderr)
-        return 2
+    installed = install_model_from_zip(a.zip, force=a.force)
     for folder in installed:
         print(f"installed {folder}")
     return 0

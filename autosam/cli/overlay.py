@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from autosam.cli.common import Parser, normalize_configuration
+from autosam.cli.common import Parser, command, normalize_configuration
 
 
 def build_parser() -> Parser:
@@ -37,6 +37,7 @@ def build_parser() -> Parser:
     return p
 
 
+@command("autosam_plot_overlay_pngs", errors=(ValueError, KeyError))
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -45,23 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     from autosam.utils import overlay
 
     configuration = a.c
-    try:
-        if not 0 <= a.overlay_intensity <= 1:
-            raise ValueError(f"-overlay_intensity {a.overlay_intensity}: give a value between 0 and 1")
-        name = dataset_name_from_id(a.d)
-        if a.pred is not None:
-            out = a.o or a.pred / "overlays"
-            jobs = overlay.prediction_jobs(name, a.pred, out, a.channel_idx)
-        elif a.use_raw:
-            out = a.o or paths.results_dir() / name / "overlays" / "raw"
-            jobs = overlay.raw_jobs(name, out, a.channel_idx)
-        else:
-            out = a.o or paths.results_dir() / name / "overlays" / configuration
-            jobs = overlay.preprocessed_jobs(name, configuration, a.plans, out, a.channel_idx)
-        _render_all(jobs, a.overlay_intensity, a.num_processes, a.quiet)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"autosam_plot_overlay_pngs: error: {exc}", file=sys.stderr)
-        return 2
+    if not 0 <= a.overlay_intensity <= 1:
+        raise ValueError(f"-overlay_intensity {a.overlay_intensity}: give a value between 0 and 1")
+    name = dataset_name_from_id(a.d)
+    if a.pred is not None:
+        out = a.o or a.pred / "overlays"
+        jobs = overlay.prediction_jobs(name, a.pred, out, a.channel_idx)
+    elif a.use_raw:
+        out = a.o or paths.results_dir() / name / "overlays" / "raw"
+        jobs = overlay.raw_jobs(name, out, a.channel_idx)
+    else:
+        out = a.o or paths.results_dir() / name / "overlays" / configuration
+        jobs = overlay.preprocessed_jobs(name, configuration, a.plans, out, a.channel_idx)
+    _render_all(jobs, a.overlay_intensity, a.num_processes, a.quiet)
     print(f"{len(jobs)} overlay(s) written to {out}")
     return 0
 

@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from autosam.cli.common import Parser, normalize_configuration
+from autosam.cli.common import Parser, command, normalize_configuration
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
 
 EPILOG = ("Folders come from AUTOSAM_RAW, AUTOSAM_PREPROCESSED and AUTOSAM_RESULTS. "
@@ -64,14 +64,14 @@ def _add_configs(p: argparse.ArgumentParser) -> None:
                         "nnU-Net's 3d_fullres means 3d)")
 
 
+#: The user errors of these commands (DatasetError is a ValueError; a planner plugin's bad return is a TypeError)
+USER_ERRORS = (ValueError, KeyError, TypeError)
+
+
 def _run(fn, args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        for dataset in args.dataset:
-            fn(dataset)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as exc:  # DatasetError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for dataset in args.dataset:
+        fn(dataset)
     return 0
 
 
@@ -81,6 +81,7 @@ def _parser(prog: str, description: str) -> Parser:
     return p
 
 
+@command("autosam_extract_fingerprint", errors=USER_ERRORS)
 def main_fingerprint(argv: list[str] | None = None) -> int:
     p = _parser("autosam_extract_fingerprint", "Extract the dataset fingerprint (dataset_fingerprint.json).")
     _add_dataset(p)
@@ -96,6 +97,7 @@ def main_fingerprint(argv: list[str] | None = None) -> int:
                                               undeclared_labels_to_background=args.undeclared_labels_to_background), args)
 
 
+@command("autosam_plan_experiment", errors=USER_ERRORS)
 def main_plan(argv: list[str] | None = None) -> int:
     p = _parser("autosam_plan_experiment", "Plan configurations 2d, 3d (and 3d_lowres when needed) from the fingerprint.")
     _add_dataset(p)
@@ -111,6 +113,7 @@ def main_plan(argv: list[str] | None = None) -> int:
     return _run(plan, args)
 
 
+@command("autosam_preprocess", errors=USER_ERRORS)
 def main_preprocess(argv: list[str] | None = None) -> int:
     p = _parser("autosam_preprocess", "Crop, normalise, resample and store the training cases of planned configurations.")
     _add_dataset(p)
@@ -126,6 +129,7 @@ def main_preprocess(argv: list[str] | None = None) -> int:
                                              undeclared_labels_to_background=args.undeclared_labels_to_background), args)
 
 
+@command("autosam_plan_and_preprocess", errors=USER_ERRORS)
 def main(argv: list[str] | None = None) -> int:
     p = _parser("autosam_plan_and_preprocess",
                 "Fingerprint, plan and preprocess a raw dataset (nnU-Net v2 format) in one go.")
@@ -164,6 +168,7 @@ def _summary(plans) -> None:
     print(f"  default method: {plans.default_method} ({plans.default_method_rationale})")
 
 
+@command("autosam_move_plans_between_datasets", errors=(ValueError,))
 def main_move_plans(argv: list[str] | None = None) -> int:
     p = Parser(
         prog="autosam_move_plans_between_datasets",
@@ -185,11 +190,7 @@ def main_move_plans(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autosam.experiment_planning.move_plans import move_plans_between_datasets
 
-    try:
-        written = move_plans_between_datasets(a.s, a.t, a.sp, a.tp, a.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"autosam_move_plans_between_datasets: error: {exc}", file=sys.stderr)
-        return 2
+    written = move_plans_between_datasets(a.s, a.t, a.sp, a.tp, a.overwrite)
     print(f"plans written to {written}; next: autosam_preprocess -d {a.t} -plans_name {written.stem}")
     return 0
 

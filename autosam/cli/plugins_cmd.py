@@ -5,7 +5,7 @@ import json
 import sys
 import warnings
 
-from autosam.cli.common import Parser
+from autosam.cli.common import Parser, command
 from autosam.plugins import PluginInfo, PluginSystem, get_plugin_system, hook_names
 
 
@@ -75,6 +75,7 @@ def build_parser() -> Parser:
     return p
 
 
+@command("autosam_plugins", status=1)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():

@@ -10,8 +10,8 @@ from autosam.cli.common import (
     CaseProgress,
     Parser,
     add_prediction_options,
+    command,
     default_device,
-    error_text,
     method_option_names,
     normalize_configuration,
     parse_with_method_overrides,
@@ -53,6 +53,7 @@ def build_parser() -> Parser:
     return p
 
 
+@command("autosam_predict", errors=(ValueError, KeyError, RuntimeError))
 def main(argv: list[str] | None = None) -> int:
     args, overrides, folds = parse_with_method_overrides(
         build_parser(), argv, lambda a: method_option_names(a.m, a.d, a.c, a.plans))
@@ -69,11 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                                  method_overrides=overrides, progress=progress, patch_progress=not args.quiet,
                                  boxes_json=args.boxes_json, step_size=args.step_size,
                                  num_export_workers=args.num_export_workers)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+    finally:
         progress.close()
-        print(f"autosam_predict: error: {error_text(exc)}", file=sys.stderr)
-        return 2
-    progress.close()
     mode = " with the manual boxes of --boxes-json (localisation skipped)" if args.boxes_json is not None else ""
     print(f"{len(written)} prediction(s) written to {args.o}{mode} in {time.perf_counter() - start:.1f} s")
     return 0

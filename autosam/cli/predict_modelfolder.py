@@ -11,8 +11,8 @@ from autosam.cli.common import (
     CaseProgress,
     Parser,
     add_prediction_options,
+    command,
     default_device,
-    error_text,
     method_option_names,
     parse_with_method_overrides,
 )
@@ -45,6 +45,7 @@ def build_parser() -> Parser:
     return p
 
 
+@command("autosam_predict_from_modelfolder", errors=(ValueError, KeyError, RuntimeError))
 def main(argv: list[str] | None = None) -> int:
     args, overrides, folds = parse_with_method_overrides(
         build_parser(), argv, lambda a: method_option_names(a.m.name.split("__")[0]))
@@ -64,11 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                                             num_processes=args.num_processes, progress=progress,
                                             patch_progress=not args.quiet, step_size=args.step_size,
                                             num_export_workers=args.num_export_workers)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+    finally:
         progress.close()
-        print(f"autosam_predict_from_modelfolder: error: {error_text(exc)}", file=sys.stderr)
-        return 2
-    progress.close()
     print(f"{len(written)} prediction(s) written to {args.o} in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autosam.cli.common import Parser, add_device
+from autosam.cli.common import Parser, add_device, command
 
 
 def _parser() -> Parser:
@@ -80,6 +80,7 @@ def _window(values: list[str]):
     raise SystemExit(f"--window takes LOW HIGH, 'auto' or 'none'; got {' '.join(values)}")
 
 
+@command("autosam_segment_box")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -10,8 +10,8 @@ import typing
 from autosam.cli.common import (
     Parser,
     add_device,
+    command,
     default_device,
-    error_text,
     method_option_names,
     method_overrides_from,
     normalize_configuration,
@@ -122,6 +122,7 @@ def _method_for_help(argv: list[str]):
         return None
 
 
+@command("autosam_train", status=1, errors=(ValueError, KeyError, RuntimeError))
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -133,18 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     from autosam.training.trainer import run_training
 
-    try:
-        fold_dir = run_training(
-            args.dataset, args.configuration, args.method, args.fold, epochs=args.epochs,
-            iters_per_epoch=args.iters_per_epoch, device=args.device or default_device(), resume=args.resume,
-            validation_only=args.validation_only, save_npz=args.save_npz, seed=args.seed, plans_name=args.plans,
-            method_overrides=overrides, num_workers=args.num_workers, progress=not args.quiet,
-            val_best=args.val_best, disable_checkpointing=args.disable_checkpointing,
-            pretrained_weights=args.pretrained_weights, step_size=args.step_size,
-        )
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
-        print(f"autosam_train: error: {error_text(exc)}", file=sys.stderr)
-        return 1
+    fold_dir = run_training(
+        args.dataset, args.configuration, args.method, args.fold, epochs=args.epochs,
+        iters_per_epoch=args.iters_per_epoch, device=args.device or default_device(), resume=args.resume,
+        validation_only=args.validation_only, save_npz=args.save_npz, seed=args.seed, plans_name=args.plans,
+        method_overrides=overrides, num_workers=args.num_workers, progress=not args.quiet,
+        val_best=args.val_best, disable_checkpointing=args.disable_checkpointing,
+        pretrained_weights=args.pretrained_weights, step_size=args.step_size,
+    )
     print(f"results: {fold_dir}")
     print(f"progress plot: {fold_dir / 'progress.png'}")
     summary = fold_dir / "validation" / "summary.json"

@@ -4,11 +4,13 @@ An interrupted run therefore never leaves a half-written file that a later run t
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from contextlib import contextmanager, nullcontext
@@ -39,16 +41,46 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    except OSError as exc:  # name the file being written, not its temporary name
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        full = _disk_full_error(exc, path)
+        if full is not None:
+            raise full from exc
         raise
+
+
+#: Errors of a write that ran out of room: the disk, the user's quota, the file size limit.
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _disk_full_error(exc: BaseException, path: Path) -> OSError | None:
+    """A write into ``path`` failed: the error to raise instead, naming ``path``, or None to keep it.
+
+    ``write()`` reports a full disk as ``OSError(ENOSPC)`` without a file name; SimpleITK and
+    ``torch.save`` report it as a ``RuntimeError`` ("file write failed"). Both become an
+    ``OSError(ENOSPC)`` naming the file being written, which the commands print as one line."""
+    if isinstance(exc, OSError):
+        if exc.errno in _NO_ROOM and exc.filename is None:
+            return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+        return None
+    if isinstance(exc, RuntimeError):
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            return None
+        if free < 1 << 20:  # less than 1 MiB left: the write failed for want of space
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
 
 
 def _umask() -> int:
