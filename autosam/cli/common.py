@@ -135,11 +135,11 @@ def command(prog: str, status: int = 2, errors: tuple[type[BaseException], ...] 
             try:
                 return fn(argv)
             except OSError as exc:
-                message = describe_os_error(exc)
+                error, message = exc, describe_os_error(exc)
             except (FolderLockedError, *errors) as exc:
-                message = error_text(exc)
+                error, message = exc, error_text(exc)
             if verbose:
-                traceback.print_exc()
+                traceback.print_exception(error)
             print(f"{prog}: error: {message}", file=sys.stderr)
             return status
 

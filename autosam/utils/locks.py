@@ -62,6 +62,14 @@ def describe_owner(info: dict) -> str:
             f"command: {info.get('command')} (last heartbeat {age:.0f} s ago)")
 
 
+def _command_line() -> str:
+    """This process's command line as typed: ``autosam_train 4 3d unet 0``, ``python -m autosam.cli.train ...``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    prog = f"python -m {name.removesuffix('.__main__')}" if name else Path(sys.argv[0]).name if sys.argv else "python"
+    return " ".join([prog, *sys.argv[1:]])
+
+
 def _this_host() -> str:
     return socket.gethostname()
 
@@ -200,7 +208,7 @@ class FolderLock:
         self.info = {
             "host": _this_host(), "pid": os.getpid(),
             "started": datetime.now().isoformat(timespec="seconds"),
-            "command": command or (" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "python"),
+            "command": command or _command_line(),
             "what": self.what, "heartbeat": now,
         }
         self._write_info()
