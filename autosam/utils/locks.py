@@ -25,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -176,6 +177,10 @@ class FolderLock:
                             raise FolderLockedError(self.folder, previous, self.what)
                         logger.warning("%s: taking over the lock of a run that ended without releasing it (%s: %s)",
                                        self.folder, describe_owner(previous), reason or "its lock was free, so its process has ended")
+                        removed = remove_partial_files(self.folder)
+                        if removed:
+                            logger.warning("%s: removed %d unfinished temporary file(s) of that run", self.folder,
+                                           removed)
                     self.fd = fd
                     self._write_owner(command)
                     keep = True
@@ -297,6 +302,24 @@ def lock_folder(folder: str | os.PathLike, what: str = "folder", command: str | 
         lock.count = 1
         _held[_key(folder)] = lock
     return lock
+
+
+#: The temporary files of :func:`autosam.utils.files.atomic_path` (``.<name>.<8 random>.partial<suffix>``).
+PARTIAL_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.partial(\.[^/]*)?$")
+
+
+def remove_partial_files(folder: Path) -> int:
+    """Remove the temporary files that atomic writes of a killed run left in ``folder`` (and its
+    subfolders); returns how many. Only the folder's new owner calls it: no writer is active."""
+    removed = 0
+    for path in Path(folder).rglob(".*.partial*"):
+        if PARTIAL_FILE.match(path.name) and path.is_file():
+            try:
+                path.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def read_owner(folder: str | os.PathLike) -> dict | None:
