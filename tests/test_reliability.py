@@ -511,3 +511,48 @@ def test_undeclared_values_in_an_old_preprocessed_folder_stop_training_before_an
     assert f"Remove {folder} and run autosam_preprocess -d {NAME} -c 3d" in err
     assert "Traceback" not in err
     assert not (autosam_dirs["results"] / NAME).exists()
+
+
+# ------------------------------------------------------------------------------ resume at the very end
+def test_a_stop_between_the_last_epoch_and_the_final_checkpoint_is_finished_by_resume(autosam_dirs, monkeypatch):
+    """Found by benchmarks/fault_injection.py: killed after checkpoint_latest.pth of the last epoch,
+    the rerun must still run after_training, write checkpoint_final.pth and remove the latest one."""
+    from autosam.training import checkpoint as ckpt_io
+    from autosam.training import trainer
+    from autosam.training.trainer import run_training
+
+    make_tiny_preprocessed(autosam_dirs["preprocessed"], autosam_dirs["raw"], num_cases=4)
+    kw = dict(epochs=2, iters_per_epoch=1, device="cpu", num_workers=0, validate=False)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(self):
+        raise Killed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer._Loop, "finish", killed)
+        with pytest.raises(Killed):
+            run_training(NAME, "3d", "unet", 0, **kw)
+    fold_dir = autosam_dirs["results"] / NAME / "unet__autosamPlans__3d" / "fold_0"
+    assert not (fold_dir / "checkpoint_final.pth").exists()
+    latest = ckpt_io.load_checkpoint(fold_dir / "checkpoint_latest.pth")
+    assert latest["epoch"] == 2
+
+    calls = []
+    original = trainer._Loop.finish
+    monkeypatch.setattr(trainer._Loop, "finish", lambda self: (calls.append(self.start_epoch), original(self)))
+    run_training(NAME, "3d", "unet", 0, resume=True, **kw)
+    assert calls == [2]
+    final = ckpt_io.load_checkpoint(fold_dir / "checkpoint_final.pth")
+    assert final["epoch"] == 2 and final["logger"]["train_loss"] == latest["logger"]["train_loss"]
+    assert not (fold_dir / "checkpoint_latest.pth").exists()
+
+    # stopped between writing the final checkpoint and removing the latest one: only the removal is left
+    import shutil
+
+    shutil.copyfile(fold_dir / "checkpoint_final.pth", fold_dir / "checkpoint_latest.pth")
+    before = (fold_dir / "checkpoint_final.pth").read_bytes()
+    run_training(NAME, "3d", "unet", 0, resume=True, **kw)
+    assert calls == [2] and (fold_dir / "checkpoint_final.pth").read_bytes() == before
+    assert not (fold_dir / "checkpoint_latest.pth").exists()

@@ -286,8 +286,10 @@ class _Loop:
         ctx = self.ctx
         if self.start_epoch >= ctx.num_epochs:
             logger.info("training already complete (%d epochs)", self.start_epoch)
-            if not (self.fold_dir / "checkpoint_final.pth").is_file():
-                self.save("checkpoint_final.pth", self.start_epoch)
+            if self._final_epoch() >= self.start_epoch:  # stopped before checkpoint_latest.pth was removed
+                (self.fold_dir / "checkpoint_latest.pth").unlink(missing_ok=True)
+            else:  # stopped after the last epoch, before the final checkpoint: do what was left
+                self.finish()
             return
         train_loader, val_loader = self.make_loaders()
         try:
@@ -296,10 +298,23 @@ class _Loop:
         finally:
             for loader in (train_loader, val_loader):
                 shutdown_loader(loader)
+        self.finish()
+
+    def _final_epoch(self) -> int:
+        """The epoch of ``checkpoint_final.pth``, or -1 when there is none."""
+        path = self.fold_dir / "checkpoint_final.pth"
+        if not path.is_file():
+            return -1
+        return int(ckpt_io.load_checkpoint(path, map_location="cpu")["epoch"])
+
+    def finish(self) -> None:
+        """After the last epoch: the method's ``after_training``, the final (and best) checkpoint."""
+        ctx = self.ctx
         self.method.after_training(self.network, ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
-        self.save("checkpoint_final.pth", ctx.num_epochs)
+        epochs = max(ctx.num_epochs, self.start_epoch)  # a run resumed with fewer --epochs keeps its count
+        self.save("checkpoint_final.pth", epochs)
         if not self.method.per_epoch_metric and not self.disable_checkpointing:
-            self.save("checkpoint_best.pth", ctx.num_epochs)
+            self.save("checkpoint_best.pth", epochs)
             logger.info("%s has no per-epoch validation metric: checkpoint_best.pth is the final network", self.method.name)
         (self.fold_dir / "checkpoint_latest.pth").unlink(missing_ok=True)  # the final one supersedes it
         logger.info("training done; best EMA pseudo Dice %.4f", self.best_ema if self.best_ema is not None else math.nan)
