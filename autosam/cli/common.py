@@ -16,7 +16,7 @@ def parse_method_overrides(extra: list[str]) -> dict[str, str | list[str]]:
     ``--backbone litemedsam --lr 3e-4 --use-lora --patch 64 64 64 --no-mirror=1`` gives
     ``{"backbone": "litemedsam", "lr": "3e-4", "use_lora": "true", "patch": ["64", "64", "64"],
     "no_mirror": "1"}``: a flag without a value means ``true``; several values give a list. The
-    values stay strings; :func:`autosam.training.method.build_options` converts them to the option
+    values stay strings; :func:`autosam.method.build_options` converts them to the option
     types and rejects unknown names with the list of the method's options.
     """
     out: dict[str, str | list[str]] = {}

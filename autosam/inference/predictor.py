@@ -26,7 +26,7 @@ from autosam import paths
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, Plans, normalize_configuration
 from autosam.inference.export import export_prediction
 from autosam.io.dataset import dataset_name_from_id, list_prediction_inputs
-from autosam.training.method import Method, MethodContext, check_label_support
+from autosam.method import Method, MethodContext, check_label_support
 from autosam.training.run_support import pick_device
 from autosam.utils import precision
 from autosam.utils.files import read_json, write_json
