@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autosam_train: error: {exc}", file=sys.stderr)
         return 1
     main_process = env is None or env.is_main_process
-    logging.basicConfig(level=logging.WARNING if args.quiet or not main_process else logging.INFO, format="%(message)s")
+    # the other ranks repeat rank 0's messages: they show errors only
+    level = logging.ERROR if not main_process else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s")
     from autosam.training.trainer import run_training
 
     device = args.device or default_device()

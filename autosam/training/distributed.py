@@ -168,6 +168,31 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return work.to(tensor.device)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks whose backward sums the incoming gradients over the ranks too."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        work = tensor.contiguous().clone()
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        return work
+
+    @staticmethod
+    def backward(ctx, grad):
+        work = grad.contiguous().clone()
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        return work
+
+
+def differentiable_all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over the ranks, through which gradients flow (e.g. a batch Dice over
+    the global batch). Each rank's loss then depends on every rank's samples; with DDP's averaging
+    of the gradients, the result equals the single-process gradient. Identity when not distributed."""
+    if not is_initialized() or get_world_size() == 1:
+        return tensor
+    return _AllReduceSum.apply(tensor)
+
+
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     if not is_initialized():
         return tensor
@@ -272,9 +297,9 @@ def launch_local(module: str, argv: list[str], nproc: int) -> int:
     try:
         run(args)
     except ChildFailedError as exc:
-        failures = "; ".join(f"rank {f.global_rank} (exit code {f.exitcode}): {f.message or 'see its output above'}"
-                             for f in exc.failures.values())
-        print(f"{module.rsplit('.', 1)[-1]}: error: {nproc} processes launched, failed: {failures}", file=sys.stderr)
+        failed = ", ".join(f"rank {rank} (exit code {f.exitcode})" for rank, f in sorted(exc.failures.items()))
+        print(f"{module.rsplit('.', 1)[-1]}: error: {nproc} processes launched; failed: {failed} (their errors are "
+              "printed above)", file=sys.stderr)
         return 1
     finally:
         if env_threads is None:
@@ -290,7 +315,7 @@ def _cores() -> int:
 
 
 __all__ = ["LaunchEnv", "launcher_env", "rank_device", "init_process_group", "destroy_process_group", "barrier",
-           "all_reduce_sum", "all_reduce_mean", "all_true", "broadcast_object", "broadcast_module_state", "TrainStep",
+           "all_reduce_sum", "all_reduce_mean", "differentiable_all_reduce_sum", "all_true", "broadcast_object", "broadcast_module_state", "TrainStep",
            "wrap_train_step", "launch_local", "get_rank", "get_world_size", "is_initialized", "is_main_process"]
 
 

@@ -31,6 +31,9 @@ class MedLSAM(Method):
     per_epoch_metric = False
     # the paper's "manual box" mode: autosam_predict --boxes-json skips the localiser
     accepts_boxes = True
+    # training steps train the localiser only; with --finetune-sam the network also holds the SAM
+    # decoder copy (fine-tuned after training), whose parameters get no gradient in a step
+    ddp_find_unused_parameters = True
 
     # ------------------------------------------------------------------ build
     def build_network(self, ctx: MethodContext) -> MedLSAMNetwork:

@@ -30,6 +30,10 @@ class MSam(Method):
     description = "M-SAM: 3D SAM (SAM-Med3D) with LoRA, Mask-Enhanced Adapter and iterative mask refinement (Shi et al.)"
     configurations = ("3d",)
     Options = MSamOptions
+    # a training step leaves trainable parameters without gradient (SAM's IoU prediction head is not
+    # in the loss; the prompt encoder's no-mask embedding is unused once a mask prompt is fed back),
+    # and random click steps change the set: DDP must look for unused parameters
+    ddp_find_unused_parameters = True
 
     def input_size(self, ctx: MethodContext) -> int:
         o = ctx.options

@@ -22,10 +22,10 @@ def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, mask: torch.Tensor | No
         axes = (0, *axes)
     intersect = (probs * onehot).sum(axes)
     denom = probs.sum(axes) + onehot.sum(axes)
-    if batch_dice and distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-        from torch.distributed.nn.functional import all_reduce
+    if batch_dice and distributed:
+        from autosam.training.distributed import differentiable_all_reduce_sum
 
-        intersect, denom = all_reduce(intersect), all_reduce(denom)
+        intersect, denom = differentiable_all_reduce_sum(intersect), differentiable_all_reduce_sum(denom)
     dice = (2 * intersect + smooth) / (denom + smooth).clamp_min(1e-8)
     return 1 - dice.mean()
 
@@ -105,12 +105,16 @@ class DiceCELoss(nn.Module):
 class DeepSupervisionLoss(nn.Module):
     """Weighted sum over resolutions: weights 1, 1/2, 1/4, ..., the lowest resolution 0, normalised.
 
-    Accepts a single tensor (no deep supervision) or lists of outputs and targets.
+    Accepts a single tensor (no deep supervision) or lists of outputs and targets. ``distributed``
+    (DDP): the output of weight 0 still enters the sum (times 0), so that its head's parameters
+    get a (zero) gradient and DDP needs no search for unused parameters; nnU-Net gives it a weight
+    of 1e-6 instead, this keeps the gradients those of a single process.
     """
 
-    def __init__(self, loss: nn.Module, num_outputs: int):
+    def __init__(self, loss: nn.Module, num_outputs: int, distributed: bool = False):
         super().__init__()
         self.loss = loss
+        self.distributed = distributed
         w = [1 / 2**i for i in range(num_outputs)]
         if num_outputs > 1:
             w[-1] = 0.0
@@ -123,4 +127,4 @@ class DeepSupervisionLoss(nn.Module):
             return self.loss(outputs, target)
         if len(outputs) != len(targets):
             raise ValueError(f"deep supervision: {len(outputs)} outputs but {len(targets)} targets")
-        return sum(w * self.loss(o, t) for w, o, t in zip(self.weights, outputs, targets) if w > 0)
+        return sum(w * self.loss(o, t) for w, o, t in zip(self.weights, outputs, targets) if w > 0 or self.distributed)

@@ -147,7 +147,7 @@ class UNetMethod(Method):
         labels = ctx.label_manager
         base = DiceCELoss(opts.dice_weight, opts.ce_weight, opts.batch_dice, regions=labels.foreground_regions,
                           ignore_label=labels.ignore_label, distributed=ctx.world_size > 1)
-        return DeepSupervisionLoss(base, len(scales) if scales else 1)
+        return DeepSupervisionLoss(base, len(scales) if scales else 1, distributed=ctx.world_size > 1)
 
     @staticmethod
     def resolve_optimizer(ctx: MethodContext) -> str:
