@@ -5,7 +5,7 @@ tests/test_distributed.py, joins the gloo process group on the CPU and does one 
 supervision) on this rank's share of a fixed global batch, through the DDP :class:`TrainStep`; rank 0
 saves the losses (mean over the ranks), the gradients and the final weights to OUT.
 
-``python -m ddp_worker methods OUT METHOD...``: each method trains one epoch of one iteration with
+``python -m ddp_worker methods OUT METHOD...``: each method trains one epoch of two iterations with
 the core trainer (its DDP path, ``after_training`` broadcast included); rank 0 records each finished
 method in the JSON file OUT.
 """
@@ -103,7 +103,7 @@ def run_methods(out: Path, methods: list[str]) -> None:
 
     done = {}
     for method in methods:
-        fold_dir = run_training(NAME, "3d", method, 0, epochs=1, iters_per_epoch=3, device="cpu", num_workers=0,
+        fold_dir = run_training(NAME, "3d", method, 0, epochs=1, iters_per_epoch=2, device="cpu", num_workers=0,
                                 method_overrides=TINY_OPTIONS[method], validate=False)
         if distributed.get_rank() == 0:
             ck = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
