@@ -307,6 +307,13 @@ def launch_local(module: str, argv: list[str], nproc: int) -> int:
     return 0
 
 
+def default_workers_per_rank() -> int:
+    """Background augmentation workers of one rank by default: its share of the node's cores
+    (``LOCAL_WORLD_SIZE`` ranks share them) minus one for its training loop, at most 8."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", get_world_size()) or 1)
+    return max(0, min(8, _cores() // max(1, local) - 1))
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0)) or 1

@@ -149,12 +149,14 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if num_workers is None:  # per process: the node's cores are shared by its ranks
+        num_workers = default_num_workers() if world_size == 1 else distributed.default_workers_per_rank()
     if iters_per_epoch is None:
         iters_per_epoch = default_iterations_per_epoch(dataset.subset(train_keys), config.batch_size, config.patch_size)
     ctx = MethodContext(plans=plans, configuration=config, dataset_json=dataset_json, options=options, device=dev,
                         num_input_channels=plans.num_channels, num_classes=plans.num_classes, num_epochs=epochs,
                         iterations_per_epoch=iters_per_epoch, fold=fold, output_folder=fold_dir, seed=seed,
-                        extra={"num_workers": default_num_workers() if num_workers is None else num_workers},
+                        extra={"num_workers": num_workers},
                         step_size=step_size, rank=rank, world_size=world_size)
 
     handler = attach_log_file(fold_dir) if main else None
@@ -190,7 +192,7 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
             if pretrained_weights is not None:
                 load_pretrained_weights(network, pretrained_weights)
             loop = _Loop(method, entry, ctx, network, dataset, train_keys, val_keys, fold_dir, resume,
-                         default_num_workers() if num_workers is None else num_workers, progress and main,
+                         num_workers, progress and main,
                          dict(dataset_name=dataset_name, plans_name=plans_name, configuration=configuration, fold=fold))
             loop.disable_checkpointing = disable_checkpointing
             loop.run()
