@@ -3,7 +3,9 @@ tests/test_distributed.py, joins the gloo process group on the CPU and does one 
 
 ``python -m ddp_worker steps OUT``: two optimiser steps of the ``unet`` method (batch Dice, deep
 supervision) on this rank's share of a fixed global batch, through the DDP :class:`TrainStep`; rank 0
-saves the losses (mean over the ranks), the gradients and the final weights to OUT.
+saves the losses (mean over the ranks), the gradients and the final weights to OUT; then every rank
+saves to OUT.rankN.pt what it received from rank 0 through ``broadcast_module_state`` and
+``broadcast_object``.
 
 ``python -m ddp_worker methods OUT METHOD...``: each method trains one epoch of two iterations with
 the core trainer (its DDP path, ``after_training`` broadcast included); rank 0 records each finished
@@ -87,6 +89,25 @@ def run_steps(rank: int, world_size: int, step_fn) -> dict:
     return {"losses": losses, "grads": first_grads, "weights": {k: v.clone() for k, v in network.state_dict().items()}}
 
 
+class Stateful(torch.nn.Module):
+    """Parameters and a bool buffer (as medlsam's prototypes) that differ per rank until broadcast."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        torch.manual_seed(rank)
+        self.linear = torch.nn.Linear(3, 2)
+        self.register_buffer("valid", torch.zeros(3, dtype=torch.bool))
+        if rank == 0:
+            self.valid[1] = True
+
+
+def run_broadcast(rank: int) -> dict:
+    module = Stateful(rank)
+    distributed.broadcast_module_state(module)
+    received = distributed.broadcast_object({"rank": rank, "tensor": torch.arange(3) * (rank + 1)})
+    return {"state": {k: v.clone() for k, v in module.state_dict().items()}, "object": received}
+
+
 def ddp_step(method, network, loss_fn, ctx):
     wrapped = distributed.wrap_train_step(method, network, loss_fn, ctx)
     return lambda batch: wrapped(batch)[0]
@@ -123,6 +144,7 @@ def main(argv: list[str]) -> int:
             result = run_steps(env.rank, env.world_size, ddp_step)
             if env.rank == 0:
                 torch.save(result, out)
+            torch.save(run_broadcast(env.rank), out.with_name(f"{out.name}.rank{env.rank}.pt"))
         elif mode == "methods":
             run_methods(out, argv[2:])
         else:

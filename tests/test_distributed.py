@@ -239,6 +239,13 @@ def test_ddp_steps_equal_one_process_with_the_global_batch(tmp_path):
         torch.testing.assert_close(got["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
     for name, value in ref["weights"].items():
         torch.testing.assert_close(got["weights"][name], value, rtol=1e-4, atol=1e-6, msg=name)
+    # what rank 0 computed alone (after_training) reaches the other rank: weights, bool buffers, objects
+    shared = [torch.load(tmp_path / f"steps.pt.rank{r}.pt", weights_only=False) for r in range(2)]
+    expected = ddp_worker.Stateful(0).state_dict()
+    for rank_result in shared:
+        assert rank_result["object"]["rank"] == 0 and rank_result["object"]["tensor"].tolist() == [0, 1, 2]
+        for name, value in expected.items():
+            assert torch.equal(rank_result["state"][name], value), name
 
 
 def _log_text(fold_dir: Path) -> str:
@@ -270,6 +277,7 @@ def test_ddp_training_writes_once_resumes_and_shares_checkpoints(autosam_dirs):
     text = logs[0].read_text()
     assert text.count("training Dataset990_Tiny fold 0") == 1 and text.count("epoch 2/2:") == 1
     assert "resuming from epoch 1" in text and "per rank 1/1" in text
+    assert text.count("validation: predicted") == 1  # rank 0 predicted one of the 2 validation cases
     assert proc.stdout.count("results: ") == 1  # rank 0 reports, the other rank stays quiet
     assert read_json(fold_dir / "metadata.json")["world_size"] == 2
     ck = ckpt_io.load_checkpoint(fold_dir / "checkpoint_final.pth")
