@@ -70,7 +70,8 @@ def build_parser(method=None) -> Parser:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
     p.add_argument("-p", "--plans", dest="plans", default="autosamPlans", help="plans name (default autosamPlans)")
     p.add_argument("--num-workers", type=int, default=None,
-                   help="background augmentation processes (default: CPU cores - 1, at most 8; 0 = in-process)")
+                   help="background augmentation processes (default: CPU cores - 1, at most 8; 0 = in-process); "
+                        "with --num-gpus or torchrun per training process (default: its share of the cores - 1)")
     p.add_argument("--num-gpus", "-num_gpus", "--num_gpus", dest="num_gpus", type=num_processes, default=None,
                    metavar="N", help="train with N processes on this node (DDP, one GPU each; torch's elastic launcher "
                                      "starts them): the plans' batch is split across them, rank 0 writes the files. "
