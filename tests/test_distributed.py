@@ -173,7 +173,7 @@ def test_continue_prediction_skips_complete_outputs(tmp_path):
     (tmp_path / "case_001.nii.gz").write_bytes(b"x")
     (tmp_path / "case_001.npz").write_bytes(b"x")
     (tmp_path / "case_001.json").write_text("{}")
-    (tmp_path / "case_002.nii.gz.tmp").write_bytes(b"x")  # an interrupted write is not an output
+    (tmp_path / ".case_002.nii.gz.k3j9.partial.nii.gz").write_bytes(b"x")  # an interrupted atomic write
     todo = lambda **kw: [c.identifier for c in select_cases(cases, tmp_path, ".nii.gz", continue_prediction=True, **kw)]  # noqa: E731
     assert todo() == ["case_002"]
     assert todo(save_probabilities=True) == ["case_000", "case_002"]  # the probabilities are part of the output
