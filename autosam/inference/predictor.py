@@ -26,7 +26,7 @@ from autosam import paths
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, ConfigurationPlan, Plans, normalize_configuration
 from autosam.inference.export import export_prediction
 from autosam.io.dataset import dataset_name_from_id, list_prediction_inputs
-from autosam.training.method import Method, MethodContext, check_label_support
+from autosam.method import Method, MethodContext, check_label_support
 from autosam.training.run_support import pick_device
 from autosam.utils import precision
 from autosam.utils.files import read_json, write_json
@@ -238,7 +238,8 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
                    num_processes: int = 2, plans_name: str = DEFAULT_PLANS_NAME, method_overrides: dict | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
                    patch_progress: bool | Callable = False, boxes_json: str | Path | None = None,
-                   step_size: float = 0.5, num_export_workers: int = 1) -> list[Path]:
+                   step_size: float = 0.5, num_export_workers: int = 1, num_parts: int = 1, part_id: int = 0,
+                   continue_prediction: bool = False) -> list[Path]:
     """Predict every case of ``input_folder`` (``<case>_0000<ending>``...) into ``output_folder``.
 
     ``method="auto"``: see :func:`resolve_auto_method`. ``folds=None``: every fold that has the
@@ -247,6 +248,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     (``num_processes > 1``). ``step_size``: sliding-window step as a fraction of the patch.
     ``boxes_json``: box prompts per case (:mod:`autosam.inference.box_prompts`) for a method that
     takes them; checked completely before anything is written, and recorded in ``predict_args.json``.
+    ``num_parts``/``part_id`` and ``continue_prediction``: see :func:`select_cases`.
     Returns the written label files.
     """
     input_folder = Path(input_folder)
@@ -264,14 +266,16 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     return predict_folder_with_model(model, input_folder, output_folder, use_mirroring=use_mirroring,
                                      save_probabilities=save_probabilities, num_processes=num_processes,
                                      progress=progress, patch_progress=patch_progress, boxes_json=boxes_json,
-                                     step_size=step_size, num_export_workers=num_export_workers)
+                                     step_size=step_size, num_export_workers=num_export_workers, num_parts=num_parts,
+                                     part_id=part_id, continue_prediction=continue_prediction)
 
 
 def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, output_folder: str | Path,
                               use_mirroring: bool = True, save_probabilities: bool = False, num_processes: int = 2,
                               progress: Callable[[str, int, int], None] | None = None,
                               patch_progress: bool | Callable = False, boxes_json: str | Path | None = None,
-                              step_size: float = 0.5, num_export_workers: int = 1) -> list[Path]:
+                              step_size: float = 0.5, num_export_workers: int = 1, num_parts: int = 1,
+                              part_id: int = 0, continue_prediction: bool = False) -> list[Path]:
     """:func:`predict_folder` with a model already loaded (:func:`load_trained_model`), for example
     from a model folder outside ``AUTOSAM_RESULTS`` (``autosam_predict_from_modelfolder``)."""
     from autosam.preprocessing.preprocessor import preprocess_case
@@ -286,11 +290,13 @@ def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, out
     folds = [f.fold for f in model.folds]
     checkpoint = model.folds[0].checkpoint.name if model.folds[0].checkpoint else None
     device = model.ctx.device
-    cases = list_prediction_inputs(input_folder, model.dataset_json)
-    if not cases:
+    all_cases = list_prediction_inputs(input_folder, model.dataset_json)
+    if not all_cases:
         raise FileNotFoundError(f"{input_folder}: no images named <case>_0000{model.dataset_json['file_ending']}")
     ending = model.dataset_json["file_ending"]
-    user_boxes = _read_user_boxes(boxes_json, model, cases) if boxes_json is not None else None
+    user_boxes = _read_user_boxes(boxes_json, model, all_cases) if boxes_json is not None else None
+    cases = select_cases(all_cases, output_folder, ending, num_parts=num_parts, part_id=part_id,
+                         continue_prediction=continue_prediction, save_probabilities=save_probabilities)
     output_folder.mkdir(parents=True, exist_ok=True)
     write_json(output_folder / "dataset.json", model.dataset_json)
     model.plans.save(output_folder / "plans.json")
@@ -298,7 +304,7 @@ def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, out
         "input_folder": str(input_folder), "model_folder": str(model.model_folder), "method": model.method.name,
         "configuration": configuration, "folds": [str(f) for f in folds], "checkpoint": checkpoint,
         "use_mirroring": use_mirroring, "step_size": step_size, "save_probabilities": save_probabilities,
-        "device": str(model.ctx.device),
+        "device": str(model.ctx.device), "num_parts": num_parts,
         "options": _options_dict(model.ctx.options),
         "checkpoint_epochs": {str(f.fold): f.epoch for f in model.folds},
         "box_prompts": None if user_boxes is None else {
@@ -309,6 +315,8 @@ def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, out
     def load(case):
         return preprocess_case([str(p) for p in case.images], model.plans, configuration)
 
+    if not cases:
+        return []
     exports_in_flight = max(1, int(num_export_workers))
     background = ThreadPoolExecutor(max_workers=1 + exports_in_flight) if num_processes > 1 else None
     written: list[Path] = []
@@ -347,6 +355,37 @@ def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, out
         if background:
             background.shutdown(wait=True, cancel_futures=True)
     return written
+
+
+def select_cases(cases: Sequence, output_folder: str | Path, ending: str, *, num_parts: int = 1, part_id: int = 0,
+                 continue_prediction: bool = False, save_probabilities: bool = False) -> list:
+    """The cases this job predicts (``cases`` as :func:`~autosam.io.dataset.list_prediction_inputs`
+    lists them, sorted by identifier).
+
+    ``num_parts``/``part_id`` (nnU-Net's ``-num_parts``/``-part_id``): job ``part_id`` of
+    ``num_parts`` independent jobs takes every ``num_parts``-th case starting at ``part_id``, so the
+    jobs together cover every case exactly once. ``continue_prediction``: cases whose output is
+    complete are skipped. Outputs are written atomically, the label file last, so an existing label
+    file is complete; with ``save_probabilities`` the ``.npz`` and ``.json`` must exist too."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise ValueError(f"part_id must be in 0 .. num_parts - 1 and num_parts at least 1, got part_id {part_id}, "
+                         f"num_parts {num_parts}")
+    mine = sorted(cases, key=lambda c: c.identifier)[part_id::num_parts]
+    if not continue_prediction:
+        return mine
+    output_folder = Path(output_folder)
+
+    def complete(case) -> bool:
+        needed = [output_folder / f"{case.identifier}{ending}"]
+        if save_probabilities:
+            needed += [output_folder / f"{case.identifier}.npz", output_folder / f"{case.identifier}.json"]
+        return all(p.is_file() for p in needed)
+
+    todo = [c for c in mine if not complete(c)]
+    if len(todo) < len(mine):
+        logger.info("--continue_prediction: %d of %d case(s) already predicted in %s, skipped", len(mine) - len(todo),
+                    len(mine), output_folder)
+    return todo
 
 
 def _read_user_boxes(boxes_json, model: TrainedModel, cases) -> dict:
