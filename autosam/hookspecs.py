@@ -21,7 +21,7 @@ def register_methods(register: Callable[[Any], None]) -> None:
     """Register segmentation methods (trainer plugins).
 
     :param register: call ``register(method)`` with an instance of a
-        :class:`autosam.training.method.Method` subclass; ``method.name`` is the name users
+        :class:`autosam.method.Method` subclass; ``method.name`` is the name users
         type (``autosam_train 17 3d NAME 0``).
     """
 

@@ -4,9 +4,9 @@ On a CUDA machine every method trains with its real architecture (``unet`` from 
 for ``sautomed``, ``masksam`` and ``medlsam``'s SAM stage; SAM-Med3D for ``msam``) from random
 weights (``--allow-random-init``: no checkpoint files needed), then predicts the example dataset's
 test cases. With two or more GPUs each method also trains once under DDP
-(``autosam_train ... --num-gpus 2``) when this autosam has that flag. Without CUDA the same
-steps run on the CPU with the tiny test backbones (``tiny``/``tiny3d``, CPU plans), so that CI
-checks the script end to end.
+(``autosam_train ... --num-gpus 2``). Without CUDA the same steps run on the CPU with the tiny
+test backbones (``tiny``/``tiny3d``, CPU plans), so that CI checks the script end to end; there
+``--ddp-cpu`` adds the DDP runs as two CPU processes (gloo), a check of the path, not of speed.
 
 Figures per method: iterations/s of training (after warm-up, data loading included), peak GPU
 memory of training and of prediction, FLOPs of one training iteration (forward + backward, counted
@@ -15,7 +15,7 @@ TFLOP/s and their share of the card's dense bf16/fp16 peak, seconds per predicte
 autocast precision that ran (bf16, fp16 or fp32).
 
 Usage: ``bash benchmarks/gpu_check.sh [--work DIR] [--json FILE] [--methods unet msam ...]
-[--iters N] [--cpu] [--peak-tflops X]``. The JSON summary goes to ``--json`` (default
+[--iters N] [--cpu] [--ddp-cpu] [--peak-tflops X]``. The JSON summary goes to ``--json`` (default
 ``WORK/gpu_check.json``); the exit status is 1 when a method failed.
 """
 from __future__ import annotations
@@ -74,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="CPU mode with tiny backbones even when CUDA is available")
     p.add_argument("--peak-tflops", type=float, default=None, help="the card's peak TFLOP/s (default: from its name)")
     p.add_argument("--no-ddp", action="store_true", help="skip the 2-GPU DDP runs")
+    p.add_argument("--ddp-cpu", action="store_true",
+                   help="CPU mode: also train every method under DDP with 2 CPU processes (gloo)")
     return p.parse_args(argv)
 
 
@@ -216,14 +218,9 @@ def check_method(method: str, options: dict, device, args, test_images: Path, wo
     return row
 
 
-def ddp_supported() -> bool:
-    from autosam.cli.train import build_parser
-
-    return "--num-gpus" in build_parser().format_help()
-
-
-def check_ddp(method: str, options: dict, args, work: Path) -> dict:
-    """``autosam_train 999 3d METHOD all --num-gpus 2`` in a subprocess (DDP over 2 GPUs)."""
+def check_ddp(method: str, options: dict, args, work: Path, cpu: bool = False) -> dict:
+    """``autosam_train 999 3d METHOD all --num-gpus 2`` in a subprocess (DDP over 2 GPUs, or with
+    ``cpu`` over 2 CPU processes)."""
     import torch
 
     env = dict(os.environ)
@@ -231,6 +228,8 @@ def check_ddp(method: str, options: dict, args, work: Path) -> dict:
     env["AUTOSAM_RESULTS"] = str(folder)
     cmd = [sys.executable, "-m", "autosam.cli.train", str(DATASET_ID), "3d", method, "all", "--epochs", "1",
            "--iters-per-epoch", str(args.iters), "--num-gpus", "2", "--quiet"]
+    if cpu:
+        cmd += ["--device", "cpu", "--num-workers", "0"]
     for key, value in options.items():
         cmd += [f"--{key.replace('_', '-')}", *str(value).split()]
     start = time.perf_counter()
@@ -263,11 +262,12 @@ def print_table(summary: dict) -> None:
                  r.get("status"))
         print("  ".join(f"{'-' if c is None else c!s:>10}" for c in cells))
     ddp = summary["ddp"]
+    what = "2 CPU processes" if ddp.get("backend") == "gloo" else "2 GPUs"
     if ddp.get("status") == "skipped":
         print(f"DDP (2 GPUs): skipped: {ddp['reason']}")
     else:
         for m, r in ddp.get("methods", {}).items():
-            print(f"DDP (2 GPUs) {m}: {r.get('status')}, {r.get('iterations_per_s')} it/s (epoch incl. validation "
+            print(f"DDP ({what}) {m}: {r.get('status')}, {r.get('iterations_per_s')} it/s (epoch incl. validation "
                   f"patches), wall {r.get('wall_seconds')} s")
 
 
@@ -314,16 +314,15 @@ def main(argv=None) -> int:
                                           "traceback": traceback.format_exc()[-4000:]}
             print(traceback.format_exc(), file=sys.stderr)
         json_path.write_text(json.dumps(summary, indent=2) + "\n")  # partial results survive a crash
-    if not gpu or args.no_ddp:
-        summary["ddp"] = {"status": "skipped", "reason": "no CUDA (CPU mode)" if not gpu else "--no-ddp"}
-    elif torch.cuda.device_count() < 2:
+    if args.no_ddp or (not gpu and not args.ddp_cpu):
+        summary["ddp"] = {"status": "skipped", "reason": "--no-ddp" if args.no_ddp else "no CUDA (CPU mode; --ddp-cpu "
+                                                                                         "runs 2 CPU processes)"}
+    elif gpu and torch.cuda.device_count() < 2:
         summary["ddp"] = {"status": "skipped", "reason": f"{torch.cuda.device_count()} GPU visible, DDP needs 2"}
-    elif not ddp_supported():
-        summary["ddp"] = {"status": "skipped", "reason": "this autosam_train has no --num-gpus flag"}
     else:
-        summary["ddp"] = {"status": "ran", "methods": {}}
+        summary["ddp"] = {"status": "ran", "backend": "nccl" if gpu else "gloo", "methods": {}}
         for method in args.methods:
-            row = check_ddp(method, planned_options(method, options[method]), args, work)
+            row = check_ddp(method, planned_options(method, options[method]), args, work, cpu=not gpu)
             failed |= row["status"] != "ok"
             summary["ddp"]["methods"][method] = row
     summary["total_seconds"] = round(time.perf_counter() - start, 2)

@@ -19,7 +19,9 @@
 #        CPU_EPOCHS     epochs of the CPU-plans unet run (default 12; iterations per epoch: the
 #                       planner's default, CPU_ITERS to override)
 #        SAM_EPOCHS     epochs per SAM method (default 10), SAM_ITERS iterations per epoch (default 50)
-#        SAM_METHODS    (default "sautomed masksam medlsam msam")
+#        SAM_METHODS    (default "sautomed masksam medlsam msam"); msam uses SAM-Med3D when
+#                       AUTOSAM_SAM_MED3D_CHECKPOINT names its weights, else the random-init tiny3d
+#                       backbone (MSAM_TINY=0: skip it instead)
 #        NNUNET_TRAIN   0: plan and preprocess with nnU-Net but skip its training (250 iterations at
 #                       several seconds each; for smoke runs)
 #        INSTALL_BENCH  1: pip install -e ".[bench]" when nnunetv2 is missing (default: skip nnU-Net with a message)
@@ -126,11 +128,18 @@ if has sam; then
     extra=()
     if [ "$m" = msam ]; then
       # M-SAM's pretrained backbone is SAM-Med3D (sam_med3d_turbo.pth, given by path)
-      if [ -z "${AUTOSAM_SAM_MED3D_CHECKPOINT:-}" ]; then
+      if [ -n "${AUTOSAM_SAM_MED3D_CHECKPOINT:-}" ]; then
+        extra=(--backbone sam_med3d)
+      elif [ "${MSAM_TINY:-1}" = 1 ]; then
+        # no pretrained 3D backbone ships with a package: M-SAM's mechanism (MEA, refinement) on
+        # the small randomly initialised tiny3d encoder, labelled as such in the summary
+        echo "msam: AUTOSAM_SAM_MED3D_CHECKPOINT is not set; training on the random-init tiny3d backbone"
+        extra=(--backbone tiny3d)
+        : > "$WORK/logs/msam.tiny3d"
+      else
         echo "msam: skipped; its pretrained backbone SAM-Med3D needs AUTOSAM_SAM_MED3D_CHECKPOINT=/path/to/sam_med3d_turbo.pth"
         continue
       fi
-      extra=(--backbone sam_med3d)
     fi
     stamp "$m: $SAM_EPOCHS epochs x $SAM_ITERS iterations"
     if /usr/bin/time -f "$m: wall %e s" autosam_train 4 3d "$m" 0 --epochs "$SAM_EPOCHS" \
@@ -178,7 +187,10 @@ add(f"autosam unet, nnU-Net-sized plans, SGD, {nn_iters} it", os.path.join(fold,
 for folder in sorted(glob.glob(os.path.join(res, "*__autosamPlans__3d"))):
     method = os.path.basename(folder).split("__")[0]
     fold = os.path.join(folder, "fold_0")
-    add(f"autosam {method}, CPU plans", os.path.join(fold, "validation", "summary.json"), autosam_rate(fold))
+    label = f"autosam {method}, CPU plans"
+    if method == "msam" and os.path.exists(os.path.join(work, "logs", "msam.tiny3d")):
+        label += " (tiny3d, random init)"
+    add(label, os.path.join(fold, "validation", "summary.json"), autosam_rate(fold))
 if not rows:
     print("no validation results yet")
 print(f"{'run':50s} {'anterior':>9s} {'posterior':>9s} {'fg mean':>8s} {'s/it':>6s}")

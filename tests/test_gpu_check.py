@@ -48,6 +48,24 @@ def test_gpu_check_runs_every_method_on_the_cpu(tmp_path):
 
 
 @pytest.mark.slow
+def test_gpu_check_ddp_part_on_the_cpu(tmp_path):
+    """--ddp-cpu: the DDP part (autosam_train --num-gpus 2) runs as 2 gloo processes per method (msam: a
+    method whose steps leave parameters unused)."""
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    out = tmp_path / "summary.json"
+    proc = subprocess.run(["bash", str(SCRIPT), "--cpu", "--ddp-cpu", "--methods", "msam", "--cases", "2", "--work",
+                           str(tmp_path / "work"), "--json", str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = json.loads(out.read_text())["ddp"]
+    assert ddp["status"] == "ran" and ddp["backend"] == "gloo" and set(ddp["methods"]) == {"msam"}
+    for method, row in ddp["methods"].items():
+        assert row["status"] == "ok" and "--device cpu" in row["command"], (method, row)
+        assert row["iterations_per_s"] > 0
+    assert "DDP (2 CPU processes) msam: ok" in proc.stdout
+
+
+@pytest.mark.slow
 def test_gpu_options_build_the_real_networks_from_random_weights(autosam_dirs):
     """The GPU mode's options (ViT-B, SAM-Med3D, --allow-random-init, the planned input size of the
     backbone) build every network without checkpoint files."""
@@ -58,7 +76,7 @@ def test_gpu_options_build_the_real_networks_from_random_weights(autosam_dirs):
     from autosam.pipeline import plan_and_preprocess
     from autosam.plugins import get_method
     from autosam.sam.backbones import build_backbone
-    from autosam.training.method import MethodContext
+    from autosam.method import MethodContext
 
     gpu_check = _module()
     make_example_dataset(autosam_dirs["raw"], gpu_check.DATASET_ID, 2, "organs")

@@ -130,16 +130,21 @@ def _write_dist(root, dist, version, entry_points: dict[str, str], modules: dict
         (root / f"{name}.py").write_text(textwrap.dedent(source))
 
 
-GOOD_PLUGIN = """
+def method_plugin_source(method_name: str) -> str:
+    """Source of a plugin module that registers a bare method object named ``method_name``."""
+    return f"""
     from autosam import hookimpl
 
-    class Tiny:
-        name = "tmp_tiny"
+    class Registered:
+        name = {method_name!r}
 
     @hookimpl
     def register_methods(register):
-        register(Tiny())
+        register(Registered())
 """
+
+
+GOOD_PLUGIN = method_plugin_source("tmp_tiny")
 
 
 @pytest.fixture
@@ -200,16 +205,7 @@ def test_plugins_command_text_and_strict(temp_dists, capsys):
     assert "error:     ImportError: tmp_broken_plugin needs the package foo" in text
 
 
-REPLACING_PLUGIN = """
-    from autosam import hookimpl
-
-    class NotTheUnet:
-        name = "unet"
-
-    @hookimpl
-    def register_methods(register):
-        register(NotTheUnet())
-"""
+REPLACING_PLUGIN = method_plugin_source("unet")
 
 
 def test_plugins_command_reports_a_plugin_replacing_a_builtin_method(tmp_path, monkeypatch, capsys):

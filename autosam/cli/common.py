@@ -21,7 +21,7 @@ def parse_method_overrides(extra: list[str]) -> dict[str, str | list[str]]:
     ``--backbone litemedsam --lr 3e-4 --use-lora --patch 64 64 64 --no-mirror=1`` gives
     ``{"backbone": "litemedsam", "lr": "3e-4", "use_lora": "true", "patch": ["64", "64", "64"],
     "no_mirror": "1"}``: a flag without a value means ``true``; several values give a list. The
-    values stay strings; :func:`autosam.training.method.build_options` converts them to the option
+    values stay strings; :func:`autosam.method.build_options` converts them to the option
     types and rejects unknown names with the list of the method's options.
     """
     out: dict[str, str | list[str]] = {}
@@ -378,3 +378,66 @@ def add_prediction_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-nps", "--num_export_workers", dest="num_export_workers", type=int, default=1,
                    help="exports (resampling to the input geometry, writing) allowed in flight in background threads; "
                         "each holds one case's probabilities in memory (default 1; used when -npp > 1)")
+
+
+# ---------------------------------------------------------------------------------------------- sharding
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_sharding_options(p: argparse.ArgumentParser) -> None:
+    """``-num_parts``/``-part_id`` and ``--continue_prediction`` (nnU-Net's spellings) and
+    ``--num-gpus`` of the prediction commands."""
+    p.add_argument("-num_parts", "--num_parts", dest="num_parts", type=positive_int, default=1, metavar="N",
+                   help="split the cases into N parts for N independent jobs (e.g. a job array): job -part_id K takes "
+                        "every N-th case of the sorted list, starting at the K-th (default 1: all cases)")
+    p.add_argument("-part_id", "--part_id", dest="part_id", type=int, default=0, metavar="K",
+                   help="which part this job predicts, 0 .. N-1 (default 0)")
+    p.add_argument("--continue_prediction", "-continue_prediction", dest="continue_prediction", action="store_true",
+                   help="skip cases whose output is complete (the label file, which is written last and atomically; "
+                        "with --save_probabilities also its .npz and .json), e.g. after an interrupted job")
+    p.add_argument("--num-gpus", "-num_gpus", "--num_gpus", dest="num_gpus", type=positive_int, default=None,
+                   metavar="N", help="predict with N processes on this node, one GPU each (cuda:0 .. cuda:N-1; with "
+                                     "--device cpu, N CPU processes), each taking every N-th case of this job's part")
+
+
+def check_sharding(parser: argparse.ArgumentParser, args) -> None:
+    if not 0 <= args.part_id < args.num_parts:
+        parser.error(f"argument -part_id: must be in 0 .. {args.num_parts - 1} (-num_parts {args.num_parts}), "
+                     f"got {args.part_id}")
+
+
+def launch_prediction_processes(prog: str, module: str, argv: list[str], args) -> int | None:
+    """``--num-gpus N`` (N > 1) outside a launcher: run ``module`` in N processes through torch's
+    elastic launcher and return the exit status; None when this process predicts itself."""
+    from autosam.training import distributed
+
+    if distributed.launcher_env() is not None or not args.num_gpus or args.num_gpus < 2:
+        return None
+    try:
+        distributed.check_local_launch(args.num_gpus, args.device)
+    except RuntimeError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 2 if distributed.launch_local(module, argv, args.num_gpus) else 0
+
+
+def prediction_share(args) -> tuple[str, int, int]:
+    """``(device, num_parts, part_id)`` of this process: the command line's, or within a launched
+    job (``--num-gpus``, torchrun) this rank's GPU and its share of the job's part."""
+    from autosam.training import distributed
+
+    device = args.device or default_device()
+    env = distributed.launcher_env()
+    if env is None:
+        return device, args.num_parts, args.part_id
+    distributed.check_joined(args.num_gpus, env)
+    device = str(distributed.rank_device(device, env))
+    # the part's cases, every world_size-th one per rank: a part of num_parts * world_size
+    return device, args.num_parts * env.world_size, args.part_id + args.num_parts * env.rank

@@ -10,11 +10,14 @@ from autosam.cli.common import (
     CaseProgress,
     Parser,
     add_prediction_options,
+    add_sharding_options,
+    check_sharding,
     command,
-    default_device,
+    launch_prediction_processes,
     method_option_names,
     normalize_configuration,
     parse_with_method_overrides,
+    prediction_share,
 )
 
 
@@ -45,6 +48,7 @@ def build_parser() -> Parser:
                    help="checkpoint of each fold: final, best, latest or a file name in fold_N/ as in nnU-Net "
                         "(checkpoint_final.pth, checkpoint_best.pth); default final")
     add_prediction_options(p)
+    add_sharding_options(p)
     p.add_argument("--boxes-json", type=Path, default=None, metavar="FILE",
                    help='box prompts per case for a method that takes them (medlsam): {"case": {"label": [z0, y0, x0, '
                         'z1, y1, x1]}}, voxel indices of the input image (z, y, x, inclusive); the method\'s own '
@@ -55,21 +59,28 @@ def build_parser() -> Parser:
 
 @command("autosam_predict", errors=(ValueError, KeyError, RuntimeError))
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     args, overrides, folds = parse_with_method_overrides(
-        build_parser(), argv, lambda a: method_option_names(a.m, a.d, a.c, a.plans))
+        parser, argv, lambda a: method_option_names(a.m, a.d, a.c, a.plans))
+    check_sharding(parser, args)
+    launched = launch_prediction_processes("autosam_predict", "autosam.cli.predict", argv, args)
+    if launched is not None:
+        return launched
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autosam.inference.predictor import predict_folder
 
-    device = args.device or default_device()
     progress = CaseProgress(args.quiet)
     start = time.perf_counter()
     try:
+        device, num_parts, part_id = prediction_share(args)
         written = predict_folder(args.i, args.o, args.d, args.c, args.m, folds, checkpoint=args.checkpoint,
                                  use_mirroring=not args.disable_tta, save_probabilities=args.save_probabilities,
                                  device=device, num_processes=args.num_processes, plans_name=args.plans,
                                  method_overrides=overrides, progress=progress, patch_progress=not args.quiet,
                                  boxes_json=args.boxes_json, step_size=args.step_size,
-                                 num_export_workers=args.num_export_workers)
+                                 num_export_workers=args.num_export_workers, num_parts=num_parts, part_id=part_id,
+                                 continue_prediction=args.continue_prediction)
     finally:
         progress.close()
     mode = " with the manual boxes of --boxes-json (localisation skipped)" if args.boxes_json is not None else ""

@@ -11,10 +11,13 @@ from autosam.cli.common import (
     CaseProgress,
     Parser,
     add_prediction_options,
+    add_sharding_options,
+    check_sharding,
     command,
-    default_device,
+    launch_prediction_processes,
     method_option_names,
     parse_with_method_overrides,
+    prediction_share,
 )
 
 
@@ -41,14 +44,21 @@ def build_parser() -> Parser:
                    help="checkpoint file name in fold_N/: checkpoint_final.pth (default), checkpoint_best.pth, ... "
                         "(final, best, latest also work)")
     add_prediction_options(p)
+    add_sharding_options(p)
     p.add_argument("--disable_progress_bar", "--quiet", dest="quiet", action="store_true", help="no progress bars")
     return p
 
 
 @command("autosam_predict_from_modelfolder", errors=(ValueError, KeyError, RuntimeError))
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     args, overrides, folds = parse_with_method_overrides(
-        build_parser(), argv, lambda a: method_option_names(a.m.name.split("__")[0]))
+        parser, argv, lambda a: method_option_names(a.m.name.split("__")[0]))
+    check_sharding(parser, args)
+    launched = launch_prediction_processes("autosam_predict_from_modelfolder", "autosam.cli.predict_modelfolder", argv, args)
+    if launched is not None:
+        return launched
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autosam.inference.predictor import Predictor, predict_folder_with_model
 
@@ -57,14 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.m.is_dir():
             raise FileNotFoundError(f"{args.m}: model folder does not exist")
-        predictor = Predictor(use_mirroring=not args.disable_tta, device=args.device or default_device(),
-                              step_size=args.step_size)
+        device, num_parts, part_id = prediction_share(args)
+        predictor = Predictor(use_mirroring=not args.disable_tta, device=device, step_size=args.step_size)
         predictor.initialize_from_trained_model_folder(args.m, folds, args.checkpoint, overrides)
         written = predict_folder_with_model(predictor.model, args.i, args.o, use_mirroring=not args.disable_tta,
                                             save_probabilities=args.save_probabilities,
                                             num_processes=args.num_processes, progress=progress,
                                             patch_progress=not args.quiet, step_size=args.step_size,
-                                            num_export_workers=args.num_export_workers)
+                                            num_export_workers=args.num_export_workers, num_parts=num_parts,
+                                            part_id=part_id, continue_prediction=args.continue_prediction)
     finally:
         progress.close()
     print(f"{len(written)} prediction(s) written to {args.o} in {time.perf_counter() - start:.1f} s")

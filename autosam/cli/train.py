@@ -12,11 +12,13 @@ from autosam.cli.common import (
     add_device,
     command,
     default_device,
+    error_text,
     method_option_names,
     method_overrides_from,
     normalize_configuration,
     step_size,
 )
+from autosam.training.distributed import num_processes
 
 
 def build_parser(method=None) -> Parser:
@@ -30,8 +32,10 @@ def build_parser(method=None) -> Parser:
                     "flag sets an option of the method (e.g. --backbone litemedsam --lr 3e-4); "
                     "'autosam_train ID CONFIG METHOD FOLD --help' lists them. nnU-Net's flags work as in "
                     "nnUNetv2_train (-p, -device, -pretrained_weights, --npz, --c, --val, --val_best, "
-                    "--disable_checkpointing) and 3d_fullres means 3d.",
-        epilog="example: autosam_train 999 3d unet 0 --epochs 10 --device cpu",
+                    "--disable_checkpointing, -num_gpus) and 3d_fullres means 3d.",
+        epilog="example: autosam_train 999 3d unet 0 --epochs 10 --device cpu; on 4 GPUs of this node: "
+               "autosam_train 999 3d unet 0 --num-gpus 4; across nodes: torchrun --nnodes 2 --nproc-per-node 4 "
+               "--rdzv-backend c10d --rdzv-endpoint HOST:PORT -m autosam.cli.train 999 3d unet 0",
     )
     p.add_argument("dataset", metavar="ID", help="dataset id (999) or name (Dataset999_Example)")
     p.add_argument("configuration", metavar="CONFIG", type=normalize_configuration,
@@ -67,7 +71,13 @@ def build_parser(method=None) -> Parser:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
     p.add_argument("-p", "--plans", dest="plans", default="autosamPlans", help="plans name (default autosamPlans)")
     p.add_argument("--num-workers", type=int, default=None,
-                   help="background augmentation processes (default: CPU cores - 1, at most 8; 0 = in-process)")
+                   help="background augmentation processes (default: CPU cores - 1, at most 8; 0 = in-process); "
+                        "with --num-gpus or torchrun per training process (default: its share of the cores - 1)")
+    p.add_argument("--num-gpus", "-num_gpus", "--num_gpus", dest="num_gpus", type=num_processes, default=None,
+                   metavar="N", help="train with N processes on this node (DDP, one GPU each; torch's elastic launcher "
+                                     "starts them): the plans' batch is split across them, rank 0 writes the files. "
+                                     "With --device cpu, N CPU processes (gloo). Under torchrun leave it out: the "
+                                     "command joins the launcher's processes")
     p.add_argument("--quiet", "--disable_progress_bar", dest="quiet", action="store_true",
                    help="no progress bars, warnings only")
     if method is not None:
@@ -131,17 +141,49 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     overrides = method_overrides_from(parser, extra, method_option_names(
         args.method, args.dataset, args.configuration, args.plans, auto="plans")) if extra else {}
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from autosam.training import distributed
+
+    try:
+        env = distributed.launcher_env()
+        if env is None and args.num_gpus is not None and args.num_gpus > 1:
+            distributed.check_local_launch(args.num_gpus, args.device)
+            return distributed.launch_local("autosam.cli.train", argv, args.num_gpus)
+        if env is not None:
+            distributed.check_joined(args.num_gpus, env)
+    except RuntimeError as exc:
+        print(f"autosam_train: error: {exc}", file=sys.stderr)
+        return 1
+    main_process = env is None or env.is_main_process
+    # the other ranks repeat rank 0's messages: they show errors only
+    level = logging.ERROR if not main_process else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s")
     from autosam.training.trainer import run_training
 
-    fold_dir = run_training(
-        args.dataset, args.configuration, args.method, args.fold, epochs=args.epochs,
-        iters_per_epoch=args.iters_per_epoch, device=args.device or default_device(), resume=args.resume,
-        validation_only=args.validation_only, save_npz=args.save_npz, seed=args.seed, plans_name=args.plans,
-        method_overrides=overrides, num_workers=args.num_workers, progress=not args.quiet,
-        val_best=args.val_best, disable_checkpointing=args.disable_checkpointing,
-        pretrained_weights=args.pretrained_weights, step_size=args.step_size,
-    )
+    device = args.device or default_device()
+    joined = False
+    try:
+        if env is not None:  # one rank of a launched job: its device, then the process group
+            device = distributed.rank_device(device, env)
+            if env.world_size > 1:
+                distributed.init_process_group(device, env)
+                joined = True
+        fold_dir = run_training(
+            args.dataset, args.configuration, args.method, args.fold, epochs=args.epochs,
+            iters_per_epoch=args.iters_per_epoch, device=device, resume=args.resume,
+            validation_only=args.validation_only, save_npz=args.save_npz, seed=args.seed, plans_name=args.plans,
+            method_overrides=overrides, num_workers=args.num_workers, progress=not args.quiet and main_process,
+            val_best=args.val_best, disable_checkpointing=args.disable_checkpointing,
+            pretrained_weights=args.pretrained_weights, step_size=args.step_size,
+        )
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        rank = f" (rank {env.rank})" if env is not None and env.world_size > 1 else ""
+        print(f"autosam_train: error{rank}: {error_text(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        if joined:
+            distributed.destroy_process_group()
+    if not main_process:
+        return 0
     print(f"results: {fold_dir}")
     print(f"progress plot: {fold_dir / 'progress.png'}")
     summary = fold_dir / "validation" / "summary.json"

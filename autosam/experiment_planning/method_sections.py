@@ -69,7 +69,7 @@ def choose_default_method(fingerprint: Any, dataset_json: dict, plugin_system) -
     registered at all, e.g. in a bare plugin system).
     """
     from autosam.io.labels import LabelManager
-    from autosam.training.method import label_support_problem
+    from autosam.method import label_support_problem
 
     votes = collect_votes(fingerprint, dataset_json, plugin_system)
     registered = set(plugin_system.methods.names())

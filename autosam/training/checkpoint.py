@@ -45,16 +45,26 @@ class MissingPluginError(RuntimeError):
 
 
 def unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    """The module behind ``torch.compile`` (whose state dict keys carry an ``_orig_mod.`` prefix)."""
+    """The module behind ``torch.compile`` (whose state dict keys carry an ``_orig_mod.`` prefix)
+    and behind ``DistributedDataParallel`` (``module.``)."""
+    if isinstance(network, torch.nn.parallel.DistributedDataParallel):
+        network = network.module
     return getattr(network, "_orig_mod", network)
 
 
 COMPILE_PREFIX = "_orig_mod."
 
 
+DDP_PREFIX = "module."
+
+
 def strip_compile_prefix(state_dict: dict) -> dict:
     """A state dict without the ``_orig_mod.`` prefixes that a ``torch.compile``d module's
-    ``state_dict()`` puts on every key (at any depth), so that it loads into the plain module."""
+    ``state_dict()`` puts on every key (at any depth), so that it loads into the plain module;
+    also without the ``module.`` prefix of a ``DistributedDataParallel`` wrapper when every key has
+    it (autosam saves the bare network, but weights saved from a wrapped one load too)."""
+    if state_dict and all(k.startswith(DDP_PREFIX) for k in state_dict):
+        state_dict = type(state_dict)((k[len(DDP_PREFIX):], v) for k, v in state_dict.items())
     if not any(COMPILE_PREFIX in k for k in state_dict):
         return state_dict
     return type(state_dict)((k.replace(COMPILE_PREFIX, ""), v) for k, v in state_dict.items())

@@ -96,11 +96,11 @@ def load_pretrained_weights(network: torch.nn.Module, path: str | Path) -> dict:
     Returns ``{"loaded": [...], "reinitialised": [...], "unused": [...]}`` (tensor names) and logs
     what was skipped. Nothing matching is an error.
     """
-    from autosam.training.checkpoint import load_checkpoint, unwrap
+    from autosam.training.checkpoint import load_checkpoint, strip_compile_prefix, unwrap
 
     path = Path(path)
     ckpt = load_checkpoint(path, map_location="cpu")
-    source = ckpt["network"]
+    source = strip_compile_prefix(ckpt["network"])
     target = unwrap(network).state_dict()
     loaded = [k for k, v in target.items() if k in source and tuple(source[k].shape) == tuple(v.shape)]
     if not loaded:

@@ -1,8 +1,13 @@
 """The training loop the core owns: data, epochs, AMP, checkpoints, logging, validation, export.
 
-A method plugin (:class:`autosam.training.method.Method`) provides the network, loss, optimiser and
+A method plugin (:class:`autosam.method.Method`) provides the network, loss, optimiser and
 one training step; :func:`run_training` does the rest. Results go to
 ``<results>/DatasetXXX_Name/<method>__<plans>__<configuration>/fold_N/``.
+
+Under ``torch.distributed`` (a process group initialised by the command line, see
+:mod:`autosam.training.distributed`) every rank runs :func:`run_training`: the plans' batch is
+split across the ranks, the step runs inside DistributedDataParallel, the pseudo Dice and the
+losses are all-reduced, and rank 0 alone writes files.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from autosam.experiment_planning.splits import get_or_create_splits
 from autosam.io.dataset import dataset_name_from_id
 from autosam.plugins import get_plugin_system
 from autosam.training import checkpoint as ckpt_io
+from autosam.training import distributed
 from autosam.training.dataloading import (
     PreprocessedDataset,
     default_num_workers,
@@ -31,7 +37,7 @@ from autosam.training.dataloading import (
     shutdown_loader,
 )
 from autosam.training.logger import TrainingHistory
-from autosam.training.method import MethodContext, check_label_support
+from autosam.method import MethodContext, check_label_support, rank_batch_sizes
 from autosam.training.run_support import (
     attach_log_file,
     default_iterations_per_epoch,
@@ -41,13 +47,14 @@ from autosam.training.run_support import (
 )
 from autosam.utils import precision
 from autosam.utils.files import read_json, write_json
-from autosam.utils.locks import lock_folder
+from autosam.utils.locks import FolderLock, FolderLockedError, lock_folder
 
 logger = logging.getLogger(__name__)
 DEFAULT_EPOCHS = 1000
 DEFAULT_SEED = 12345
 EMA_MOMENTUM = 0.9  # ema = 0.9 * ema + 0.1 * mean pseudo Dice (nnU-Net)
 PROGRESS_EVERY = 10  # iterations between updates of the progress bar's running mean loss
+OVERSAMPLE_FOREGROUND = 0.33  # share of foreground-centred samples in a (global) batch (nnU-Net)
 
 
 def model_folder(dataset_name: str, method: str, plans_name: str, configuration: str) -> Path:
@@ -85,6 +92,8 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
         logger.warning("-pretrained_weights is ignored with --val: the validation uses the fold's own checkpoint")
     if not 0 < step_size <= 1:
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+    rank, world_size = distributed.get_rank(), distributed.get_world_size()
+    main = rank == 0  # rank 0 alone writes files; the others wait for what they need (barrier/broadcast)
     configuration = normalize_configuration(configuration)
     dataset_name = dataset_name_from_id(dataset_id)
     pre_folder = paths.preprocessed_dir() / dataset_name
@@ -117,7 +126,8 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
     if fold == "all":
         train_keys, val_keys = list(all_keys), list(all_keys)
     else:
-        splits = get_or_create_splits(pre_folder, all_keys)
+        # rank 0 creates splits_final.json when missing; every rank uses the same splits
+        splits = distributed.broadcast_object(get_or_create_splits(pre_folder, all_keys) if main else None)
         if not 0 <= fold < len(splits):
             raise ValueError(f"fold {fold} does not exist; {pre_folder / 'splits_final.json'} has {len(splits)} folds")
         train_keys, val_keys = splits[fold]["train"], splits[fold]["val"]
@@ -126,8 +136,10 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
 
     out = model_folder(dataset_name, method.name, plans_name, configuration)
     fold_dir = out / f"fold_{fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    write_model_folder_files(out, plans, dataset_json, pre_folder)
+    if main:  # the files of the fold: rank 0 only (also where a lock on the fold belongs)
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        write_model_folder_files(out, plans, dataset_json, pre_folder)
+    distributed.barrier()
     dev = pick_device(device)
     if dev.type == "cpu":
         from autosam.utils.cpu_allocator import tune_cpu_allocator
@@ -139,26 +151,33 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if num_workers is None:  # per process: the node's cores are shared by its ranks
+        num_workers = default_num_workers() if world_size == 1 else distributed.default_workers_per_rank()
     if iters_per_epoch is None:
         iters_per_epoch = default_iterations_per_epoch(dataset.subset(train_keys), config.batch_size, config.patch_size)
     ctx = MethodContext(plans=plans, configuration=config, dataset_json=dataset_json, options=options, device=dev,
                         num_input_channels=plans.num_channels, num_classes=plans.num_classes, num_epochs=epochs,
                         iterations_per_epoch=iters_per_epoch, fold=fold, output_folder=fold_dir, seed=seed,
-                        extra={"num_workers": default_num_workers() if num_workers is None else num_workers},
-                        step_size=step_size)
+                        extra={"num_workers": num_workers},
+                        step_size=step_size, rank=rank, world_size=world_size)
 
-    # one process owns the fold folder while it trains or validates (under DDP: the main process only);
-    # a second run of the same fold stops here with FolderLockedError naming the owner
-    fold_lock = lock_folder(fold_dir, "training fold")
+    # one process owns the fold folder while it trains or validates: rank 0 (the only one writing
+    # there); a second run of the same fold stops here with FolderLockedError naming the owner
+    fold_lock = _lock_fold(fold_dir, main, world_size)
     try:
-        handler = attach_log_file(fold_dir)
+        handler = attach_log_file(fold_dir) if main else None
     except BaseException:
-        fold_lock.release()
+        if fold_lock is not None:
+            fold_lock.release()
         raise
     try:
         logger.info("training %s fold %s: method %s (%s %s), configuration %s, device %s, %d epochs x %d iterations, "
                     "%d training / %d validation cases", dataset_name, fold, method.name, entry.distribution,
                     entry.version, configuration, dev, epochs, iters_per_epoch, len(train_keys), len(val_keys))
+        if world_size > 1:
+            logger.info("distributed: %d processes; global batch %d (the plans'), per rank %s; %s data loader "
+                        "workers per rank", world_size, config.batch_size,
+                        "/".join(map(str, rank_batch_sizes(config.batch_size, world_size))), ctx.extra["num_workers"])
         logger.info("options: %s", ckpt_io.options_dict(options))
         target = getattr(plans, "compute_target", "gpu")
         if target == "gpu" and dev.type == "cpu":
@@ -168,23 +187,26 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
         elif target == "cpu" and dev.type != "cpu":
             logger.warning("the plans %s were made for the CPU (16 base features, small patch) but you train on %s; "
                            "for nnU-Net's full-size network plan with --target gpu", plans_name, dev.type)
-        write_json(fold_dir / "metadata.json", {
-            "method": method.name, "plugin": entry.plugin, "distribution": entry.distribution, "version": entry.version,
-            "options": ckpt_io.options_dict(options), "dataset": dataset_name, "configuration": configuration,
-            "plans_name": plans_name, "fold": fold, "epochs": epochs, "iterations_per_epoch": iters_per_epoch,
-            "seed": seed, "device": str(dev), "torch_version": torch.__version__, "autosam_version": autosam.__version__,
-            "python_version": platform.python_version(), "started": datetime.now().isoformat(timespec="seconds"),
-        })
+        if main:
+            write_json(fold_dir / "metadata.json", {
+                "method": method.name, "plugin": entry.plugin, "distribution": entry.distribution, "version": entry.version,
+                "options": ckpt_io.options_dict(options), "dataset": dataset_name, "configuration": configuration,
+                "plans_name": plans_name, "fold": fold, "epochs": epochs, "iterations_per_epoch": iters_per_epoch,
+                "seed": seed, "device": str(dev), "torch_version": torch.__version__, "autosam_version": autosam.__version__,
+                "python_version": platform.python_version(), "started": datetime.now().isoformat(timespec="seconds"),
+                "world_size": world_size,
+            })
         network = method.build_network(ctx).to(dev)
         val_checkpoint = "checkpoint_best.pth" if val_best else "checkpoint_final.pth"
         if not validation_only:
             if pretrained_weights is not None:
                 load_pretrained_weights(network, pretrained_weights)
             loop = _Loop(method, entry, ctx, network, dataset, train_keys, val_keys, fold_dir, resume,
-                         default_num_workers() if num_workers is None else num_workers, progress,
+                         num_workers, progress and main,
                          dict(dataset_name=dataset_name, plans_name=plans_name, configuration=configuration, fold=fold))
             loop.disable_checkpointing = disable_checkpointing
             loop.run()
+        distributed.barrier()  # the checkpoints of rank 0 exist before any rank reads them
         if validate and val_keys:
             from autosam.training.validation import validate_fold
 
@@ -195,13 +217,33 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
                 ckpt_io.restore_training_state(ck, network=network, method=method)
                 logger.info("validation with %s (epoch %d)", path, ck["epoch"])
             validate_fold(method, network, ctx, dataset, val_keys, fold_dir, pre_folder, dataset_json_path,
-                          save_npz=save_npz, progress=progress, checkpoint=val_checkpoint)
+                          save_npz=save_npz, progress=progress and main, checkpoint=val_checkpoint)
     finally:
-        logging.getLogger("autosam").removeHandler(handler)
-        logging.getLogger("autosam_plugins").removeHandler(handler)
-        handler.close()
-        fold_lock.release()
+        if handler is not None:
+            logging.getLogger("autosam").removeHandler(handler)
+            logging.getLogger("autosam_plugins").removeHandler(handler)
+            handler.close()
+        if fold_lock is not None:
+            fold_lock.release()
     return fold_dir
+
+
+def _lock_fold(fold_dir: Path, main: bool, world_size: int) -> FolderLock | None:
+    """The lock of the fold folder, taken by rank 0 (``main``); under DDP every rank raises the
+    FolderLockedError when rank 0 could not take it."""
+    lock, busy = None, None
+    if main:
+        try:
+            lock = lock_folder(fold_dir, "training fold")
+        except FolderLockedError as exc:
+            busy = exc
+    if world_size > 1:
+        owner = distributed.broadcast_object((busy.owner or {}) if busy is not None else None)
+        if owner is not None and busy is None:
+            busy = FolderLockedError(fold_dir, owner or None, "training fold")
+    if busy is not None:
+        raise busy
+    return lock
 
 
 def check_preprocessed_labels(dataset: PreprocessedDataset, plans: Plans, dataset_id, configuration: str) -> None:
@@ -241,6 +283,8 @@ class _Loop:
         self.history = TrainingHistory()
         self.best_ema: float | None = None
         self.start_epoch = 0
+        # under torch.distributed: DDP around a module whose forward is the method's train_step
+        self.ddp_step = distributed.wrap_train_step(method, network, self.loss_fn, ctx) if ctx.world_size > 1 else None
 
     def autocast(self):
         return precision.autocast(self.ctx.device, self.amp_dtype)
@@ -270,7 +314,7 @@ class _Loop:
     disable_checkpointing = False  # --disable_checkpointing: only checkpoint_final.pth is written
 
     def save(self, name: str, epoch: int) -> None:
-        if self.disable_checkpointing and name != "checkpoint_final.pth":
+        if not self.ctx.is_main_process or (self.disable_checkpointing and name != "checkpoint_final.pth"):
             return
         ckpt_io.save_checkpoint(
             self.fold_dir / name, method_entry=self.entry, options=self.ctx.options, network=self.network,
@@ -287,7 +331,8 @@ class _Loop:
         if self.start_epoch >= ctx.num_epochs:
             logger.info("training already complete (%d epochs)", self.start_epoch)
             if self._final_epoch() >= self.start_epoch:  # stopped before checkpoint_latest.pth was removed
-                (self.fold_dir / "checkpoint_latest.pth").unlink(missing_ok=True)
+                if ctx.is_main_process:
+                    (self.fold_dir / "checkpoint_latest.pth").unlink(missing_ok=True)
             else:  # stopped after the last epoch, before the final checkpoint: do what was left
                 self.finish()
             return
@@ -310,32 +355,49 @@ class _Loop:
     def finish(self) -> None:
         """After the last epoch: the method's ``after_training``, the final (and best) checkpoint."""
         ctx = self.ctx
-        self.method.after_training(self.network, ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
+        self.after_training()
         epochs = max(ctx.num_epochs, self.start_epoch)  # a run resumed with fewer --epochs keeps its count
         self.save("checkpoint_final.pth", epochs)
         if not self.method.per_epoch_metric and not self.disable_checkpointing:
             self.save("checkpoint_best.pth", epochs)
             logger.info("%s has no per-epoch validation metric: checkpoint_best.pth is the final network", self.method.name)
-        (self.fold_dir / "checkpoint_latest.pth").unlink(missing_ok=True)  # the final one supersedes it
+        if ctx.is_main_process:
+            (self.fold_dir / "checkpoint_latest.pth").unlink(missing_ok=True)  # the final one supersedes it
         logger.info("training done; best EMA pseudo Dice %.4f", self.best_ema if self.best_ema is not None else math.nan)
+
+    def after_training(self) -> None:
+        """The method's ``after_training`` hook, on rank 0 alone; its result (the network's weights
+        and buffers, the method state) then reaches the other ranks, which validate with it."""
+        ctx = self.ctx
+        if ctx.is_main_process:
+            self.method.after_training(self.network, ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
+        if ctx.world_size > 1:
+            distributed.broadcast_module_state(ckpt_io.unwrap(self.network))
+            state = distributed.broadcast_object(self.method.extra_state() if ctx.is_main_process else None)
+            if not ctx.is_main_process:
+                self.method.load_extra_state(state)
 
     def make_loaders(self):
         ctx, method = self.ctx, self.method
         ds_scales = method.deep_supervision_scales(ctx)
         patch = method.train_patch_size(ctx)
-        bs = ctx.configuration.batch_size
-        # a fresh worker seed per (seed, start epoch): a resumed run does not replay the first batches
-        seed = ctx.seed + 7919 * self.start_epoch
+        # the plans' batch is the global one: each rank draws its share, with as many foreground-centred
+        # samples as its part of a single-process batch would hold
+        global_bs = ctx.configuration.batch_size
+        bs, fg = ctx.rank_batch_size, ctx.foreground_fraction(global_bs, OVERSAMPLE_FOREGROUND)
+        # a fresh worker seed per (seed, rank, start epoch): ranks draw different samples, and a
+        # resumed run does not replay the first batches
+        seed = ctx.loader_seed + 7919 * self.start_epoch
         custom = method.make_train_loader(ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
         ignore = ctx.label_manager.ignore_label  # never a foreground-sampling target
         pin = ctx.device.type == "cuda"
         train = iter(custom) if custom is not None else make_loader(
             self.dataset.subset(self.train_keys), bs, patch, ds_scales, train=True,
-            num_workers=self.num_workers, seed=seed, ignore_label=ignore, pin_memory=pin)
+            num_workers=self.num_workers, seed=seed, ignore_label=ignore, pin_memory=pin, oversample_foreground=fg)
         # validation draws a fifth of the batches: half the workers (nnU-Net), at least one if any
         val = make_loader(self.dataset.subset(self.val_keys), bs, patch, ds_scales, train=False,
                           num_workers=max(1, self.num_workers // 2) if self.num_workers > 0 else 0,
-                          seed=ctx.seed + 1, ignore_label=ignore, pin_memory=pin)
+                          seed=ctx.loader_seed + 1, ignore_label=ignore, pin_memory=pin, oversample_foreground=fg)
         return train, val
 
     def to_device(self, batch: dict) -> dict:
@@ -352,11 +414,14 @@ class _Loop:
         ``None`` when the loss was not finite and the step was skipped."""
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            result = self.method.train_step(self.network, self.to_device(batch), self.loss_fn, self.ctx)
-        loss = result.loss
+            if self.ddp_step is not None:  # DDP: the backward pass averages the gradients over the ranks
+                loss = self.ddp_step(self.to_device(batch))[0]
+            else:
+                loss = self.method.train_step(self.network, self.to_device(batch), self.loss_fn, self.ctx).loss
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        # the one host sync of a step, once the backward pass is queued: a non-finite loss skips the update
-        if not torch.isfinite(loss):
+        # the one host sync of a step, once the backward pass is queued: a non-finite loss skips the
+        # update (on every rank when on one: the ranks' weights must stay equal)
+        if not distributed.all_true(torch.isfinite(loss)):
             logger.warning("epoch %d: non-finite loss %s; step skipped", self.ctx.epoch, float(loss))
             self.optimizer.zero_grad(set_to_none=True)
             return None
@@ -399,6 +464,10 @@ class _Loop:
             fp += (pred & ~refs).sum(dims)
             fn += (~pred & refs).sum(dims)
         self.network.train()
+        if self.ctx.world_size > 1:  # every rank scores the same pseudo Dice: the same best checkpoint
+            counts = distributed.all_reduce_sum(torch.stack([tp, fp, fn]))
+            tp, fp, fn = counts[0], counts[1], counts[2]
+            loss_sum = distributed.all_reduce_mean(loss_sum)
         tp, fp, fn = (t.cpu().double() for t in (tp, fp, fn))
         denom = 2 * tp + fp + fn
         dice = [float(2 * t / d) if d > 0 else math.nan for t, d in zip(tp, denom)]
@@ -428,6 +497,9 @@ class _Loop:
                     bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}" if steps else "nan")
         if bar is not None:
             bar.close()
+        if ctx.world_size > 1:  # the loss of the global batch: the mean over the ranks' steps
+            totals = distributed.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(steps), device=ctx.device)]))
+            loss_sum, steps = totals[0], int(totals[1])
         val_loss, dice = self.validate_patches(val_loader)
         if self.scheduler is not None:
             self.scheduler.step()
@@ -452,6 +524,8 @@ class _Loop:
         self.save("checkpoint_latest.pth", epoch + 1)
         self.method.on_epoch_end(self.network, ctx, dict(train_loss=train_loss, val_loss=val_loss, pseudo_dice=dice,
                                                          ema_pseudo_dice=ema, lr=lr, epoch_time=seconds))
+        if not ctx.is_main_process:
+            return
         try:
             names = ctx.label_manager.output_names
             self.history.plot(self.fold_dir / "progress.png", names, pseudo_dice=self.method.per_epoch_metric)

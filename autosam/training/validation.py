@@ -11,6 +11,7 @@ from autosam import paths
 from autosam.evaluation.evaluate import evaluate_folder
 from autosam.inference.export import export_prediction
 from autosam.inference.predictor import predict_preprocessed_case
+from autosam.training import distributed
 from autosam.utils.files import write_json
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,18 @@ def validate_fold(method, network, ctx, dataset, val_keys, fold_dir: Path, prepr
     Only the fold's validation cases are evaluated (other references in ``gt_segmentations``
     belong to the training cases). ``checkpoint`` (the file the network comes from) is recorded in
     the summary, so that a validation with ``--val_best`` can be told apart. The sliding-window
-    step is ``ctx.step_size``."""
+    step is ``ctx.step_size``.
+
+    Under torch.distributed each rank predicts every ``world_size``-th case (``cases[rank::world]``);
+    rank 0 evaluates all of them once the others are done, and every rank returns the summary."""
     out = Path(fold_dir) / "validation"
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
     ending = ctx.dataset_json["file_ending"]
     network.eval()
-    cases = list(val_keys)
+    all_cases = list(val_keys)
+    cases = all_cases[ctx.rank::ctx.world_size]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -58,6 +65,10 @@ def validate_fold(method, network, ctx, dataset, val_keys, fold_dir: Path, prepr
                 bar.update(1)
     if bar is not None:
         bar.close()
+    distributed.barrier()  # every rank's predictions are written
+    if not ctx.is_main_process:
+        return distributed.broadcast_object(None)
+    cases = all_cases
     summary = evaluate_folder(reference_folder(preprocessed_dataset_folder), out, dataset_json_path,
                               output_file=None, cases=cases)
     if checkpoint is not None:
@@ -68,4 +79,4 @@ def validate_fold(method, network, ctx, dataset, val_keys, fold_dir: Path, prepr
     write_json(out / "summary.json", summary, indent=2)
     fg = summary.get("foreground_mean", {}).get("Dice")
     logger.info("validation of %d cases: foreground mean Dice %s (%s)", len(cases), fg, out / "summary.json")
-    return summary
+    return distributed.broadcast_object(summary)

@@ -48,13 +48,13 @@ LEFTOVER_WAIT_SECONDS = 10.0
 class FolderLockedError(RuntimeError):
     """The folder is owned by another live process; the message names it."""
 
-    def __init__(self, folder: Path, owner: dict | None, what: str = "folder"):
+    def __init__(self, folder: Path, owner: dict | None, what: str = "folder", lock_name: str | None = None):
         self.folder, self.owner = Path(folder), owner
         who = describe_owner(owner) if owner else "another process (its owner information is not readable)"
         super().__init__(
             f"{folder}: this {what} is in use by another autosam run: {who}. Two runs writing the same folder "
             f"would mix their files; wait for that run to end or stop it (a lock whose process has ended is taken "
-            f"over automatically; lock file {Path(folder) / LOCK_FILE})")
+            f"over automatically; lock file {Path(folder) / (lock_name or LOCK_FILE)})")
 
 
 def describe_owner(info: dict) -> str:
@@ -144,9 +144,9 @@ def _try_flock(fd: int) -> bool | None:
 class FolderLock:
     """A held lock on a folder (see the module's description). Use :func:`lock_folder`."""
 
-    def __init__(self, folder: Path, what: str):
+    def __init__(self, folder: Path, what: str, name: str = LOCK_FILE):
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_FILE
+        self.path = self.folder / name
         self.what = what
         self.count = 0
         self.fd: int | None = None
@@ -174,10 +174,11 @@ class FolderLock:
                         if reason is None and (got is None or previous.get("host") != _this_host()):
                             # no flock on this file system, or flock does not reach the other host: the
                             # recorded owner is alive (same host) or its heartbeat is fresh (another host)
-                            raise FolderLockedError(self.folder, previous, self.what)
+                            raise FolderLockedError(self.folder, previous, self.what, self.path.name)
                         logger.warning("%s: taking over the lock of a run that ended without releasing it (%s: %s)",
                                        self.folder, describe_owner(previous), reason or "its lock was free, so its process has ended")
-                        removed = remove_partial_files(self.folder)
+                        # the temporary files of the killed run, when it owned the whole folder
+                        removed = remove_partial_files(self.folder) if self.path.name == LOCK_FILE else 0
                         if removed:
                             logger.warning("%s: removed %d unfinished temporary file(s) of that run", self.folder,
                                            removed)
@@ -189,7 +190,7 @@ class FolderLock:
                 info = _read_info_settled(self.path)
                 reason = owner_gone(info) if info else None
                 if reason is None:
-                    raise FolderLockedError(self.folder, info, self.what)
+                    raise FolderLockedError(self.folder, info, self.what, self.path.name)
                 now = time.monotonic()
                 if leftover_deadline is None:
                     leftover_deadline = now + LEFTOVER_WAIT_SECONDS
@@ -241,7 +242,7 @@ class FolderLock:
             self.count -= 1
             if self.count > 0:
                 return
-            _held.pop(_key(self.folder), None)
+            _held.pop(_key(self.folder, self.path.name), None)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -271,8 +272,8 @@ _held: dict[str, FolderLock] = {}
 _registry_lock = threading.Lock()
 
 
-def _key(folder: Path) -> str:
-    return os.path.realpath(folder)
+def _key(folder: Path, name: str) -> tuple[str, str]:
+    return os.path.realpath(folder), name
 
 
 def _forget_after_fork() -> None:
@@ -285,22 +286,25 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def lock_folder(folder: str | os.PathLike, what: str = "folder", command: str | None = None) -> FolderLock:
+def lock_folder(folder: str | os.PathLike, what: str = "folder", command: str | None = None,
+                lock_name: str = LOCK_FILE) -> FolderLock:
     """Take the lock of ``folder`` (created if missing) for this process, or raise
     :class:`FolderLockedError` naming the live owner. Use as ``with lock_folder(path, "..."):``
     or call :meth:`FolderLock.release`. ``what`` names the folder in messages ("training fold").
-    Reentrant: a folder this process holds already is held once more."""
+    Reentrant: a folder this process holds already is held once more. ``lock_name``: another lock
+    file than :data:`LOCK_FILE` for jobs that share a folder by design, each owning its part
+    (prediction with ``-num_parts``); a takeover then leaves the folder's temporary files alone."""
     folder = Path(folder)
     with _registry_lock:
-        held = _held.get(_key(folder)) if folder.exists() else None
+        held = _held.get(_key(folder, lock_name)) if folder.exists() else None
         if held is not None:
             held.count += 1
             return held
-    lock = FolderLock(folder, what)
+    lock = FolderLock(folder, what, lock_name)
     lock._acquire(command)
     with _registry_lock:
         lock.count = 1
-        _held[_key(folder)] = lock
+        _held[_key(folder, lock_name)] = lock
     return lock
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from autosam.sam.lora import count_parameters
-from autosam.training.method import Method, MethodContext, StepResult
+from autosam.method import Method, MethodContext, StepResult
 
 from .losses import MaskSAMLoss
 from .model import MaskSAMNet, scores_to_log_probs, semantic_scores

@@ -10,7 +10,7 @@ import torch
 from autosam import hookimpl
 from autosam.utils.files import write_json
 from autosam.sam.lora import count_parameters
-from autosam.training.method import Method, MethodContext, StepResult
+from autosam.method import Method, MethodContext, StepResult
 
 from .localize import box_iou_3d, build_prototypes, extend_box, localize_boxes, union_box
 from .localizer import mss_loss, rdr_pairs_loss
@@ -31,6 +31,9 @@ class MedLSAM(Method):
     per_epoch_metric = False
     # the paper's "manual box" mode: autosam_predict --boxes-json skips the localiser
     accepts_boxes = True
+    # training steps train the localiser only; with --finetune-sam the network also holds the SAM
+    # decoder copy (fine-tuned after training), whose parameters get no gradient in a step
+    ddp_find_unused_parameters = True
 
     # ------------------------------------------------------------------ build
     def build_network(self, ctx: MethodContext) -> MedLSAMNetwork:
@@ -93,11 +96,14 @@ class MedLSAM(Method):
     def make_train_loader(self, ctx: MethodContext, dataset, train_keys: list[str]):
         """Endless pairs of crops of the fold's training images (labels unused)."""
         volumes = self._coarse_volumes(ctx, dataset, train_keys)
-        rng = np.random.default_rng(ctx.options.seed + 1000 * int(ctx.fold if str(ctx.fold).isdigit() else 0))
+        seed = ctx.options.seed + 1000 * int(ctx.fold if str(ctx.fold).isdigit() else 0)
+        # under DDP each rank draws its share of the batch from its own generator
+        rng = np.random.default_rng([seed, ctx.rank] if ctx.world_size > 1 else seed)
+        batch_size = ctx.split_batch(ctx.options.batch_size)
 
         def batches():
             while True:
-                yield make_batch(volumes, ctx.options.batch_size, ctx.options.patch, ctx.options.coarse_spacing, rng,
+                yield make_batch(volumes, batch_size, ctx.options.patch, ctx.options.coarse_spacing, rng,
                                  crops_per_scan=ctx.options.crops_per_scan, mss_crops=ctx.options.mss_crops)
 
         return batches()

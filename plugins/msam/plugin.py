@@ -8,7 +8,7 @@ import torch
 
 from autosam import hookimpl
 from autosam.sam.lora import count_parameters
-from autosam.training.method import Method, MethodContext, StepResult
+from autosam.method import Method, MethodContext, StepResult
 
 from .network import MSamNetwork
 from .options import MSamOptions
@@ -30,6 +30,10 @@ class MSam(Method):
     description = "M-SAM: 3D SAM (SAM-Med3D) with LoRA, Mask-Enhanced Adapter and iterative mask refinement (Shi et al.)"
     configurations = ("3d",)
     Options = MSamOptions
+    # a training step leaves trainable parameters without gradient (SAM's IoU prediction head is not
+    # in the loss; the prompt encoder's no-mask embedding is unused once a mask prompt is fed back),
+    # and random click steps change the set: DDP must look for unused parameters
+    ddp_find_unused_parameters = True
 
     def input_size(self, ctx: MethodContext) -> int:
         o = ctx.options
@@ -83,10 +87,11 @@ class MSam(Method):
         from autosam.training.dataloading import default_num_workers, make_loader
 
         o = ctx.options
-        bs = int(o.batch_size or ctx.configuration.batch_size)
+        bs = int(o.batch_size or ctx.configuration.batch_size)  # the global batch; under DDP each rank draws its share
         workers = ctx.extra.get("num_workers", default_num_workers())
-        return make_loader(dataset, bs, self.train_patch_size(ctx), None, train=True, num_workers=workers,
-                           seed=ctx.seed + 7919 * ctx.epoch, oversample_foreground=o.oversample_foreground)
+        return make_loader(dataset, ctx.split_batch(bs), self.train_patch_size(ctx), None, train=True,
+                           num_workers=workers, seed=ctx.loader_seed + 7919 * ctx.epoch,
+                           oversample_foreground=ctx.foreground_fraction(bs, o.oversample_foreground))
 
     def train_patch_size(self, ctx: MethodContext) -> list[int]:
         return [self.input_size(ctx)] * 3

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autosam.sam.sizing import encoder_input_size, median_slice_size
-from autosam.training.method import Method, MethodContext, StepResult
+from autosam.method import Method, MethodContext, StepResult
 
 from .inference import predict_volume_middle_out
 from .loss import SAutoMedLoss

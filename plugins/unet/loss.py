@@ -8,9 +8,13 @@ from torch import nn
 
 
 def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, mask: torch.Tensor | None = None, *,
-              batch_dice: bool = False, smooth: float = 1e-5) -> torch.Tensor:
+              batch_dice: bool = False, smooth: float = 1e-5, distributed: bool = False) -> torch.Tensor:
     """``1 - mean Dice`` of probabilities against a one-hot (or region) target, both B x K x *S;
-    ``mask`` (B x 1 x *S, True = counts) removes voxels from both, so they get no gradient."""
+    ``mask`` (B x 1 x *S, True = counts) removes voxels from both, so they get no gradient.
+
+    ``distributed`` (DDP, each rank holding part of the global batch): the batch Dice sums its
+    counts over every rank's samples (an all-reduce that back-propagates), so that it is the Dice of
+    the global batch, as nnU-Net computes it under DDP."""
     if mask is not None:
         probs, onehot = probs * mask, onehot * mask
     axes = tuple(range(2, probs.ndim))
@@ -18,6 +22,10 @@ def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, mask: torch.Tensor | No
         axes = (0, *axes)
     intersect = (probs * onehot).sum(axes)
     denom = probs.sum(axes) + onehot.sum(axes)
+    if batch_dice and distributed:
+        from autosam.training.distributed import differentiable_all_reduce_sum
+
+        intersect, denom = differentiable_all_reduce_sum(intersect), differentiable_all_reduce_sum(denom)
     dice = (2 * intersect + smooth) / (denom + smooth).clamp_min(1e-8)
     return 1 - dice.mean()
 
@@ -33,7 +41,7 @@ def _labels_and_mask(target: torch.Tensor, ignore_label: int | None) -> tuple[to
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, batch_dice: bool = False,
                    include_background: bool = False, smooth: float = 1e-5,
-                   ignore_label: int | None = None) -> torch.Tensor:
+                   ignore_label: int | None = None, distributed: bool = False) -> torch.Tensor:
     """``1 - mean Dice`` of softmax(logits) (B x K x *S) against integer labels (B x 1 x *S).
 
     With ``batch_dice`` the true/false positives are summed over the whole batch (one Dice per
@@ -45,7 +53,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, batch_dice: bo
     onehot = torch.zeros_like(probs).scatter_(1, labels.clamp_min(0), 1.0)
     if not include_background:
         probs, onehot = probs[:, 1:], onehot[:, 1:]
-    return soft_dice(probs, onehot, mask, batch_dice=batch_dice, smooth=smooth)
+    return soft_dice(probs, onehot, mask, batch_dice=batch_dice, smooth=smooth, distributed=distributed)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -63,12 +71,15 @@ class DiceCELoss(nn.Module):
     one tuple of label values per output channel): binary cross-entropy + soft Dice of the sigmoid
     per region, the region target being "label in region" (nnU-Net's region-based training). With
     ``ignore_label``, voxels of that label are left out of both terms (no loss, no gradient).
+    ``distributed``: under DDP the batch Dice is that of the global batch (:func:`soft_dice`).
     """
 
     def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, batch_dice: bool = False,
-                 regions: list[tuple[int, ...]] | None = None, ignore_label: int | None = None):
+                 regions: list[tuple[int, ...]] | None = None, ignore_label: int | None = None,
+                 distributed: bool = False):
         super().__init__()
         self.dice_weight, self.ce_weight, self.batch_dice = dice_weight, ce_weight, batch_dice
+        self.distributed = distributed
         self.regions = [tuple(int(v) for v in r) for r in regions] if regions else None
         self.ignore_label = ignore_label
 
@@ -77,7 +88,8 @@ class DiceCELoss(nn.Module):
         if self.regions is None:
             labels, mask = _labels_and_mask(target, self.ignore_label)
             ce = _masked_mean(F.cross_entropy(logits, labels[:, 0], reduction="none")[:, None], mask)
-            dice = soft_dice_loss(logits, target, batch_dice=self.batch_dice, ignore_label=self.ignore_label)
+            dice = soft_dice_loss(logits, target, batch_dice=self.batch_dice, ignore_label=self.ignore_label,
+                                  distributed=self.distributed)
         else:
             if logits.shape[1] != len(self.regions):
                 raise ValueError(f"region-based loss: {logits.shape[1]} outputs for {len(self.regions)} regions")
@@ -85,19 +97,24 @@ class DiceCELoss(nn.Module):
             regions = torch.cat([torch.isin(labels, torch.as_tensor(r, device=labels.device)) for r in self.regions], 1)
             regions = regions.float()
             ce = _masked_mean(F.binary_cross_entropy_with_logits(logits, regions, reduction="none"), mask)
-            dice = soft_dice(torch.sigmoid(logits), regions, mask, batch_dice=self.batch_dice)
+            dice = soft_dice(torch.sigmoid(logits), regions, mask, batch_dice=self.batch_dice,
+                             distributed=self.distributed)
         return self.ce_weight * ce + self.dice_weight * dice
 
 
 class DeepSupervisionLoss(nn.Module):
     """Weighted sum over resolutions: weights 1, 1/2, 1/4, ..., the lowest resolution 0, normalised.
 
-    Accepts a single tensor (no deep supervision) or lists of outputs and targets.
+    Accepts a single tensor (no deep supervision) or lists of outputs and targets. ``distributed``
+    (DDP): the output of weight 0 still enters the sum (times 0), so that its head's parameters
+    get a (zero) gradient and DDP needs no search for unused parameters; nnU-Net gives it a weight
+    of 1e-6 instead, this keeps the gradients those of a single process.
     """
 
-    def __init__(self, loss: nn.Module, num_outputs: int):
+    def __init__(self, loss: nn.Module, num_outputs: int, distributed: bool = False):
         super().__init__()
         self.loss = loss
+        self.distributed = distributed
         w = [1 / 2**i for i in range(num_outputs)]
         if num_outputs > 1:
             w[-1] = 0.0
@@ -110,4 +127,4 @@ class DeepSupervisionLoss(nn.Module):
             return self.loss(outputs, target)
         if len(outputs) != len(targets):
             raise ValueError(f"deep supervision: {len(outputs)} outputs but {len(targets)} targets")
-        return sum(w * self.loss(o, t) for w, o, t in zip(self.weights, outputs, targets) if w > 0)
+        return sum(w * self.loss(o, t) for w, o, t in zip(self.weights, outputs, targets) if w > 0 or self.distributed)

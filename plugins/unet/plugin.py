@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from autosam import hookimpl
-from autosam.training.method import Method, MethodContext
+from autosam.method import Method, MethodContext
 from autosam_plugins.unet.loss import DeepSupervisionLoss, DiceCELoss
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,8 @@ class UNetMethod(Method):
         scales = self.deep_supervision_scales(ctx)
         labels = ctx.label_manager
         base = DiceCELoss(opts.dice_weight, opts.ce_weight, opts.batch_dice, regions=labels.foreground_regions,
-                          ignore_label=labels.ignore_label)
-        return DeepSupervisionLoss(base, len(scales) if scales else 1)
+                          ignore_label=labels.ignore_label, distributed=ctx.world_size > 1)
+        return DeepSupervisionLoss(base, len(scales) if scales else 1, distributed=ctx.world_size > 1)
 
     @staticmethod
     def resolve_optimizer(ctx: MethodContext) -> str:
