@@ -556,3 +556,40 @@ def test_a_stop_between_the_last_epoch_and_the_final_checkpoint_is_finished_by_r
     run_training(NAME, "3d", "unet", 0, resume=True, **kw)
     assert calls == [2] and (fold_dir / "checkpoint_final.pth").read_bytes() == before
     assert not (fold_dir / "checkpoint_latest.pth").exists()
+
+
+# ------------------------------------------------------------------------------ shared folders by design
+def test_prediction_parts_share_an_output_folder_but_not_a_part(tmp_path):
+    """-num_parts jobs write into one folder, each owning its part's lock file."""
+    folder = tmp_path / "pred"
+    owner = _start("""
+        import sys, time
+        from autosam.utils.locks import lock_folder
+        lock = lock_folder(sys.argv[1], "prediction output folder", lock_name=".autosam.part0of2.lock")
+        print("locked", flush=True)
+        time.sleep(600)
+    """, str(folder))
+    try:
+        assert _first_line(owner) == "locked"
+        with lock_folder(folder, "prediction output folder", lock_name=".autosam.part1of2.lock"):
+            pass  # another part: free
+        with pytest.raises(FolderLockedError, match=re.escape(str(folder / ".autosam.part0of2.lock"))):
+            lock_folder(folder, "prediction output folder", lock_name=".autosam.part0of2.lock")
+    finally:
+        _kill(owner)
+
+
+def test_under_ddp_every_rank_stops_when_rank_0_cannot_take_the_fold(tmp_path, monkeypatch):
+    from autosam.training import distributed, trainer
+
+    owner = {"host": "node-3", "pid": 77, "started": "2020-01-01T00:00:00", "command": "autosam_train 4 3d unet 0",
+             "heartbeat": time.time()}
+    sent = []
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, src=0: (sent.append(obj), owner)[1])
+    with pytest.raises(FolderLockedError, match="PID 77 on host node-3"):
+        trainer._lock_fold(tmp_path / "fold_0", main=False, world_size=2)  # rank 1 hears of rank 0's failure
+    assert sent == [None] and not (tmp_path / "fold_0").exists()  # rank 1 neither locks nor writes
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, src=0: obj)
+    lock = trainer._lock_fold(tmp_path / "fold_0", main=True, world_size=2)  # rank 0, fold free
+    assert lock is not None and (tmp_path / "fold_0" / LOCK_FILE).is_file()
+    lock.release()
