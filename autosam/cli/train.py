@@ -16,9 +16,9 @@ from autosam.cli.common import (
     method_option_names,
     method_overrides_from,
     normalize_configuration,
+    positive_int,
     step_size,
 )
-from autosam.training.distributed import num_processes
 
 
 def build_parser(method=None) -> Parser:
@@ -73,7 +73,7 @@ def build_parser(method=None) -> Parser:
     p.add_argument("--num-workers", type=int, default=None,
                    help="background augmentation processes (default: CPU cores - 1, at most 8; 0 = in-process); "
                         "with --num-gpus or torchrun per training process (default: its share of the cores - 1)")
-    p.add_argument("--num-gpus", "-num_gpus", "--num_gpus", dest="num_gpus", type=num_processes, default=None,
+    p.add_argument("--num-gpus", "-num_gpus", "--num_gpus", dest="num_gpus", type=positive_int, default=None,
                    metavar="N", help="train with N processes on this node (DDP, one GPU each; torch's elastic launcher "
                                      "starts them): the plans' batch is split across them, rank 0 writes the files. "
                                      "With --device cpu, N CPU processes (gloo). Under torchrun leave it out: the "

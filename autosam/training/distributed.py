@@ -327,19 +327,6 @@ __all__ = ["LaunchEnv", "launcher_env", "rank_device", "init_process_group", "de
 
 
 # ---------------------------------------------------------------------------------- the commands
-def num_processes(text: str) -> int:
-    """``--num-gpus`` on the command line: a positive number of processes."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def check_local_launch(nproc: int, device: str | None) -> None:
     """Why ``--num-gpus nproc`` cannot start here (an error), before any process is started:
     CUDA needs that many visible GPUs; the CPU (gloo) must be asked for with ``--device cpu``."""
