@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from autosam.utils.locks import PARTIAL_FILE
+from autosam.utils.processes import process_running
 
 DATASET_ID = 998
 NAME = "Dataset998_Example"
@@ -91,14 +92,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def run(cmd: list[str], env: dict, log: Path, kill_after: float | None = None, timeout: float = 1800,
         watch: Path | None = None, marker: str | None = None) -> dict:
     """Run ``cmd``; with ``kill_after``, SIGKILL it after that many seconds if it still runs.
@@ -128,9 +121,9 @@ def run(cmd: list[str], env: dict, log: Path, kill_after: float | None = None, t
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     deadline = time.monotonic() + ORPHAN_WAIT_S
-    while time.monotonic() < deadline and any(alive(c) for c in children):
+    while time.monotonic() < deadline and any(process_running(c) for c in children):
         time.sleep(0.1)
-    orphans = [c for c in children if alive(c)]
+    orphans = [c for c in children if process_running(c)]
     for c in orphans:  # do not leave them behind, but report them
         try:
             os.kill(c, signal.SIGKILL)

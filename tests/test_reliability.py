@@ -21,35 +21,21 @@ import pytest
 from autosam.cli.common import describe_os_error
 from autosam.utils import locks
 from autosam.utils.locks import LOCK_FILE, FolderLockedError, lock_folder
+from autosam.utils.processes import process_running
 from training_data import NAME, make_tiny_preprocessed
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 # ------------------------------------------------------------------------------ helpers
-def _alive(pid: int) -> bool:
-    """A process that exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-
-
 def _wait_gone(pids, seconds: float = 20.0) -> list[int]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        left = [p for p in pids if _alive(p)]
+        left = [p for p in pids if process_running(p)]
         if not left:
             return []
         time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if process_running(p)]
 
 
 def _start(script: str, *args: str, cwd: Path | None = None) -> subprocess.Popen:
@@ -442,7 +428,7 @@ def test_data_loader_workers_die_with_their_parent(tmp_path):
         time.sleep(600)
     """, str(tmp_path / "pre" / NAME / "autosamPlans_3d"))
     workers = [int(p) for p in _first_line(parent).split()]
-    assert len(workers) == 2 and all(_alive(p) for p in workers)
+    assert len(workers) == 2 and all(process_running(p) for p in workers)
     _kill(parent)
     assert _wait_gone(workers) == []
 

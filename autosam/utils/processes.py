@@ -85,3 +85,21 @@ def pool_initializer(initializer: Callable[..., None] | None = None, initargs: t
 
 
 __all__ = ["exit_with_parent", "pool_initializer", "POLL_SECONDS"]
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux reads ``/proc``; elsewhere a
+    signal 0 says whether it exists)."""
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
