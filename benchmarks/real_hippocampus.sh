@@ -197,5 +197,11 @@ print(f"{'run':50s} {'anterior':>9s} {'posterior':>9s} {'fg mean':>8s} {'s/it':>
 fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "n/a"
 for name, a, p, fg, rate in rows:
     print(f"{name:50s} {fmt(a):>9s} {fmt(p):>9s} {fmt(fg):>8s} {rate:>6s}")
+# the goal of the nnU-Net comparison: Dice within 0.02 of nnU-Net's, at most 0.8x its seconds per iteration
+nn_row = next((r for r in rows if r[0].startswith("nnU-Net")), None)
+same = next((r for r in rows if "nnU-Net-sized" in r[0]), None)
+if nn_row and same and nn_row[3] is not None and same[3] is not None:
+    ratio = (f"{float(same[4]) / float(nn_row[4]):.2f}x" if "n/a" not in (same[4], nn_row[4]) else "n/a")
+    print(f"autosam vs nnU-Net, same plans and iterations: Dice {same[3] - nn_row[3]:+.4f}, seconds per iteration {ratio}")
 EOF
 echo "results in $WORK"
