@@ -16,6 +16,9 @@
 #                       data/msd_hippocampus/Task04_Hippocampus)
 #        STEPS          which steps to run, any of "convert nnunet unet_cpu sam" (default: all)
 #        NNUNET_ITERS   iterations of the nnU-Net-sized comparison (default 250 = one nnU-Net epoch)
+#        UNET_SEEDS     seeds of autosam's side of that comparison, one training each (default "12345 1":
+#                       within one SGD epoch the Dice depends on when training leaves the all-background
+#                       start, so one seed can land far from another)
 #        CPU_EPOCHS     epochs of the CPU-plans unet run (default 12; iterations per epoch: the
 #                       planner's default, CPU_ITERS to override)
 #        SAM_EPOCHS     epochs per SAM method (default 10), SAM_ITERS iterations per epoch (default 50)
@@ -39,6 +42,7 @@ fi
 TASK=${TASK:-$SHARED/data/msd_hippocampus/Task04_Hippocampus}
 STEPS=${STEPS:-convert nnunet unet_cpu sam}
 NNUNET_ITERS=${NNUNET_ITERS:-250}
+UNET_SEEDS=${UNET_SEEDS:-12345 1}
 CPU_EPOCHS=${CPU_EPOCHS:-12}
 CPU_ITERS=${CPU_ITERS:-}
 SAM_EPOCHS=${SAM_EPOCHS:-10}
@@ -104,11 +108,18 @@ c = json.load(open(sys.argv[1]))["configurations"]["3d"]
 print(f"autosam plans --target gpu, 3d: patch {c['patch_size']}, batch {c['batch_size']}, "
       f"features {c['network']['features_per_stage']}, spacing {c['spacing']}")
 EOF
-  stamp "autosam unet, nnU-Net-sized plans, SGD, $NNUNET_ITERS iterations"
-  /usr/bin/time -f "autosam unet (nnU-Net-sized): wall %e s" \
-    autosam_train 4 3d unet 0 --plans autosamPlansGPU --epochs 1 --iters-per-epoch "$NNUNET_ITERS" \
-    --device cpu --optimizer sgd --quiet > "$WORK/logs/unet_gpuplans.log" 2>&1
-  tail -n 1 "$WORK/logs/unet_gpuplans.log"
+  # one SGD epoch is dominated by when training leaves the all-background start: one run per seed
+  first=1
+  for seed in $UNET_SEEDS; do
+    results=$AUTOSAM_RESULTS
+    [ "$first" = 1 ] || results=$WORK/results_seed$seed  # the first seed's run sits beside the other methods
+    first=0
+    stamp "autosam unet, nnU-Net-sized plans, SGD, $NNUNET_ITERS iterations, seed $seed"
+    AUTOSAM_RESULTS=$results /usr/bin/time -f "autosam unet (nnU-Net-sized, seed $seed): wall %e s" \
+      autosam_train 4 3d unet 0 --plans autosamPlansGPU --epochs 1 --iters-per-epoch "$NNUNET_ITERS" \
+      --device cpu --optimizer sgd --seed "$seed" --quiet > "$WORK/logs/unet_gpuplans_seed$seed.log" 2>&1
+    tail -n 1 "$WORK/logs/unet_gpuplans_seed$seed.log"
+  done
 fi
 
 # ---------------------------------------------------------------- 3. unet with the CPU default plans
@@ -181,9 +192,12 @@ def autosam_rate(fold):
         iters = int(m[-1]) if m else iters
     return f"{sum(times) / (len(times) * iters):.2f}" if times and iters else "n/a"
 res = os.path.join(work, "results", "Dataset004_Hippocampus")
-fold = os.path.join(res, "unet__autosamPlansGPU__3d", "fold_0")
-add(f"autosam unet, nnU-Net-sized plans, SGD, {nn_iters} it", os.path.join(fold, "validation", "summary.json"),
-    autosam_rate(fold))
+for results in [os.path.join(work, "results")] + sorted(glob.glob(os.path.join(work, "results_seed*"))):
+    fold = os.path.join(results, "Dataset004_Hippocampus", "unet__autosamPlansGPU__3d", "fold_0")
+    meta = os.path.join(fold, "metadata.json")
+    seed = json.load(open(meta)).get("seed", "?") if os.path.isfile(meta) else "?"
+    add(f"autosam unet, nnU-Net-sized plans, SGD, {nn_iters} it, seed {seed}",
+        os.path.join(fold, "validation", "summary.json"), autosam_rate(fold))
 for folder in sorted(glob.glob(os.path.join(res, "*__autosamPlans__3d"))):
     method = os.path.basename(folder).split("__")[0]
     fold = os.path.join(folder, "fold_0")
@@ -193,15 +207,16 @@ for folder in sorted(glob.glob(os.path.join(res, "*__autosamPlans__3d"))):
     add(label, os.path.join(fold, "validation", "summary.json"), autosam_rate(fold))
 if not rows:
     print("no validation results yet")
-print(f"{'run':50s} {'anterior':>9s} {'posterior':>9s} {'fg mean':>8s} {'s/it':>6s}")
+print(f"{'run':64s} {'anterior':>9s} {'posterior':>9s} {'fg mean':>8s} {'s/it':>6s}")
 fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "n/a"
 for name, a, p, fg, rate in rows:
-    print(f"{name:50s} {fmt(a):>9s} {fmt(p):>9s} {fmt(fg):>8s} {rate:>6s}")
+    print(f"{name:64s} {fmt(a):>9s} {fmt(p):>9s} {fmt(fg):>8s} {rate:>6s}")
 # the goal of the nnU-Net comparison: Dice within 0.02 of nnU-Net's, at most 0.8x its seconds per iteration
 nn_row = next((r for r in rows if r[0].startswith("nnU-Net")), None)
-same = next((r for r in rows if "nnU-Net-sized" in r[0]), None)
-if nn_row and same and nn_row[3] is not None and same[3] is not None:
-    ratio = (f"{float(same[4]) / float(nn_row[4]):.2f}x" if "n/a" not in (same[4], nn_row[4]) else "n/a")
-    print(f"autosam vs nnU-Net, same plans and iterations: Dice {same[3] - nn_row[3]:+.4f}, seconds per iteration {ratio}")
+for same in (r for r in rows if "nnU-Net-sized" in r[0]):
+    if nn_row and nn_row[3] is not None and same[3] is not None:
+        ratio = (f"{float(same[4]) / float(nn_row[4]):.2f}x" if "n/a" not in (same[4], nn_row[4]) else "n/a")
+        print(f"{same[0].split(', ')[-1]}: autosam vs nnU-Net, same plans and iterations: Dice {same[3] - nn_row[3]:+.4f}, "
+              f"seconds per iteration {ratio}")
 EOF
 echo "results in $WORK"
