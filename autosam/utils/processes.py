@@ -11,7 +11,8 @@ of every worker autosam starts, makes it end promptly:
 - everywhere, a daemon thread that checks ``os.getppid()`` every :data:`POLL_SECONDS` and ends
   the worker when its parent has changed (an orphan is adopted by init or a subreaper).
 
-:func:`pool_initializer` wraps a ``multiprocessing`` pool's initializer with it.
+:func:`pool_initializer` wraps a ``multiprocessing`` pool's initializer with it;
+:func:`process_running` tells whether a process still runs (not a zombie).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Callable
 
 #: Seconds between two checks of the parent by the watchdog thread.
@@ -84,14 +86,9 @@ def pool_initializer(initializer: Callable[..., None] | None = None, initargs: t
     return {"initializer": _init_worker, "initargs": (os.getpid(), initializer, tuple(initargs))}
 
 
-__all__ = ["exit_with_parent", "pool_initializer", "POLL_SECONDS"]
-
-
 def process_running(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (Linux reads ``/proc``; elsewhere a
     signal 0 says whether it exists)."""
-    from pathlib import Path
-
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state not in ("Z", "X")
@@ -103,3 +100,6 @@ def process_running(pid: int) -> bool:
             return True
         except ProcessLookupError:
             return False
+
+
+__all__ = ["exit_with_parent", "pool_initializer", "process_running", "POLL_SECONDS"]
