@@ -164,6 +164,10 @@ class Method:
     # searches the graph for unused parameters each step (slower). False lets DDP fail loudly
     # ("Expected to have finished reduction in the prior iteration") on such a method.
     ddp_find_unused_parameters: ClassVar[bool] = False
+    # The prompt kinds :meth:`predict_with_prompts` takes, a subset of ``autosam.prompts.PROMPT_KINDS``
+    # ("box3d", "box2d", "points", "mask"). Empty: the method segments automatically only, and any
+    # prompt is refused with a clear error. A method with ``accepts_boxes`` takes at least "box3d".
+    prompt_kinds: ClassVar[frozenset[str]] = frozenset()
 
     # ------------------------------------------------------------------ options
     def make_options(self, plans_section: dict | None = None, overrides: dict | None = None):
@@ -227,6 +231,30 @@ class Method:
 
     def load_extra_state(self, state: dict) -> None:
         pass
+
+    # ------------------------------------------------------------------ prompts
+    def encode_image(self, network: nn.Module, data: torch.Tensor, ctx: MethodContext) -> Any:
+        """Everything about one preprocessed image (C x Z x Y x X) that does not depend on the prompts
+        (e.g. SAM's image embeddings), computed once per image and handed to every
+        :meth:`predict_with_prompts` call of an interactive session, so that a click costs a decoder
+        pass. Default: None (nothing to cache)."""
+        return None
+
+    def predict_with_prompts(self, network: nn.Module, data: torch.Tensor, prompts, ctx: MethodContext, *,
+                             cache: Any = None, use_mirroring: bool = False) -> torch.Tensor:
+        """Class probabilities (K x Z x Y x X, float32, CPU) of ``data`` given ``prompts`` (label value ->
+        :class:`autosam.prompts.LabelPrompts`, on the preprocessed grid). ``cache``: what
+        :meth:`encode_image` returned for this ``data`` (None: compute it). A method refuses the prompt
+        kinds it does not declare in ``prompt_kinds``. Default: refuse every prompt, except 3D boxes
+        for a method with ``accepts_boxes`` (passed to :meth:`predict_volume` as ``boxes=``)."""
+        from autosam.prompts import check_prompt_kinds
+
+        check_prompt_kinds(self.name, self.prompt_kinds | ({"box3d"} if self.accepts_boxes else set()), prompts)
+        if self.accepts_boxes and all(p.kinds() <= {"box3d"} for p in prompts.values()):
+            boxes = {int(lab): [list(b) for b in p.boxes3d] for lab, p in prompts.items() if p.boxes3d}
+            return self.predict_volume(network, data, ctx, use_mirroring=use_mirroring, boxes=boxes)
+        raise NotImplementedError(f"method {self.name!r} declares prompt kinds {sorted(self.prompt_kinds)} but does "
+                                  f"not implement predict_with_prompts")
 
     # ------------------------------------------------------------------ inference
     def predict_logits(self, network: nn.Module, x: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
