@@ -340,12 +340,20 @@ def _verify_checkpoints(staging: Path, manifest: dict, zip_path: Path) -> None:
     """Every unpacked checkpoint must load without running code (``torch.load(weights_only=True)``,
     :func:`autosam.training.checkpoint.load_checkpoint`) and hold the method its manifest entry names."""
     from autosam.training.checkpoint import load_checkpoint
+    from autosam.utils.files import UntrustedPickleError
 
     for m in manifest["models"]:
         for path in sorted((staging / m["folder"]).glob("fold_*/*.pth")):
             member = f"{manifest['dataset']}/{m['folder']}/{path.parent.name}/{path.name}"
-            try:
-                ckpt = load_checkpoint(path)
+            try:  # never trusted: a stranger's file, whatever AUTOSAM_TRUST_CHECKPOINT_PICKLE says
+                ckpt = load_checkpoint(path, trust=False)
+            except UntrustedPickleError as exc:
+                found = re.search(r"\((the global [^)]*)\)", str(exc))
+                raise ModelZipError(
+                    f"{zip_path}: member {member!r}: holds Python objects besides tensors and plain types"
+                    f"{f' ({found.group(1)})' if found else ''}; loading it would unpickle them, which can run any "
+                    "code, so a model zip's checkpoints must load without it (AUTOSAM_TRUST_CHECKPOINT_PICKLE does "
+                    "not apply to installing); nothing was installed") from None
             except ValueError as exc:
                 raise ModelZipError(f"{zip_path}: member {member!r}: {str(exc).replace(str(path), 'checkpoint')}; "
                                     "nothing was installed") from None
