@@ -163,9 +163,9 @@ class CaseProgress:
         if self.quiet:
             return
         if self.bar is None:
-            from tqdm import tqdm
+            from autosam.utils.progress import progress_bar
 
-            self.bar = tqdm(total=total, desc=self.desc, unit="case")
+            self.bar = progress_bar(total=total, desc=self.desc, unit="case")
         self.bar.update(done - self.bar.n)
         if case:
             self.bar.set_postfix_str(case)

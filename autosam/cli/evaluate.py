@@ -101,9 +101,9 @@ def _evaluation_kwargs(args) -> dict:
 def _run(prog: str, output: Path, evaluate) -> int:
     """Run ``evaluate(progress)`` with a progress bar; print the foreground mean and per-label Dice."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from tqdm import tqdm
+    from autosam.utils.progress import progress_bar
 
-    bar = tqdm(desc="evaluating", unit="case")
+    bar = progress_bar(desc="evaluating", unit="case")
 
     def progress(done: int, total: int) -> None:
         bar.total = total

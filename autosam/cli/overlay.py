@@ -68,7 +68,7 @@ def _render_all(jobs, alpha: float, num_processes: int, quiet: bool) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from tqdm import tqdm
+    from autosam.utils.progress import progress_bar as tqdm
 
     from autosam.utils.overlay import render
     from autosam.utils.processes import pool_initializer

@@ -26,9 +26,9 @@ def imap_jobs(func: Callable[[Any], Any], jobs: Sequence[Any], num_processes: in
     """
     bar = None
     if progress and jobs:
-        from tqdm import tqdm
+        from autosam.utils.progress import progress_bar
 
-        bar = tqdm(total=len(jobs), desc=desc, unit=unit)
+        bar = progress_bar(total=len(jobs), desc=desc, unit=unit)
     try:
         if num_processes > 1 and len(jobs) > 1:
             ctx = multiprocessing.get_context("spawn")
