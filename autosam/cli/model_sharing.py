@@ -57,9 +57,15 @@ def main_install(argv: list[str] | None = None) -> int:
         epilog="example: autosam_install_pretrained_model_from_zip hippocampus_unet.zip")
     p.add_argument("zip", type=Path, help="the model zip file")
     p.add_argument("--force", action="store_true", help="replace models that are installed already")
+    p.add_argument("--max_unpacked_gb", type=float, default=None, metavar="GB",
+                   help="refuse a zip that unpacks to more than this (default 50, or AUTOSAM_MAX_UNPACKED_GB): a small "
+                        "zip may expand to fill the disk")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autosam.inference.model_sharing import install_model_from_zip
+    from autosam.io.limits import set_limits
+
+    set_limits(max_unpacked_gb=a.max_unpacked_gb)
 
     installed = install_model_from_zip(a.zip, force=a.force)
     for folder in installed:

@@ -28,36 +28,35 @@ import logging
 import os
 import re
 import shutil
-import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Sequence
 
 from autosam import __version__, paths
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME
+from autosam.inference.model_zip import (  # noqa: F401  (the checks of an install, re-exported)
+    FOLD_RE,
+    INSTALLED_FROM,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    MODEL_FILES,
+    MODEL_FOLDER_RE,
+    ModelZipError,
+    check_dataset_id_free,
+    check_members,
+    check_methods_installed,
+    check_size,
+    read_manifest,
+    unpack,
+)
 from autosam.inference.predictor import checkpoint_file_name
-from autosam.io.dataset import DATASET_RE, dataset_name_from_id
+from autosam.io.dataset import dataset_name_from_id
 from autosam.utils.files import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
-
-MANIFEST = "autosam_model.json"
-MANIFEST_FORMAT = "autosam-model-zip"
-MANIFEST_VERSION = 1
-#: Written into each installed model folder: the zip it came from and its manifest entry.
-INSTALLED_FROM = "installed_from.json"
-MODEL_FOLDER_RE = re.compile(r"^[A-Za-z0-9_.\-]+__[A-Za-z0-9_.\-]+__[A-Za-z0-9_.\-]+$")
-MODEL_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
-FOLD_RE = r"fold_(?:\d+|all)"
-_FOLD_MEMBER_RE = re.compile(
-    rf"^(?P<fold>{FOLD_RE})/(?:[A-Za-z0-9][A-Za-z0-9_.\-]*\.pth|progress\.png"
-    r"|validation/[A-Za-z0-9][A-Za-z0-9_.\-]*)$")
-
-
-class ModelZipError(ValueError):
-    """A model zip that cannot be installed; the message names the zip, the member and the problem."""
 
 
 @dataclass
@@ -71,7 +70,7 @@ class ExportedModel:
 def _trained_model_folders(results_ds: Path, plans_name: str, methods: Sequence[str] | None,
                            configurations: Sequence[str] | None) -> list[Path]:
     found = []
-    for d in sorted(p for p in results_ds.iterdir() if p.is_dir() and MODEL_FOLDER_RE.match(p.name)):
+    for d in sorted(p for p in results_ds.iterdir() if p.is_dir() and MODEL_FOLDER_RE.fullmatch(p.name)):
         method, plans, config = d.name.split("__")
         if plans == plans_name and (not methods or method in methods) and (not configurations or config in configurations):
             found.append(d)
@@ -140,7 +139,7 @@ def export_model_to_zip(dataset: str | int, output_file: str | Path, configurati
     checkpoint_files = [checkpoint_file_name(c) for c in checkpoints]
     models = _trained_model_folders(results_ds, plans_name, methods, configurations)
     if not models:
-        present = sorted(p.name for p in results_ds.iterdir() if p.is_dir() and MODEL_FOLDER_RE.match(p.name))
+        present = sorted(p.name for p in results_ds.iterdir() if p.is_dir() and MODEL_FOLDER_RE.fullmatch(p.name))
         raise FileNotFoundError(f"{results_ds}: no model folder of plans {plans_name!r}"
                                 + (f", methods {list(methods)}" if methods else "")
                                 + (f", configurations {list(configurations)}" if configurations else "")
@@ -194,99 +193,6 @@ def _json_text(obj) -> str:
     return json.dumps(obj, indent=2) + "\n"
 
 
-# ------------------------------------------------------------------------------ install
-def read_manifest(zf: zipfile.ZipFile, zip_path: Path) -> dict:
-    import json
-
-    try:
-        manifest = json.loads(zf.read(MANIFEST))
-    except KeyError:
-        raise ModelZipError(f"{zip_path}: no {MANIFEST}; not a model zip written by autosam_export_model_to_zip") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelZipError(f"{zip_path}: {MANIFEST} is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ModelZipError(f"{zip_path}: {MANIFEST} is not an autosam model manifest")
-    if manifest.get("format_version", 0) > MANIFEST_VERSION:
-        raise ModelZipError(f"{zip_path}: model zip format {manifest['format_version']} is newer than this autosam "
-                            "understands; upgrade autosam")
-    dataset = manifest.get("dataset")
-    if not isinstance(dataset, str) or not DATASET_RE.match(dataset) or "/" in dataset or "\\" in dataset:
-        raise ModelZipError(f"{zip_path}: {MANIFEST}: 'dataset' must be a name DatasetXXX_Name, got {dataset!r}")
-    models = manifest.get("models")
-    if not isinstance(models, list) or not models:
-        raise ModelZipError(f"{zip_path}: {MANIFEST} lists no model")
-    for m in models:
-        folder = m.get("folder") if isinstance(m, dict) else None
-        if not isinstance(folder, str) or not MODEL_FOLDER_RE.match(folder) or folder.split("__")[0] != m.get("method"):
-            raise ModelZipError(f"{zip_path}: {MANIFEST}: bad model entry {m!r} (a folder <method>__<plans>__<config> "
-                                "of the method named in it)")
-    return manifest
-
-
-def check_members(zf: zipfile.ZipFile, zip_path: Path, manifest: dict) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
-    """Every member of the zip, checked against the expected layout; returns the files to extract
-    with their path relative to the results folder. Raises :class:`ModelZipError` at the first
-    member at fault."""
-    dataset = manifest["dataset"]
-    folders = {m["folder"] for m in manifest["models"]}
-    seen: set[str] = set()
-    files = []
-    for info in zf.infolist():
-        member = info.filename
-        problem = _member_problem(info, member, seen)
-        if problem is None:
-            seen.add(member)
-            if member == MANIFEST:
-                continue
-            parts = member.split("/")
-            inside = len(parts) >= 2 and parts[0] == dataset and parts[1] in folders
-            relative = "/".join(parts[2:])
-            if info.is_dir():
-                if inside or member.rstrip("/") == dataset:
-                    continue  # folders are created as their files need them
-                problem = "a folder outside the model folders of the manifest"
-            elif not inside:
-                problem = f"outside the model folders {sorted(folders)} of {dataset} named in {MANIFEST}"
-            elif relative not in MODEL_FILES and not _FOLD_MEMBER_RE.match(relative):
-                problem = ("not part of a model's layout (plans.json, dataset.json, dataset_fingerprint.json, "
-                           "fold_N/<checkpoint>.pth, fold_N/progress.png, fold_N/validation/<file>)")
-        if problem is not None:
-            raise ModelZipError(f"{zip_path}: member {member!r}: {problem}; nothing was installed")
-        files.append((info, PurePosixPath(member)))
-    for m in manifest["models"]:
-        prefix = PurePosixPath(dataset, m["folder"])
-        names = {str(p.relative_to(prefix)) for _, p in files if p.parts[:2] == prefix.parts}
-        missing = [f for f in ("plans.json", "dataset.json") if f not in names]
-        if not any(n.endswith(".pth") for n in names):
-            missing.append("fold_N/checkpoint_*.pth")
-        if missing:
-            raise ModelZipError(f"{zip_path}: model {m['folder']} lacks {', '.join(missing)}; nothing was installed")
-    return files
-
-
-def _member_problem(info: zipfile.ZipInfo, member: str, seen: set[str]) -> str | None:
-    if member.startswith("/") or re.match(r"^[A-Za-z]:", member):
-        return "an absolute path"
-    if "\\" in member:
-        return "a backslash in the path"
-    if any(part == ".." for part in member.split("/")):
-        return "a '..' component (it would write outside the results folder)"
-    if any(part in ("", ".") for part in member.rstrip("/").split("/")):
-        return "an empty or '.' path component"
-    if stat.S_ISLNK(info.external_attr >> 16):
-        return "a symbolic link"
-    if member in seen:
-        return "a duplicate member name"
-    return None
-
-
-def check_methods_installed(manifest: dict, zip_path: Path) -> None:
-    """Every model's method must be registered; the error names the package and version to install."""
-    from autosam.training.checkpoint import method_entry_for_checkpoint
-
-    for m in manifest["models"]:
-        method_entry_for_checkpoint(m, f"{zip_path} ({m['folder']})")
-
 
 def install_model_from_zip(zip_file: str | Path, force: bool = False) -> list[Path]:
     """Install the model folders of ``zip_file`` into ``AUTOSAM_RESULTS/<dataset>/``.
@@ -312,27 +218,27 @@ def install_model_from_zip(zip_file: str | Path, force: bool = False) -> list[Pa
         existing = [t for t in targets if t.exists()]
         if existing and not force:
             raise FileExistsError(f"{existing[0]}: a model is installed here already; --force replaces it")
-        # the sizes the zip declares bound what unpacking writes (zipfile stops there): check them first
-        volume = next(p for p in (target_ds, *target_ds.parents) if p.exists())
-        needed, free = sum(info.file_size for info, _ in files), shutil.disk_usage(volume).free
-        if needed > free:
-            raise OSError(f"{zip_file}: unpacking needs {needed / 1e9:.2f} GB, {volume} has {free / 1e9:.2f} GB free; "
-                          "nothing was installed")
+        check_dataset_id_free(manifest["dataset"], zip_file)
+        check_size(files, zip_file, target_ds)
+        created = not target_ds.exists()
         target_ds.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".install-", dir=target_ds))
+        installed = False
         try:
-            for info, member in files:
-                destination = staging.joinpath(*member.parts[1:])
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(destination, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+            unpack(zf, zip_file, files, staging, target_ds)
             _verify_checkpoints(staging, manifest, zip_file)
             for m in manifest["models"]:  # provenance, next to the model's own files
                 write_json(staging / m["folder"] / INSTALLED_FROM, {"zip": str(zip_file.resolve()), **m})
             for target in targets:
                 _swap_in(staging / target.name, target)
+            installed = True
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            if created and not installed:  # a refused install leaves no empty dataset folder behind
+                try:
+                    target_ds.rmdir()
+                except OSError:
+                    pass
     return targets
 
 

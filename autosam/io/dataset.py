@@ -12,7 +12,9 @@ from autosam import paths
 from autosam.io.labels import LabelError, LabelManager
 from autosam.utils.files import read_json
 
-DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
+DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)\Z")  # \Z: "$" would let a trailing newline through
+#: A dataset name from an untrusted source (a model zip), matched with ``fullmatch``.
+SAFE_DATASET_RE = re.compile(r"Dataset(\d{3})_[A-Za-z0-9][A-Za-z0-9_.\-]*")
 logger = logging.getLogger(__name__)
 
 
