@@ -113,6 +113,11 @@ def describe_os_error(exc: OSError) -> str:
     return f"{path}: {exc.strerror}"
 
 
+#: Commands whose torch thread count follows the free cores (:mod:`autosam.utils.threads`).
+THREADED_COMMANDS = frozenset({"autosam_train", "autosam_predict", "autosam_predict_from_modelfolder",
+                               "autosam_segment_box", "autosam_evaluate_interactive"})
+
+
 def command(prog: str, status: int = 2, errors: tuple[type[BaseException], ...] = ()):
     """Decorator for the ``main`` function of a console script ``prog``.
 
@@ -124,7 +129,8 @@ def command(prog: str, status: int = 2, errors: tuple[type[BaseException], ...] 
     - the user errors ``errors`` the command lists (``ValueError``, ...), by :func:`error_text`.
 
     ``--verbose`` (every command's :class:`Parser` has it) adds the Python traceback. Anything
-    else is a bug and keeps its traceback."""
+    else is a bug and keeps its traceback. The commands in :data:`THREADED_COMMANDS` first set their
+    torch thread count to their share of the free cores (:func:`autosam.utils.threads.configure_threads`)."""
     def wrap(fn: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(fn)
         def main(argv: list[str] | None = None) -> int:
@@ -133,6 +139,10 @@ def command(prog: str, status: int = 2, errors: tuple[type[BaseException], ...] 
             from autosam.utils.locks import FolderLockedError
 
             try:
+                if prog in THREADED_COMMANDS and not {"-h", "--help"} & set(tokens):
+                    from autosam.utils.threads import configure_threads
+
+                    configure_threads(prog)
                 return fn(argv)
             except OSError as exc:
                 error, message = exc, describe_os_error(exc)
