@@ -388,6 +388,22 @@ def add_prediction_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-nps", "--num_export_workers", dest="num_export_workers", type=int, default=1,
                    help="exports (resampling to the input geometry, writing) allowed in flight in background threads; "
                         "each holds one case's probabilities in memory (default 1; used when -npp > 1)")
+    add_max_voxels(p)
+
+
+def add_max_voxels(p: argparse.ArgumentParser) -> None:
+    """``--max_voxels``: the per-image voxel limit (:mod:`autosam.io.limits`), applied by :func:`apply_limits`."""
+    p.add_argument("--max_voxels", type=positive_int, default=None, metavar="N",
+                   help="refuse an input image of more than N voxels before reading it (default 268435456 = 2^28, or "
+                        "AUTOSAM_MAX_VOXELS): a small compressed file may declare a volume that needs tens of GB")
+
+
+def apply_limits(args) -> None:
+    """Put the limits given on the command line (``--max_voxels``) into the environment."""
+    from autosam.io.limits import set_limits
+
+    set_limits(max_voxels=getattr(args, "max_voxels", None))
+
 
 
 # ---------------------------------------------------------------------------------------------- sharding

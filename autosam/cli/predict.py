@@ -11,6 +11,7 @@ from autosam.cli.common import (
     Parser,
     add_prediction_options,
     add_sharding_options,
+    apply_limits,
     check_sharding,
     command,
     launch_prediction_processes,
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides, folds = parse_with_method_overrides(
         parser, argv, lambda a: method_option_names(a.m, a.d, a.c, a.plans))
     check_sharding(parser, args)
+    apply_limits(args)
     launched = launch_prediction_processes("autosam_predict", "autosam.cli.predict", argv, args)
     if launched is not None:
         return launched

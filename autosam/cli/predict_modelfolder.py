@@ -12,6 +12,7 @@ from autosam.cli.common import (
     Parser,
     add_prediction_options,
     add_sharding_options,
+    apply_limits,
     check_sharding,
     command,
     launch_prediction_processes,
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides, folds = parse_with_method_overrides(
         parser, argv, lambda a: method_option_names(a.m.name.split("__")[0]))
     check_sharding(parser, args)
+    apply_limits(args)
     launched = launch_prediction_processes("autosam_predict_from_modelfolder", "autosam.cli.predict_modelfolder", argv, args)
     if launched is not None:
         return launched

@@ -21,7 +21,8 @@ import numpy as np
 
 from autosam.io.dataset import DatasetError, load_dataset_json
 from autosam.io.labels import LabelManager
-from autosam.io.image import SUPPORTED_ENDINGS, ImageGeometry, NiftiLayout, read_image
+from autosam.io.image import SUPPORTED_ENDINGS, ImageGeometry, read_image
+from autosam.io.safety import NonFiniteCounter
 from autosam.utils.processes import pool_initializer
 
 logger = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def _describe_geometry_mismatch(a: ImageGeometry, b: ImageGeometry) -> str | Non
     for name in ("spacing", "origin", "direction"):
         va, vb = np.asarray(getattr(a, name)), np.asarray(getattr(b, name))
         if not np.allclose(va, vb, atol=GEOMETRY_TOLERANCE, rtol=0):
-            return f"{name} {tuple(np.round(vb, 4))} != {tuple(np.round(va, 4))}"
+            return f"{name} {tuple(round(float(v), 4) for v in vb)} != {tuple(round(float(v), 4) for v in va)}"
     return None
 
 
@@ -184,7 +185,7 @@ def _check_case(job) -> tuple[list[str], str | None]:
     digest = None
     for ch in range(n_channels):
         path = case.images[ch]
-        nonfinite = _NonFiniteCounter()
+        nonfinite = NonFiniteCounter()
         try:
             arr, geom = read_image(path, on_data=nonfinite)
         except (ValueError, FileNotFoundError) as exc:
@@ -200,7 +201,7 @@ def _check_case(job) -> tuple[list[str], str | None]:
                 problems.append(f"{path}: {bad} voxel(s) are NaN or infinite")
         lo, hi = np.nanmin(arr), np.nanmax(arr)
         if lo == hi:
-            problems.append(f"{path}: image is constant (every voxel is {lo})")
+            problems.append(f"{path}: image is constant (every voxel is {float(lo):g})")
         if ch == 0:
             reference = geom
             digest = hashlib.sha1(np.ascontiguousarray(arr).tobytes() + str(arr.shape).encode()).hexdigest()
@@ -211,29 +212,6 @@ def _check_case(job) -> tuple[list[str], str | None]:
     if declared_labels is not None and case.label is not None:
         problems.extend(_check_label(case.label, reference, case.images[0].name, declared_labels, to_background))
     return problems, digest
-
-
-class _NonFiniteCounter:
-    """``on_data`` callback of :func:`~autosam.io.image.read_image`: counts NaN/inf voxels of a
-    float NIfTI file from its bytes (ITK's NIfTI reader turns them into 0)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._carry = b""
-
-    def __call__(self, chunk: bytes, layout: NiftiLayout, position: int) -> None:
-        kind = {16: "f4", 64: "f8"}.get(layout.datatype)
-        if kind is None:
-            return
-        dtype = np.dtype(layout.byte_order + kind)
-        lo = max(layout.data_offset - position, 0)
-        hi = min(layout.data_offset + layout.data_bytes - position, len(chunk))
-        if hi <= lo:
-            return
-        buf = self._carry + chunk[lo:hi]
-        n = len(buf) // dtype.itemsize * dtype.itemsize
-        self.count += int(np.count_nonzero(~np.isfinite(np.frombuffer(buf, dtype=dtype, count=n // dtype.itemsize))))
-        self._carry = buf[n:]
 
 
 def _check_label(path: Path, reference: ImageGeometry | None, ref_name: str, declared: set[int],
@@ -250,7 +228,7 @@ def _check_label(path: Path, reference: ImageGeometry | None, ref_name: str, dec
     values = np.unique(arr)
     if np.issubdtype(values.dtype, np.floating):
         if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
-            problems.append(f"{path}: label values must be integers, found {values[values != np.round(values)][:5]}")
+            problems.append(f"{path}: label values must be integers, found {[float(v) for v in values[values != np.round(values)][:5]]}")
             return problems
     undeclared = sorted(int(v) for v in values if int(v) not in declared)
     if undeclared and to_background:

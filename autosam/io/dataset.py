@@ -10,6 +10,7 @@ import numpy as np
 
 from autosam import paths
 from autosam.io.labels import LabelError, LabelManager
+from autosam.io.safety import path_text
 from autosam.utils.files import read_json
 
 DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)\Z")  # \Z: "$" would let a trailing newline through
@@ -153,7 +154,8 @@ def list_cases(images_dir: Path, dataset_json: dict, labels_dir: Path | None = N
             continue
         m = pattern.match(p.name)
         if not m:
-            skipped.append(f"{p}: ignored, not named <case>_<4-digit channel>{ending} (e.g. {_example_name(p.name, ending)})")
+            skipped.append(f"{path_text(p)}: ignored, not named <case>_<4-digit channel>{ending} "
+                           f"(e.g. {path_text(_example_name(p.name, ending))})")
             continue
         by_case.setdefault(m.group(1), {})[int(m.group(2))] = p
     cases = []
@@ -179,7 +181,8 @@ def list_cases(images_dir: Path, dataset_json: dict, labels_dir: Path | None = N
                 continue
             ident = p.name[: -len(ending)] if p.name.endswith(ending) else None
             if ident not in by_case:
-                skipped.append(f"{p}: ignored, label without image (no {(ident or p.name)}_0000{ending} in {images_dir})")
+                skipped.append(f"{path_text(p)}: ignored, label without image (no {path_text(ident or p.name)}_0000{ending} "
+                               f"in {path_text(images_dir)})")
     for message in skipped:
         logger.warning("%s", message)
     if strays is not None:
@@ -193,8 +196,17 @@ def _example_name(name: str, ending: str) -> str:
 
 
 def list_prediction_inputs(folder: Path, dataset_json: dict) -> list[RawCase]:
-    """Cases of an inference input folder (same naming as imagesTr, no labels)."""
-    return list_cases(Path(folder), dataset_json, None)
+    """Cases of an inference input folder (same naming as imagesTr, no labels). Each image's name
+    and header are checked here, before a prediction writes anything
+    (:func:`autosam.io.safety.check_image_header`: a name the reader can open, sizes of at least 1,
+    a voxel count within the limit)."""
+    from autosam.io.safety import check_image_header
+
+    cases = list_cases(Path(folder), dataset_json, None)
+    for case in cases:
+        for image in case.images:
+            check_image_header(image)
+    return cases
 
 
 # ------------------------------------------------------------------------------ label values

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from autosam.io.safety import NonFiniteCounter, _is_nifti, check_finite, check_image_header, path_text
 from autosam.utils.files import atomic_path
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -54,16 +55,17 @@ def read_image(path: str | Path, on_data: Callable[[bytes, "NiftiLayout", int], 
     evaluation, postprocessing) goes through this function."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file does not exist")
+        raise FileNotFoundError(f"{path_text(path)}: file does not exist")
+    check_image_header(path)
     verify_image_file(path, on_data)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ValueError(f"{path}: cannot be read as an image ({_itk_reason(exc)})") from None
+        raise ValueError(f"{path_text(path)}: cannot be read as an image ({_itk_reason(exc)})") from None
     if img.GetDimension() != 3:
-        raise ValueError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
+        raise ValueError(f"{path_text(path)}: expected a 3D image, got {img.GetDimension()}D")
     if img.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path}: expected a single-component image, got {img.GetNumberOfComponentsPerPixel()} components")
+        raise ValueError(f"{path_text(path)}: expected a single-component image, got {img.GetNumberOfComponentsPerPixel()} components")
     arr = sitk.GetArrayFromImage(img)
     geom = ImageGeometry(
         spacing=tuple(float(s) for s in img.GetSpacing()[::-1]),
@@ -77,16 +79,19 @@ def read_image(path: str | Path, on_data: Callable[[bytes, "NiftiLayout", int], 
 def read_case(paths: Sequence[str | Path]) -> tuple[np.ndarray, ImageGeometry]:
     """Read the channels of one case and stack them to (C, z, y, x) float32.
 
-    All channels must share the geometry of the first one.
+    All channels must share the geometry of the first one. NaN or infinite voxels are an error
+    naming the file and how many (:func:`check_finite`), never silently replaced.
     """
     arrays = []
     first: ImageGeometry | None = None
     for p in paths:
-        arr, geom = read_image(p)
+        nonfinite = NonFiniteCounter()
+        arr, geom = read_image(p, on_data=nonfinite)
+        check_finite(p, arr, nonfinite.count)
         if first is None:
             first = geom
         elif not first.matches(geom):
-            raise ValueError(f"{p}: geometry {geom.shape}/{geom.spacing} differs from channel 0 ({paths[0]}: {first.shape}/{first.spacing})")
+            raise ValueError(f"{path_text(p)}: geometry {geom.shape}/{geom.spacing} differs from channel 0 ({path_text(paths[0])}: {first.shape}/{first.spacing})")
         arrays.append(arr.astype(np.float32, copy=False))
     if first is None:
         raise ValueError("read_case: no files given")
@@ -102,7 +107,7 @@ def read_case_with_label(image_paths: Sequence[str | Path], label_path: str | Pa
     if label_path is not None:
         seg_arr, _ = read_label(label_path)
         if seg_arr.shape != data.shape[1:]:
-            raise ValueError(f"{label_path}: label shape {seg_arr.shape} differs from image shape {data.shape[1:]}")
+            raise ValueError(f"{path_text(label_path)}: label shape {seg_arr.shape} differs from image shape {data.shape[1:]}")
         seg = seg_arr[None]
     return data, seg, geometry
 
@@ -127,13 +132,13 @@ def as_integer_labels(arr: np.ndarray, path: str | Path) -> np.ndarray:
     bad = values[~np.isfinite(values) | (values != np.round(values))]
     if bad.size:
         shown = ", ".join(f"{float(v):g}" for v in bad[:5]) + (f" (and {bad.size - 5} more)" if bad.size > 5 else "")
-        raise ValueError(f"{path}: label values must be whole numbers; found {shown}")
+        raise ValueError(f"{path_text(path)}: label values must be whole numbers; found {shown}")
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     for dtype in (np.uint8, np.int16, np.int32):
         info = np.iinfo(dtype)
         if info.min <= lo and hi <= info.max:
             return arr.astype(dtype)
-    raise ValueError(f"{path}: label values {lo:g}..{hi:g} do not fit a 32-bit integer")
+    raise ValueError(f"{path_text(path)}: label values {lo:g}..{hi:g} do not fit a 32-bit integer")
 
 
 def _itk_reason(exc: RuntimeError) -> str:
@@ -150,7 +155,7 @@ def write_image(path: str | Path, array: np.ndarray, geometry: ImageGeometry) ->
     """Write a (z, y, x) array with the given geometry, atomically."""
     path = Path(path)
     if tuple(array.shape) != tuple(geometry.shape):
-        raise ValueError(f"{path}: array shape {array.shape} does not match geometry shape {geometry.shape}")
+        raise ValueError(f"{path_text(path)}: array shape {array.shape} does not match geometry shape {geometry.shape}")
     img = sitk.GetImageFromArray(array)
     img.SetSpacing(tuple(float(s) for s in geometry.spacing[::-1]))
     img.SetOrigin(tuple(geometry.origin))
@@ -166,6 +171,8 @@ def file_ending_of(path: str | Path) -> str:
         if name.endswith(ending):
             return ending
     return Path(name).suffix
+
+
 
 
 # ------------------------------------------------------------------------------ stream integrity
@@ -207,10 +214,6 @@ def nifti_layout(header: bytes) -> NiftiLayout | None:
         return None
     count = int(np.prod(dims[1:ndim + 1]))
     return NiftiLayout(order, datatype, max(offset, size), count * bitpix // 8)
-
-
-def _is_nifti(path: Path) -> bool:
-    return path.name.endswith(".nii") or path.name.endswith(".nii.gz")
 
 
 def verify_image_file(path: str | Path, on_data: Callable[[bytes, NiftiLayout, int], None] | None = None) -> None:
@@ -263,12 +266,12 @@ def verify_image_file(path: str | Path, on_data: Callable[[bytes, NiftiLayout, i
         return
     if layout is None:
         if len(head) < 348:
-            raise ValueError(f"{path}: truncated: {total} byte(s), shorter than a NIfTI header")
+            raise ValueError(f"{path_text(path)}: truncated: {total} byte(s), shorter than a NIfTI header")
         return  # not a NIfTI header this code knows: SimpleITK reports what it makes of it
     expected = layout.data_offset + layout.data_bytes
     if total < expected:
         raise ValueError(
-            f"{path}: truncated: holds {max(total - layout.data_offset, 0)} of the {layout.data_bytes} bytes of "
+            f"{path_text(path)}: truncated: holds {max(total - layout.data_offset, 0)} of the {layout.data_bytes} bytes of "
             "voxel data its header promises (the file is incomplete or damaged; replace it)"
         )
 
@@ -278,7 +281,7 @@ def _inflate_gzip(path: Path, f, consume: Callable[[bytes], None]) -> None:
     d = zlib.decompressobj(wbits=31)
     pending = f.read(_CHUNK)
     if not pending:
-        raise ValueError(f"{path}: file is empty")
+        raise ValueError(f"{path_text(path)}: file is empty")
     try:
         while pending:
             out = d.decompress(pending)
@@ -300,6 +303,6 @@ def _inflate_gzip(path: Path, f, consume: Callable[[bytes], None]) -> None:
         if tail:
             consume(tail)
     except zlib.error as exc:
-        raise ValueError(f"{path}: corrupt gzip stream ({exc}); the file is damaged, replace it") from None
-    raise ValueError(f"{path}: truncated gzip stream (it ends before its end-of-stream marker); "
+        raise ValueError(f"{path_text(path)}: corrupt gzip stream ({exc}); the file is damaged, replace it") from None
+    raise ValueError(f"{path_text(path)}: truncated gzip stream (it ends before its end-of-stream marker); "
                      "the file is incomplete, replace it")
