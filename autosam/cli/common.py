@@ -405,7 +405,6 @@ def apply_limits(args) -> None:
     set_limits(max_voxels=getattr(args, "max_voxels", None))
 
 
-
 # ---------------------------------------------------------------------------------------------- sharding
 def positive_int(text: str) -> int:
     try:
