@@ -267,7 +267,8 @@ def test_default_method_is_the_highest_vote_and_all_votes_are_recorded():
     system = bare_system(Voter("unet", 0.5, "baseline"), Voter("lesionsam", 0.8, "many small lesions"), GhostVoter())
     plans = plan(make_fingerprint([[1, 1, 1]] * 4, [[64, 96, 96]] * 4), system=system)
     assert plans.default_method == "lesionsam"
-    assert plans.default_method_rationale == "many small lesions"
+    assert plans.default_method_rationale.startswith("many small lesions")
+    assert "no measurement" in plans.default_method_rationale  # a prior, and the rationale says so
     assert [v[0] for v in plans.method_votes] == ["not_installed", "lesionsam", "unet"]
 
 

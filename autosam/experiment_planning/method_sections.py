@@ -62,8 +62,11 @@ def collect_votes(fingerprint: Any, dataset_json: dict, plugin_system) -> list[l
     return votes
 
 
-def choose_default_method(fingerprint: Any, dataset_json: dict, plugin_system) -> tuple[str, str, list[list]]:
-    """``(method, rationale, votes)``: the best-scoring vote for a registered method.
+def choose_default_method(fingerprint: Any, dataset_json: dict, plugin_system,
+                          target: str = "gpu") -> tuple[str, str, list[list]]:
+    """``(method, rationale, votes)``: the best-scoring vote for a registered method, checked
+    against what was measured (:mod:`autosam.experiment_planning.evidence`) for the compute
+    ``target`` (``"gpu"`` or ``"cpu"``).
 
     Votes for methods that are not installed are recorded but cannot win (unless no method is
     registered at all, e.g. in a bare plugin system).
@@ -80,5 +83,31 @@ def choose_default_method(fingerprint: Any, dataset_json: dict, plugin_system) -
                 or label_support_problem(plugin_system.methods.get(v[0]), labels, plugin_system.methods) is None]
     if not eligible:
         return BASELINE_METHOD, BASELINE_RATIONALE, votes
-    name, _score, rationale = eligible[0]
-    return name, rationale, votes
+    name, score, rationale = eligible[0]
+    if name == BASELINE_METHOD or (registered and BASELINE_METHOD not in registered):
+        return name, rationale, votes
+    return (*_check_against_evidence(name, score, rationale, fingerprint, target), votes)
+
+
+def _check_against_evidence(name: str, score: float, rationale: str, fingerprint: Any, target: str) -> tuple[str, str]:
+    """The vote's winner ``name`` (not unet) and its rationale, or unet where the measurements say
+    so (see :mod:`autosam.experiment_planning.evidence`)."""
+    from autosam.experiment_planning.evidence import evidence_for, regime
+
+    e = evidence_for(name, fingerprint)
+    where = regime(fingerprint) or "this mix of structures"
+    vote = f"{name}'s vote ({score:g}: {rationale})"
+    quick = "for the empirical choice run autosam_compare_methods at your budget"
+    if e is not None and not e.beats_unet_at_equal_iterations:
+        return BASELINE_METHOD, (f"{vote} is overruled: on {where} it measured below unet ({e.equal_iterations}; "
+                                 f"{e.source}); {quick}")
+    if target == "cpu":
+        if e is not None and e.beats_unet_at_equal_cpu_time:
+            return name, f"{rationale}; measured ahead of unet at equal CPU time on {where} ({e.equal_cpu_time})"
+        known = (f"it wins on {where} only at equal iterations ({e.equal_iterations}); at equal CPU time: "
+                 f"{e.equal_cpu_time}" if e is not None else f"no measurement on {where} shows it ahead of unet")
+        return BASELINE_METHOD, (f"CPU target: {vote} is not the default because {known}; unet is the default at "
+                                 f"equal CPU time; {quick}")
+    if e is not None:
+        return name, f"{rationale}; measured on {where}: {e.equal_iterations} ({e.source}); at equal time: {e.equal_cpu_time}"
+    return name, f"{rationale} (a prior from the fingerprint: no measurement on {where} yet; {quick})"

@@ -126,7 +126,7 @@ class DefaultPlanner:
         )
         add_method_sections(plans, fingerprint, dataset_json, plugin_system)
         plans.default_method, plans.default_method_rationale, plans.method_votes = choose_default_method(
-            fingerprint, dataset_json, plugin_system
+            fingerprint, dataset_json, plugin_system, target=target
         )
         return plans
 
