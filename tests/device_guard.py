@@ -46,6 +46,7 @@ CROSS_DEVICE = {torch.Tensor.copy_}
 INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
 _ATTR = "_device_guard"  # "device" or ("host", origin)
 _HERE = os.path.abspath(__file__)
+SKIPPED_FILES = {_HERE}  # files that never count as the origin of a tensor (the guard and its subclasses)
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__))
 
 
@@ -56,7 +57,7 @@ class DeviceBug(AssertionError):
 def _origin() -> str:
     for frame in reversed(traceback.extract_stack()[:-2]):
         path = os.path.abspath(frame.filename)
-        if path != _HERE and not path.startswith(_TORCH):
+        if path not in SKIPPED_FILES and not path.startswith(_TORCH):
             return f"{frame.filename}:{frame.lineno} ({frame.line})"
     return "unknown location"
 
@@ -99,41 +100,75 @@ def mark_on_device(*objs) -> None:
 
 
 class DeviceGuard(TorchFunctionMode):
-    """Use as ``with DeviceGuard(): ...`` around a training step or a prediction (see the module doc)."""
+    """Use as ``with DeviceGuard(): ...`` around a training step or a prediction (see the module doc).
+
+    Subclasses (tests/fake_cuda.py) redefine what a device target is (:meth:`is_device_target`),
+    rewrite the arguments before the call (:meth:`redirect`) and follow more than the provenance
+    (:meth:`placed`, :meth:`check_device_inputs`)."""
 
     def __init__(self):
         super().__init__()
         self.checked = 0  # operations that involved a device tensor (the guard did see the run)
 
+    # ------------------------------------------------------------------ hooks of subclasses
+    def is_device_target(self, dev) -> bool:
+        """Whether ``device=dev`` / ``.to(dev)`` puts a tensor on the test's device."""
+        return dev is not None and not _is_host_literal(dev)
+
+    def redirect(self, func, args, kwargs):
+        """``(function, args, kwargs)``: the call that really runs (unchanged here)."""
+        return func, args, kwargs
+
+    def placed(self, out, target, inputs) -> None:
+        """``out`` was just tagged as a device tensor (``target``: the requested device, a tensor whose
+        device it takes, or None when it inherits it from ``inputs``)."""
+
+    def check_device_inputs(self, func, device_inputs) -> None:
+        """Further checks of an operation's device tensors (none here)."""
+
+    # ------------------------------------------------------------------ the mode
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in FACTORIES:
-            out = func(*args, **kwargs)
             dev = kwargs.get("device")
-            _tag(out, "device" if dev is not None and not _is_host_literal(dev) else ("host", _origin()))
+            call, args, kwargs = self.redirect(func, args, kwargs)
+            out = call(*args, **kwargs)
+            if self.is_device_target(dev):
+                _tag(out, "device")
+                self.placed(out, dev, [])
+            else:
+                _tag(out, ("host", _origin()))
             return out
         inputs = _tensors((args, kwargs), [])
         on_device = any(_state(t) == "device" for t in inputs)
         if func in TO_NUMPY and on_device:
             raise DeviceBug(f"{func.__name__}() of a device tensor at {_origin()}: call .cpu() first")
         if func in MOVES:
-            out = func(*args, **kwargs)
             target = kwargs.get("device", kwargs.get("other"))
             for a in args[1:]:
                 if isinstance(a, (str, torch.device, torch.Tensor)):
                     target = a
-            if func is torch.Tensor.cuda or (target is not None and not _is_host_literal(target)):
-                if isinstance(target, torch.Tensor):
-                    _tag(out, _state(target))
-                else:
-                    _tag(out, "device")
+            if func is torch.Tensor.cuda and target is None and args[1:] and isinstance(args[1], int):
+                target = args[1]
+            call, args, kwargs = self.redirect(func, args, kwargs)
+            out = call(*args, **kwargs)
+            if isinstance(target, torch.Tensor):
+                _tag(out, _state(target))
+                if _state(target) == "device":
+                    self.placed(out, target, [])
+            elif func is torch.Tensor.cuda or self.is_device_target(target):
+                _tag(out, "device")
+                self.placed(out, target, [])
             elif target is not None:
                 _tag(out, ("host", _origin()))
             elif _state(args[0]) is not None:  # dtype only: stays where it was
                 _tag(out, _state(args[0]))
+                if _state(args[0]) == "device":
+                    self.placed(out, None, [args[0]])
             return out
         if func in TO_HOST:
-            out = func(*args, **kwargs)
+            call, args, kwargs = self.redirect(func, args, kwargs)
+            out = call(*args, **kwargs)
             _tag(out, ("host", _origin()))
             return out
         if on_device and func not in CROSS_DEVICE:
@@ -147,9 +182,12 @@ class DeviceGuard(TorchFunctionMode):
                     raise DeviceBug(f"{getattr(func, '__qualname__', func)} mixes a device tensor with a host tensor "
                                     f"of shape {list(map(int, t.shape))} created without device= at {state[1]}; "
                                     f"the call is at {_origin()}")
-        out = func(*args, **kwargs)
+            self.check_device_inputs(func, [t for t in checked if _state(t) == "device"])
+        call, args, kwargs = self.redirect(func, args, kwargs)
+        out = call(*args, **kwargs)
         if on_device:
             _tag(out, "device")
+            self.placed(out, None, [t for t in inputs if _state(t) == "device"])
         else:
             host = next((_state(t) for t in inputs if isinstance(_state(t), tuple)), None)
             if host is not None and func not in CROSS_DEVICE:

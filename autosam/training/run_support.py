@@ -20,15 +20,28 @@ MIN_ITERATIONS = 10
 EPOCH_COVERAGE = 2.0
 
 
+def cuda_index_for_this_process() -> int:
+    """The GPU a bare ``cuda`` means here: ``LOCAL_RANK`` under a launcher (torchrun), else the
+    current CUDA device (0 unless the process selected another)."""
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    return int(local_rank) if local_rank.strip().isdigit() else torch.cuda.current_device()
+
+
 def pick_device(device=None) -> torch.device:
     """``None`` -> the best available device (:func:`autosam.utils.precision.default_device`).
-    A requested but missing accelerator (``cuda:3`` on a node with 2 visible GPUs) is an error."""
+
+    A CUDA device always comes back with its index (``cuda`` -> ``cuda:N``,
+    :func:`cuda_index_for_this_process`): ``torch.cuda.set_device``, DDP's ``device_ids`` and the
+    checkpoints' RNG state need one. A requested but missing accelerator (``cuda:3`` on a node with 2
+    visible GPUs) is an error."""
     if device is None or device == "":
         device = default_device()
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", cuda_index_for_this_process())
+    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
         raise RuntimeError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
                            "(CUDA_VISIBLE_DEVICES numbers them from 0)")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):

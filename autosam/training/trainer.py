@@ -37,6 +37,7 @@ from autosam.training.dataloading import (
     shutdown_loader,
 )
 from autosam.training.logger import TrainingHistory
+from autosam.training.time_budget import TimeBudget, rebuild_schedule
 from autosam.method import MethodContext, check_label_support, rank_batch_sizes
 from autosam.training.run_support import (
     attach_log_file,
@@ -66,7 +67,8 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
                  save_npz: bool = False, seed: int = DEFAULT_SEED, plans_name: str = DEFAULT_PLANS_NAME,
                  method_overrides: dict | None = None, num_workers: int | None = None, progress: bool = False,
                  validate: bool = True, val_best: bool = False, disable_checkpointing: bool = False,
-                 pretrained_weights: str | Path | None = None, step_size: float = 0.5) -> Path:
+                 pretrained_weights: str | Path | None = None, step_size: float = 0.5,
+                 time_budget_minutes: float | None = None) -> Path:
     """Train ``method_name`` on fold ``fold`` (0..4 or ``"all"``) and validate; return the fold folder.
 
     :param iters_per_epoch: ``None`` applies :func:`default_iterations_per_epoch`.
@@ -83,6 +85,9 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
         matching name and shape are loaded, the rest (e.g. the segmentation head) stays freshly
         initialised (:func:`autosam.training.run_support.load_pretrained_weights`).
     :param step_size: sliding-window step of the validation (fraction of the patch).
+    :param time_budget_minutes: stop training at the end of the epoch in which this many minutes of
+        training are used, with the schedule fitted to the epochs that fit
+        (:mod:`autosam.training.time_budget`); the final validation follows as usual.
     """
     if val_best and disable_checkpointing:
         raise ValueError("--val_best validates with checkpoint_best.pth, which --disable_checkpointing does not write")
@@ -92,6 +97,7 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
         logger.warning("-pretrained_weights is ignored with --val: the validation uses the fold's own checkpoint")
     if not 0 < step_size <= 1:
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+    budget = TimeBudget(time_budget_minutes, epochs) if time_budget_minutes is not None else None
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
     main = rank == 0  # rank 0 alone writes files; the others wait for what they need (barrier/broadcast)
     configuration = normalize_configuration(configuration)
@@ -194,7 +200,7 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
                 "plans_name": plans_name, "fold": fold, "epochs": epochs, "iterations_per_epoch": iters_per_epoch,
                 "seed": seed, "device": str(dev), "torch_version": torch.__version__, "autosam_version": autosam.__version__,
                 "python_version": platform.python_version(), "started": datetime.now().isoformat(timespec="seconds"),
-                "world_size": world_size,
+                "world_size": world_size, "time_budget_minutes": time_budget_minutes,
             })
         network = method.build_network(ctx).to(dev)
         val_checkpoint = "checkpoint_best.pth" if val_best else "checkpoint_final.pth"
@@ -205,7 +211,12 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
                          num_workers, progress and main,
                          dict(dataset_name=dataset_name, plans_name=plans_name, configuration=configuration, fold=fold))
             loop.disable_checkpointing = disable_checkpointing
+            loop.time_budget = budget
             loop.run()
+            if budget is not None and main:
+                summary = budget.summary(loop.epochs_trained, ctx.iterations_per_epoch)
+                logger.info("time budget: %s", summary)
+                write_json(fold_dir / "metadata.json", {**read_json(fold_dir / "metadata.json"), "time_budget": summary})
         distributed.barrier()  # the checkpoints of rank 0 exist before any rank reads them
         if validate and val_keys:
             from autosam.training.validation import validate_fold
@@ -284,7 +295,8 @@ class _Loop:
         self.best_ema: float | None = None
         self.start_epoch = 0
         # under torch.distributed: DDP around a module whose forward is the method's train_step
-        self.ddp_step = distributed.wrap_train_step(method, network, self.loss_fn, ctx) if ctx.world_size > 1 else None
+        # (also for one rank when the process group was started for it: --ddp checks this path on one GPU)
+        self.ddp_step = distributed.wrap_train_step(method, network, self.loss_fn, ctx) if distributed.is_initialized() else None
 
     def autocast(self):
         return precision.autocast(self.ctx.device, self.amp_dtype)
@@ -312,6 +324,32 @@ class _Loop:
                     self.ctx.num_epochs, path.name)
 
     disable_checkpointing = False  # --disable_checkpointing: only checkpoint_final.pth is written
+    time_budget: TimeBudget | None = None  # --time-budget-minutes
+    epochs_trained = 0  # epochs done when training stopped (this run and the runs it resumed)
+
+    def apply_time_budget(self, epochs_done: int, replan: bool = False) -> bool:
+        """After ``epochs_done`` epochs: True when the budget is used up (training stops); else
+        shorten the run to the epochs that fit and rebuild the schedule for them. Rank 0 decides
+        for every rank (their clocks differ)."""
+        budget, ctx = self.time_budget, self.ctx
+        decision = (budget.exhausted(), budget.fitting_epochs() if (replan or budget.should_replan()) else None)
+        if ctx.world_size > 1:
+            decision = distributed.broadcast_object(decision if ctx.is_main_process else None)
+        exhausted, fitting = decision
+        if exhausted:
+            budget.stop_reason = f"the budget of {budget.minutes:g} min was used after {epochs_done} epochs"
+            if epochs_done < ctx.num_epochs:
+                logger.info("time budget: %s; training stops", budget.stop_reason)
+            ctx.num_epochs = epochs_done
+            return True
+        if fitting is not None and fitting < ctx.num_epochs:
+            logger.info("time budget: %d of %d epochs fit into %g min (%.1f s per epoch); the schedule follows",
+                        fitting, budget.planned_epochs, budget.minutes, budget.mean_epoch())
+            ctx.num_epochs = fitting
+            self.optimizer, self.scheduler = rebuild_schedule(self.method, self.network, self.optimizer, self.scheduler,
+                                                              ctx, epochs_done)
+            budget.stop_reason = f"{fitting} epochs fit into the budget"
+        return False
 
     def save(self, name: str, epoch: int) -> None:
         if not self.ctx.is_main_process or (self.disable_checkpointing and name != "checkpoint_final.pth"):
@@ -328,6 +366,11 @@ class _Loop:
         if self.resume:
             self.try_resume()
         ctx = self.ctx
+        if self.time_budget is not None and self.start_epoch > 0:  # the epochs of the runs resumed count
+            self.time_budget.epoch_times = [t for t in self.history.state().get("epoch_time", [])[:self.start_epoch]
+                                            if t is not None]
+            self.apply_time_budget(self.start_epoch, replan=True)
+        self.epochs_trained = self.start_epoch
         if self.start_epoch >= ctx.num_epochs:
             logger.info("training already complete (%d epochs)", self.start_epoch)
             if self._final_epoch() >= self.start_epoch:  # stopped before checkpoint_latest.pth was removed
@@ -338,8 +381,14 @@ class _Loop:
             return
         train_loader, val_loader = self.make_loaders()
         try:
-            for epoch in range(self.start_epoch, ctx.num_epochs):
+            epoch = self.start_epoch
+            while epoch < ctx.num_epochs:  # a time budget may shorten the run as it goes
                 self.run_epoch(epoch, train_loader, val_loader)
+                epoch = self.epochs_trained = epoch + 1
+                if self.time_budget is not None:
+                    self.time_budget.record(self.history.last("epoch_time"))
+                    if self.apply_time_budget(epoch):
+                        break
         finally:
             for loader in (train_loader, val_loader):
                 shutdown_loader(loader)
