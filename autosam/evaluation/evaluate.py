@@ -35,7 +35,7 @@ import numpy as np
 
 from autosam.evaluation.metrics import case_metrics
 from autosam.io.labels import LabelManager, metric_key
-from autosam.io.image import read_image
+from autosam.io.image import read_label
 from autosam.utils.files import read_json, write_json
 from autosam.utils.processes import pool_initializer
 
@@ -52,9 +52,10 @@ def foreground_labels(dataset_json: dict) -> list[int | tuple[int, ...]]:
 
 def evaluate_case(reference_file: str | Path, prediction_file: str | Path, labels: Sequence[int | tuple[int, ...]],
                   compute_hd95: bool = True, ignore_label: int | None = None) -> dict:
-    """Metrics of one case; checks that both images have the same shape and spacing."""
-    ref, ref_geom = read_image(reference_file)
-    pred, pred_geom = read_image(prediction_file)
+    """Metrics of one case; both files are read as label maps (:func:`autosam.io.image.read_label`:
+    a value that is not a whole number is an error naming the file) and must have the same shape and spacing."""
+    ref, ref_geom = read_label(reference_file)
+    pred, pred_geom = read_label(prediction_file)
     if ref.shape != pred.shape:
         raise ValueError(f"{prediction_file}: shape {pred.shape} differs from the reference {reference_file} {ref.shape}")
     if not np.allclose(ref_geom.spacing, pred_geom.spacing, rtol=1e-3, atol=1e-4):

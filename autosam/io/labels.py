@@ -39,6 +39,29 @@ def _as_int(value, source: str, name: str) -> int:
     return int(value)
 
 
+def _check_unique_and_consecutive(parsed: dict, source: str) -> None:
+    """Two names for one value (or one region) are an error naming both; the label values (those
+    inside regions included, ``ignore`` apart) must be 0, 1, 2, ... without gaps, as nnU-Net
+    requires: the network has one output per value up to the largest, so a value of 100000000
+    would ask for that many outputs."""
+    by_value: dict[tuple[int, ...], str] = {}
+    for name, value in parsed.items():
+        key = tuple(sorted(set(value))) if isinstance(value, tuple) else (value,)
+        if key in by_value:
+            shown = value if not isinstance(value, tuple) else list(value)
+            raise LabelError(f"{source}: labels {by_value[key]!r} and {name!r} have the same value {shown}; "
+                             "give each label its own value")
+        by_value[key] = name
+    values = sorted({v for name, value in parsed.items() if name != IGNORE_NAME
+                     for v in (value if isinstance(value, tuple) else (value,))})
+    missing = sorted(set(range(values[-1] + 1)) - set(values)) if values and values[-1] < 1 << 16 else None
+    if missing is None or missing:
+        gap = (f"{len(missing)} value(s) are missing: {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+               if missing else f"the largest is {values[-1]} for {len(values)} declared value(s)")
+        raise LabelError(f"{source}: label values must be consecutive, 0, 1, 2, ... (as in nnU-Net); {gap}. "
+                         "Renumber the labels in dataset.json and in the label files")
+
+
 class LabelManager:
     """Classes or regions of a dataset, its ignore label, and the conversions between label maps,
     network outputs and per-output masks (nnU-Net v2's ``LabelManager`` semantics)."""
@@ -68,6 +91,7 @@ class LabelManager:
         if any((v < 0 if isinstance(v, int) else min(v) < 0) for v in parsed.values()):
             raise LabelError(f"{source}: label values must not be negative")
 
+        _check_unique_and_consecutive(parsed, source)
         ignore = parsed.get(IGNORE_NAME)
         if isinstance(ignore, tuple):
             raise LabelError(f"{source}: the 'ignore' label must be one integer, not a region ({list(ignore)})")
