@@ -82,3 +82,113 @@ def test_auto_optimizer_may_change_kind_for_the_shorter_run():
     optimizer, scheduler = rebuild_schedule(method, net, optimizer, scheduler, ctx, epochs_done=1)
     assert isinstance(optimizer, torch.optim.AdamW) and not optimizer.state
     assert optimizer.param_groups[0]["lr"] == pytest.approx(ctx.options.adamw_lr * (1 - 1 / 3) ** 0.9)
+
+
+class _Clock:
+    """The trainer's clock: every reading is ``step`` seconds after the previous one; the trainer
+    reads it at the start and at the end of an epoch, so each epoch lasts ``step`` seconds whatever
+    the machine does."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 1_000_000.0, step
+
+    def time(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def _budget_run(autosam_dirs, monkeypatch, step, extra=(), method="unet", options=()):
+    import types
+
+    from autosam.cli.train import main
+    from autosam.training import trainer
+    from training_data import NAME
+
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(time=_Clock(step).time))
+    argv = [NAME, "3d", method, "0", "--epochs", "1000", "--iters-per-epoch", "1", "--device", "cpu",
+            "--num-workers", "0", "--time-budget-minutes", "1", "--quiet", *options, *extra]
+    assert main(argv) == 0
+    return autosam_dirs["results"] / NAME / f"{method}__autosamPlans__3d" / "fold_0"
+
+
+def test_cli_budget_trains_a_whole_schedule_then_validates_and_resume_adds_nothing(autosam_dirs, monkeypatch):
+    """--epochs 1000 --time-budget-minutes 1 with 20 s epochs: 3 epochs fit; the poly schedule runs
+    over those 3; training stops when the minute is used; the final checkpoint, the validation and
+    metadata.json follow; --c with the same budget trains nothing more."""
+    from autosam.training import checkpoint as ckpt_io
+    from autosam.utils.files import read_json
+    from training_data import make_tiny_preprocessed
+
+    make_tiny_preprocessed(autosam_dirs["preprocessed"], autosam_dirs["raw"], num_cases=4)
+    fold_dir = _budget_run(autosam_dirs, monkeypatch, step=20.0)
+    ck = ckpt_io.load_checkpoint(fold_dir / "checkpoint_final.pth")
+    assert ck["epoch"] == 3 and ck["num_epochs"] == 3
+    lrs = ck["logger"]["lr"]
+    base = lrs[0]
+    assert lrs == pytest.approx([base, base * (2 / 3) ** 0.9, base * (1 / 3) ** 0.9])  # a complete poly schedule
+    meta = read_json(fold_dir / "metadata.json")
+    assert meta["time_budget_minutes"] == 1.0
+    budget = meta["time_budget"]
+    assert (budget["planned_epochs"], budget["epochs_done"], budget["iterations_done"]) == (1000, 3, 3)
+    assert "used after 3 epochs" in budget["stop_reason"]
+    assert (fold_dir / "validation" / "summary.json").is_file()
+    log = "".join(p.read_text() for p in fold_dir.glob("training_log_*.txt"))
+    assert "3 of 1000 epochs fit into 1 min" in log
+
+    _budget_run(autosam_dirs, monkeypatch, step=20.0, extra=["--c"])
+    assert ckpt_io.load_checkpoint(fold_dir / "checkpoint_final.pth")["epoch"] == 3
+
+
+def test_an_epoch_longer_than_the_budget_still_finishes(autosam_dirs, monkeypatch):
+    from autosam.training import checkpoint as ckpt_io
+    from training_data import make_tiny_preprocessed
+
+    make_tiny_preprocessed(autosam_dirs["preprocessed"], autosam_dirs["raw"], num_cases=4)
+    fold_dir = _budget_run(autosam_dirs, monkeypatch, step=45.0, extra=["--disable_checkpointing"])
+    assert ckpt_io.load_checkpoint(fold_dir / "checkpoint_final.pth")["epoch"] == 1
+
+
+def test_bad_budget_is_refused_before_anything_is_written(autosam_dirs, capsys):
+    from autosam.cli.train import main
+    from training_data import NAME, make_tiny_preprocessed
+
+    make_tiny_preprocessed(autosam_dirs["preprocessed"], autosam_dirs["raw"], num_cases=4)
+    assert main([NAME, "3d", "unet", "0", "--time-budget-minutes", "0", "--device", "cpu"]) != 0
+    assert "time-budget-minutes" in capsys.readouterr().err
+    assert not (autosam_dirs["results"] / NAME).exists()
+
+
+@pytest.mark.parametrize("name", ["unet", "sautomed", "masksam", "msam", "medlsam"])
+def test_every_method_schedule_follows_the_budget(name):
+    """For every built-in method, the rebuilt schedule after 1 of 100 planned epochs (shortened to 4)
+    gives the learning rates a run planned for 4 epochs has after its first epoch."""
+    import warnings
+
+    from test_device_guard import TINY_OPTIONS
+
+    method = get_plugin_system().methods.get(name)
+    plans = tiny_plans()
+
+    def ctx(epochs):
+        return MethodContext(plans=plans, configuration=plans.configurations["3d"], dataset_json={},
+                             options=method.make_options({}, dict(TINY_OPTIONS[name])), device=torch.device("cpu"),
+                             num_input_channels=1, num_classes=3, num_epochs=epochs, iterations_per_epoch=5)
+
+    torch.manual_seed(0)
+    c = ctx(100)
+    net = method.build_network(c)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer, scheduler = method.configure_optimizers(net, c)
+        scheduler.step()
+        expected_opt, expected_sched = method.configure_optimizers(net, ctx(4))
+        expected_sched.step()
+    c.num_epochs = 4
+    optimizer, scheduler = rebuild_schedule(method, net, optimizer, scheduler, c, epochs_done=1)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([g["lr"] for g in expected_opt.param_groups])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            scheduler.step()
+            expected_sched.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([g["lr"] for g in expected_opt.param_groups])

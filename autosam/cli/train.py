@@ -68,6 +68,12 @@ def build_parser(method=None) -> Parser:
                         "(default 0.5)")
     p.add_argument("--npz", dest="save_npz", action="store_true",
                    help="also save validation probabilities (<case>.npz + <case>.json) for ensembling")
+    p.add_argument("--time-budget-minutes", "--time_budget_minutes", dest="time_budget_minutes", type=float,
+                   default=None, metavar="MIN",
+                   help="stop training at the end of the epoch in which MIN minutes are used; the epochs that fit are "
+                        "estimated from the first epochs and the learning-rate schedule follows them, so that "
+                        "--epochs 1000 --time-budget-minutes 15 trains a whole schedule in 15 minutes; the final "
+                        "validation follows (default: no budget)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
     p.add_argument("-p", "--plans", dest="plans", default="autosamPlans", help="plans name (default autosamPlans)")
     p.add_argument("--num-workers", type=int, default=None,
@@ -174,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             method_overrides=overrides, num_workers=args.num_workers, progress=not args.quiet and main_process,
             val_best=args.val_best, disable_checkpointing=args.disable_checkpointing,
             pretrained_weights=args.pretrained_weights, step_size=args.step_size,
+            time_budget_minutes=args.time_budget_minutes,
         )
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         rank = f" (rank {env.rank})" if env is not None and env.world_size > 1 else ""
