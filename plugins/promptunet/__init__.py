@@ -1,0 +1,1 @@
+"""promptunet: unet trained with simulated prompts (boxes, clicks, previous masks)."""
