@@ -192,3 +192,32 @@ def test_every_method_schedule_follows_the_budget(name):
             scheduler.step()
             expected_sched.step()
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([g["lr"] for g in expected_opt.param_groups])
+
+
+def test_compare_methods_trains_each_candidate_for_the_budget_and_ranks_them(autosam_dirs, monkeypatch, capsys):
+    """autosam_compare_methods: unet and the example plugin's method, 1 min each (20 s epochs on the
+    trainer's clock: 3 epochs each), ranked by fold 0's validation Dice; find_best's result (which -m
+    auto follows) and compare_methods.json name the winner; a second call reuses the runs."""
+    import types
+
+    from autosam.cli.compare_methods import main
+    from autosam.training import trainer
+    from autosam.utils.files import read_json
+    from training_data import NAME, make_tiny_preprocessed
+
+    make_tiny_preprocessed(autosam_dirs["preprocessed"], autosam_dirs["raw"], num_cases=5)
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(time=_Clock(20.0).time))
+    argv = ["-d", NAME, "-m", "unet", "example_tiny", "--time-budget-minutes", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    report = read_json(autosam_dirs["results"] / NAME / "compare_methods.json")
+    assert [r["method"] for r in report["runs"]] == ["unet", "example_tiny"]
+    assert all(r["iterations"] == 3 * report_iters for r, report_iters in
+               zip(report["runs"], [read_json(autosam_dirs["results"] / NAME / f"{m}__autosamPlans__3d" / "fold_0" /
+                                              "metadata.json")["iterations_per_epoch"] for m in ("unet", "example_tiny")]))
+    dice = {r["method"]: r["dice"] for r in report["runs"]}
+    assert report["winner"].startswith(max(dice, key=dice.get))
+    best = read_json(autosam_dirs["results"] / NAME / "find_best_configuration.json")
+    assert report["winner"] == best["ranking"][0]["name"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("already trained with this budget, reused") == 2
