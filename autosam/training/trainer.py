@@ -29,7 +29,7 @@ from autosam.experiment_planning.splits import get_or_create_splits
 from autosam.io.dataset import dataset_name_from_id
 from autosam.plugins import get_plugin_system
 from autosam.training import checkpoint as ckpt_io
-from autosam.training import distributed
+from autosam.training import distributed, rank_sync
 from autosam.training.dataloading import (
     PreprocessedDataset,
     default_num_workers,
@@ -203,6 +203,8 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
                 "world_size": world_size, "time_budget_minutes": time_budget_minutes,
             })
         network = method.build_network(ctx).to(dev)
+        if world_size > 1:  # identical initial weights above; from here on each rank draws its own numbers
+            rank_sync.seed_rank(seed, rank)
         val_checkpoint = "checkpoint_best.pth" if val_best else "checkpoint_final.pth"
         if not validation_only:
             if pretrained_weights is not None:
@@ -217,6 +219,9 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
                 summary = budget.summary(loop.epochs_trained, ctx.iterations_per_epoch)
                 logger.info("time budget: %s", summary)
                 write_json(fold_dir / "metadata.json", {**read_json(fold_dir / "metadata.json"), "time_budget": summary})
+            loop.release()  # optimizer state, gradients, DDP buckets: not needed by the validation
+            del loop
+            _free_device_memory(dev)
         distributed.barrier()  # the checkpoints of rank 0 exist before any rank reads them
         if validate and val_keys:
             from autosam.training.validation import validate_fold
@@ -227,7 +232,8 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
                 ckpt_io.method_entry_for_checkpoint(ck, path)
                 ckpt_io.restore_training_state(ck, network=network, method=method)
                 logger.info("validation with %s (epoch %d)", path, ck["epoch"])
-            validate_fold(method, network, ctx, dataset, val_keys, fold_dir, pre_folder, dataset_json_path,
+            # the uncompiled module: switching deep supervision off need not recompile a compiled one
+            validate_fold(method, ckpt_io.unwrap(network), ctx, dataset, val_keys, fold_dir, pre_folder, dataset_json_path,
                           save_npz=save_npz, progress=progress and main, checkpoint=val_checkpoint)
     finally:
         if handler is not None:
@@ -237,6 +243,15 @@ def run_training(dataset_id, configuration: str, method_name: str, fold, *, epoc
         if fold_lock is not None:
             fold_lock.release()
     return fold_dir
+
+
+def _free_device_memory(dev: torch.device) -> None:
+    """Return what the training loop held to the device before the final validation."""
+    import gc
+
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _lock_fold(fold_dir: Path, main: bool, world_size: int) -> FolderLock | None:
@@ -288,12 +303,16 @@ class _Loop:
         if isinstance(self.loss_fn, torch.nn.Module):
             self.loss_fn = self.loss_fn.to(ctx.device)
         self.optimizer, self.scheduler = method.configure_optimizers(network, ctx)
-        self.amp_dtype = precision.amp_dtype(ctx.device)  # bf16 where native, else fp16 + GradScaler
+        # bf16 where native, else fp16 + GradScaler; under DDP the least capable rank decides for all
+        self.amp_dtype = rank_sync.agree_amp_dtype(precision.amp_dtype(ctx.device))
         self.scaler = precision.grad_scaler(self.amp_dtype, ctx.device)
         logger.info("precision: %s on %s", precision.precision_name(self.amp_dtype), ctx.device)
         self.history = TrainingHistory()
         self.best_ema: float | None = None
         self.start_epoch = 0
+        if resume:  # before DDP: its construction then shares rank 0's resumed weights, not fresh ones
+            self.try_resume()
+            rank_sync.check_same_on_every_rank(self.start_epoch, "the epoch to resume from (--c)")
         # under torch.distributed: DDP around a module whose forward is the method's train_step
         # (also for one rank when the process group was started for it: --ddp checks this path on one GPU)
         self.ddp_step = distributed.wrap_train_step(method, network, self.loss_fn, ctx) if distributed.is_initialized() else None
@@ -352,8 +371,12 @@ class _Loop:
         return False
 
     def save(self, name: str, epoch: int) -> None:
-        if not self.ctx.is_main_process or (self.disable_checkpointing and name != "checkpoint_final.pth"):
+        if self.disable_checkpointing and name != "checkpoint_final.pth":
             return
+        # rank 0 writes; the others wait outside any collective (a failure stops them at once)
+        rank_sync.main_process_phase(f"writing {name}", self._write_checkpoint, name, epoch)
+
+    def _write_checkpoint(self, name: str, epoch: int) -> None:
         ckpt_io.save_checkpoint(
             self.fold_dir / name, method_entry=self.entry, options=self.ctx.options, network=self.network,
             optimizer=self.optimizer, scheduler=self.scheduler, grad_scaler=self.scaler, epoch=epoch,
@@ -362,9 +385,12 @@ class _Loop:
         )
 
     # ------------------------------------------------------------------ loop
+    def release(self) -> None:
+        """Drop the optimiser, scheduler, scaler, DDP wrapper and gradients (after training)."""
+        self.network.zero_grad(set_to_none=True)
+        self.optimizer = self.scheduler = self.scaler = self.ddp_step = self.loss_fn = None
+
     def run(self) -> None:
-        if self.resume:
-            self.try_resume()
         ctx = self.ctx
         if self.time_budget is not None and self.start_epoch > 0:  # the epochs of the runs resumed count
             self.time_budget.epoch_times = [t for t in self.history.state().get("epoch_time", [])[:self.start_epoch]
@@ -418,8 +444,9 @@ class _Loop:
         """The method's ``after_training`` hook, on rank 0 alone; its result (the network's weights
         and buffers, the method state) then reaches the other ranks, which validate with it."""
         ctx = self.ctx
-        if ctx.is_main_process:
-            self.method.after_training(self.network, ctx, self.dataset.subset(self.train_keys), list(self.train_keys))
+        # the other ranks wait outside any collective: a failure here stops them at once
+        rank_sync.main_process_phase("after_training", self.method.after_training, self.network, ctx,
+                                     self.dataset.subset(self.train_keys), list(self.train_keys))
         if ctx.world_size > 1:
             distributed.broadcast_module_state(ckpt_io.unwrap(self.network))
             state = distributed.broadcast_object(self.method.extra_state() if ctx.is_main_process else None)
