@@ -389,6 +389,9 @@ def add_prediction_options(p: argparse.ArgumentParser) -> None:
                    help="exports (resampling to the input geometry, writing) allowed in flight in background threads; "
                         "each holds one case's probabilities in memory (default 1; used when -npp > 1)")
     add_max_voxels(p)
+    p.add_argument("--overwrite_output", action="store_true",
+                   help="write into -o even when it is a non-empty folder that is not a prediction folder (without "
+                        "predict_args.json), replacing its dataset.json and same-named files (default: refuse)")
 
 
 def add_max_voxels(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ from autosam.cli.common import (
     parse_with_method_overrides,
     prediction_share,
 )
+from autosam.inference.output_folder import check_output_folder
 
 
 def build_parser() -> Parser:
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         parser, argv, lambda a: method_option_names(a.m, a.d, a.c, a.plans))
     check_sharding(parser, args)
     apply_limits(args)
+    check_output_folder(args.o, args.overwrite_output)
     launched = launch_prediction_processes("autosam_predict", "autosam.cli.predict", argv, args)
     if launched is not None:
         return launched

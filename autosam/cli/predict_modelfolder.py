@@ -20,6 +20,7 @@ from autosam.cli.common import (
     parse_with_method_overrides,
     prediction_share,
 )
+from autosam.inference.output_folder import check_output_folder
 
 
 def build_parser() -> Parser:
@@ -36,7 +37,7 @@ def build_parser() -> Parser:
     )
     p.add_argument("-i", required=True, type=Path, help="input folder of images")
     p.add_argument("-o", required=True, type=Path, help="output folder (created)")
-    p.add_argument("-m", required=True, type=Path, metavar="MODEL_FOLDER",
+    p.add_argument("-m", required=True, type=lambda text: Path(text).resolve(), metavar="MODEL_FOLDER",
                    help="the model folder <method>__<plans>__<configuration> with fold_N subfolders")
     p.add_argument("-f", nargs="+", default=None,
                    help="folds to ensemble (default: every fold_N that has the checkpoint, listed in the log); "
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         parser, argv, lambda a: method_option_names(a.m.name.split("__")[0]))
     check_sharding(parser, args)
     apply_limits(args)
+    check_output_folder(args.o, args.overwrite_output)
     launched = launch_prediction_processes("autosam_predict_from_modelfolder", "autosam.cli.predict_modelfolder", argv, args)
     if launched is not None:
         return launched

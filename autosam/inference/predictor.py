@@ -135,7 +135,7 @@ def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0
     (``checkpoint``: final, best, latest, or a file name such as ``checkpoint_best.pth``)."""
     from autosam.training.checkpoint import load_checkpoint, method_entry_for_checkpoint, strip_compile_prefix, unwrap
 
-    model_folder = Path(model_folder)
+    model_folder = Path(model_folder).resolve()  # "." names no model: its resolved name does
     checkpoint_name = checkpoint_file_name(checkpoint)
     if not folds:
         raise ValueError("give at least one fold")
