@@ -136,16 +136,44 @@ def load_pretrained_weights(network: torch.nn.Module, path: str | Path) -> dict:
     return {"loaded": loaded, "reinitialised": reinit, "unused": unused}
 
 
+#: why torch.compile fell back to eager execution in this process (one line each; benchmarks/gpu_check.py
+#: fails on any): suppress_errors keeps training going, this makes the fallback visible
+COMPILE_FALLBACKS: list[str] = []
+
+
+class _CompileFallbackLog(logging.Handler):
+    """Turns dynamo's suppressed-error records (``torch._dynamo.convert_frame``, WARNING with a
+    traceback) into one autosam warning naming the reason."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.WARNING or not record.exc_info:
+            return
+        exc = record.exc_info[1]
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = f"{type(exc).__name__}: {' '.join(lines[:2])}"  # e.g. "backend='inductor' raised: <the error>"
+        COMPILE_FALLBACKS.append(reason)
+        logger.warning("torch.compile failed and the network runs eagerly (slower) instead: %s", reason)
+
+
+_FALLBACK_HANDLER = _CompileFallbackLog()
+
+
 def compile_network(network: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile(network)`` with an eager fallback: when the compiler fails (no C compiler or
-    Triton on the node, an unsupported operator) the module runs eagerly with a warning instead of
-    stopping training. The compiled module's state dict carries ``_orig_mod.`` prefixes; checkpoints
-    are written without them (:func:`autosam.training.checkpoint.unwrap`)."""
+    Triton on the node, an unsupported operator) the module runs eagerly instead of stopping
+    training, and a warning names the reason (also kept in :data:`COMPILE_FALLBACKS`). The compiled
+    module's state dict carries ``_orig_mod.`` prefixes; checkpoints are written without them
+    (:func:`autosam.training.checkpoint.unwrap`)."""
     try:
         import torch._dynamo
 
-        torch._dynamo.config.suppress_errors = True  # compiler errors -> eager execution, logged by torch
+        torch._dynamo.config.suppress_errors = True  # compiler errors -> eager execution, reported below
+        dynamo_log = logging.getLogger("torch._dynamo.convert_frame")
+        if _FALLBACK_HANDLER not in dynamo_log.handlers:
+            dynamo_log.addHandler(_FALLBACK_HANDLER)
         return torch.compile(network)
     except Exception as exc:  # torch.compile unavailable on this platform
-        logger.warning("torch.compile is not available (%s: %s); the network runs eagerly", type(exc).__name__, exc)
+        reason = f"{type(exc).__name__}: {exc}"
+        COMPILE_FALLBACKS.append(reason)
+        logger.warning("torch.compile is not available (%s); the network runs eagerly", reason)
         return network

@@ -82,5 +82,10 @@ class MaskSAMLoss(nn.Module):
                 giou = generalized_box_iou_loss(pb, tbox, reduction="mean")
                 total = total + self.w.l1 * l1 + self.w.giou * giou
                 logs.update(l1=l1.detach(), giou=giou.detach())
+        else:  # no segment on any slice of this batch: the mask, auxiliary and box heads stay in the graph
+            # with a zero gradient (DDP without find_unused_parameters needs every parameter on every rank)
+            for head in (masks_f, aux_f, boxes_f):
+                if head is not None:
+                    total = total + 0.0 * head.float().sum()
         logs["matched"] = float(sum(len(x) for x in q_idx))
         return total, logs
