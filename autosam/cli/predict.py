@@ -55,6 +55,11 @@ def build_parser() -> Parser:
                    help='box prompts per case for a method that takes them (medlsam): {"case": {"label": [z0, y0, x0, '
                         'z1, y1, x1]}}, voxel indices of the input image (z, y, x, inclusive); the method\'s own '
                         'localisation is skipped and predict_args.json records the manual mode')
+    p.add_argument("--prompts-json", type=Path, default=None, metavar="FILE",
+                   help='prompts per case and label for a method that takes them (each method declares the kinds it takes): '
+                        '{"case": {"label": {"box3d": [z0, y0, x0, z1, y1, x1], "box2d": {"z": .., "y0": .., "x0": .., '
+                        '"y1": .., "x1": .., "z_lo": .., "z_hi": ..}, "points": [[z, y, x, 1], [z, y, x, -1]]}}}, voxel '
+                        'indices of the input image (z, y, x, inclusive); see documentation/interactive.md')
     p.add_argument("--disable_progress_bar", "--quiet", dest="quiet", action="store_true", help="no progress bars")
     return p
 
@@ -84,10 +89,11 @@ def main(argv: list[str] | None = None) -> int:
                                  method_overrides=overrides, progress=progress, patch_progress=not args.quiet,
                                  boxes_json=args.boxes_json, step_size=args.step_size,
                                  num_export_workers=args.num_export_workers, num_parts=num_parts, part_id=part_id,
-                                 continue_prediction=args.continue_prediction)
+                                 continue_prediction=args.continue_prediction, prompts_json=args.prompts_json)
     finally:
         progress.close()
     mode = " with the manual boxes of --boxes-json (localisation skipped)" if args.boxes_json is not None else ""
+    mode = " with the prompts of --prompts-json" if args.prompts_json is not None else mode
     print(f"{len(written)} prediction(s) written to {args.o}{mode} in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -47,6 +47,9 @@ def build_parser() -> Parser:
                         "(final, best, latest also work)")
     add_prediction_options(p)
     add_sharding_options(p)
+    p.add_argument("--prompts-json", type=Path, default=None, metavar="FILE",
+                   help="prompts per case and label (3D boxes, the challenge's 2D box, clicks) for a method that takes "
+                        "them, in voxels of the input image; format: documentation/interactive.md (as autosam_predict)")
     p.add_argument("--disable_progress_bar", "--quiet", dest="quiet", action="store_true", help="no progress bars")
     return p
 
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                                             num_processes=args.num_processes, progress=progress,
                                             patch_progress=not args.quiet, step_size=args.step_size,
                                             num_export_workers=args.num_export_workers, num_parts=num_parts,
-                                            part_id=part_id, continue_prediction=args.continue_prediction)
+                                            part_id=part_id, continue_prediction=args.continue_prediction,
+                                            prompts_json=args.prompts_json)
     finally:
         progress.close()
     print(f"{len(written)} prediction(s) written to {args.o} in {time.perf_counter() - start:.1f} s")

@@ -240,7 +240,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
                    progress: Callable[[str, int, int], None] | None = None,
                    patch_progress: bool | Callable = False, boxes_json: str | Path | None = None,
                    step_size: float = 0.5, num_export_workers: int = 1, num_parts: int = 1, part_id: int = 0,
-                   continue_prediction: bool = False) -> list[Path]:
+                   continue_prediction: bool = False, prompts_json: str | Path | None = None) -> list[Path]:
     """Predict every case of ``input_folder`` (``<case>_0000<ending>``...) into ``output_folder``.
 
     ``method="auto"``: see :func:`resolve_auto_method`. ``folds=None``: every fold that has the
@@ -249,6 +249,8 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     (``num_processes > 1``). ``step_size``: sliding-window step as a fraction of the patch.
     ``boxes_json``: box prompts per case (:mod:`autosam.inference.box_prompts`) for a method that
     takes them; checked completely before anything is written, and recorded in ``predict_args.json``.
+    ``prompts_json``: prompts per case (3D boxes, 2D boxes, clicks; :mod:`autosam.inference.prompted`)
+    for :meth:`Method.predict_with_prompts`, checked and recorded the same way.
     ``num_parts``/``part_id`` and ``continue_prediction``: see :func:`select_cases`.
     Returns the written label files.
     """
@@ -268,7 +270,8 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
                                      save_probabilities=save_probabilities, num_processes=num_processes,
                                      progress=progress, patch_progress=patch_progress, boxes_json=boxes_json,
                                      step_size=step_size, num_export_workers=num_export_workers, num_parts=num_parts,
-                                     part_id=part_id, continue_prediction=continue_prediction)
+                                     part_id=part_id, continue_prediction=continue_prediction,
+                                     prompts_json=prompts_json)
 
 
 def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, output_folder: str | Path,
@@ -276,7 +279,8 @@ def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, out
                               progress: Callable[[str, int, int], None] | None = None,
                               patch_progress: bool | Callable = False, boxes_json: str | Path | None = None,
                               step_size: float = 0.5, num_export_workers: int = 1, num_parts: int = 1,
-                              part_id: int = 0, continue_prediction: bool = False) -> list[Path]:
+                              part_id: int = 0, continue_prediction: bool = False,
+                              prompts_json: str | Path | None = None) -> list[Path]:
     """:func:`predict_folder` with a model already loaded (:func:`load_trained_model`), for example
     from a model folder outside ``AUTOSAM_RESULTS`` (``autosam_predict_from_modelfolder``)."""
     input_folder, output_folder = Path(input_folder), Path(output_folder)
@@ -289,7 +293,12 @@ def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, out
     if not all_cases:
         raise FileNotFoundError(f"{input_folder}: no images named <case>_0000{model.dataset_json['file_ending']}")
     ending = model.dataset_json["file_ending"]
+    if prompts_json is not None and boxes_json is not None:
+        raise ValueError("give --boxes-json or --prompts-json, not both (a boxes file is a prompts file too)")
     user_boxes = _read_user_boxes(boxes_json, model, all_cases) if boxes_json is not None else None
+    from autosam.inference.prompted import read_user_prompts
+
+    user_prompts = read_user_prompts(prompts_json, model, all_cases) if prompts_json is not None else None
     cases = select_cases(all_cases, output_folder, ending, num_parts=num_parts, part_id=part_id,
                          continue_prediction=continue_prediction, save_probabilities=save_probabilities)
     # one process writes an output folder (one part of it with num_parts > 1) at a time; another
@@ -299,13 +308,15 @@ def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, out
         return _predict_cases(model, cases, input_folder, output_folder, user_boxes, boxes_json, use_mirroring=use_mirroring,
                               save_probabilities=save_probabilities, num_processes=num_processes, progress=progress,
                               patch_progress=patch_progress, step_size=step_size, num_export_workers=num_export_workers,
-                              num_parts=num_parts)
+                              num_parts=num_parts, user_prompts=user_prompts, prompts_json=prompts_json)
 
 
 def _predict_cases(model: TrainedModel, cases: list, input_folder: Path, output_folder: Path, user_boxes, boxes_json, *,
                    use_mirroring: bool, save_probabilities: bool, num_processes: int, progress, patch_progress,
-                   step_size: float, num_export_workers: int, num_parts: int) -> list[Path]:
+                   step_size: float, num_export_workers: int, num_parts: int, user_prompts=None,
+                   prompts_json=None) -> list[Path]:
     """The part of :func:`predict_folder_with_model` that writes into ``output_folder`` (owned by this process)."""
+    from autosam.inference.prompted import predict_case_with_prompts, prompts_record
     from autosam.preprocessing.preprocessor import preprocess_case
 
     configuration = model.configuration.name
@@ -324,6 +335,8 @@ def _predict_cases(model: TrainedModel, cases: list, input_folder: Path, output_
         "box_prompts": None if user_boxes is None else {
             "file": str(boxes_json), "mode": f"manual boxes from --boxes-json: {model.method.name}'s own localisation skipped",
             "boxes": {case: {str(k): v for k, v in b.items()} for case, b in user_boxes.items()}},
+        **({} if user_prompts is None else {"prompts": {"file": str(prompts_json), "prompts": {
+            case: prompts_record(p) for case, p in user_prompts.items()}}}),
     })
 
     def load(case):
@@ -348,8 +361,12 @@ def _predict_cases(model: TrainedModel, cases: list, input_folder: Path, output_
                 from autosam.inference.box_prompts import to_preprocessed_grid
 
                 case_boxes = to_preprocessed_grid(user_boxes[case.identifier], properties, data.shape[1:])
-            probs = predict_preprocessed_case(model.method, model.folds, data, properties, model.ctx, use_mirroring,
-                                              progress=patch_progress, boxes=case_boxes)
+            if user_prompts is not None:
+                probs = predict_case_with_prompts(model.method, model.folds, data, properties, model.ctx,
+                                                  user_prompts[case.identifier], use_mirroring=use_mirroring)
+            else:
+                probs = predict_preprocessed_case(model.method, model.folds, data, properties, model.ctx, use_mirroring,
+                                                  progress=patch_progress, boxes=case_boxes)
             del data
             out = output_folder / f"{case.identifier}{ending}"
             if background:
@@ -502,12 +519,14 @@ class Predictor:
         return self.model
 
     def predict_single_npy_array(self, image: np.ndarray, properties: dict, output_file_truncated: str | Path | None = None,
-                                 save_or_return_probabilities: bool = False):
+                                 save_or_return_probabilities: bool = False, prompts: dict | None = None):
         """Segment one image held in memory.
 
         :param image: C x Z x Y x X array.
         :param properties: ``{"spacing": [z, y, x]}``, optionally ``origin`` and ``direction``
             (SimpleITK convention, used when writing a file), or autosam case properties with ``geometry``.
+        :param prompts: label -> :class:`autosam.prompts.LabelPrompts` in voxels of ``image`` (z, y, x), for a
+            method that takes them (:meth:`Method.predict_with_prompts`; others refuse with a clear error).
         :param output_file_truncated: when given, write ``<output_file_truncated><file_ending>``
             (and with ``save_or_return_probabilities`` the ``.npz``/``.json`` next to it) and return its path.
         :returns: the label map (Z x Y x X, uint8 or int16) in the image's geometry, or
@@ -519,9 +538,21 @@ class Predictor:
         model = self._require_model()
         image = np.asarray(image)
         geometry = geometry_of_array(image, properties)
+        if prompts is not None:
+            from autosam.inference.prompted import check_method_takes
+
+            check_method_takes(model.method, {"image": prompts}, "prompts")
+            for label, p in prompts.items():
+                p.validate(tuple(image.shape[1:]), label)
         data, _seg, case_properties = preprocess_arrays(image, geometry, model.plans, model.configuration.name)
-        probs = predict_preprocessed_case(model.method, model.folds, data, case_properties, model.ctx,
-                                          self.use_mirroring, progress=self.progress)
+        if prompts is not None:
+            from autosam.inference.prompted import predict_case_with_prompts
+
+            probs = predict_case_with_prompts(model.method, model.folds, data, case_properties, model.ctx, prompts,
+                                              use_mirroring=self.use_mirroring)
+        else:
+            probs = predict_preprocessed_case(model.method, model.folds, data, case_properties, model.ctx,
+                                              self.use_mirroring, progress=self.progress)
         if output_file_truncated is not None:
             out = Path(f"{output_file_truncated}{model.dataset_json['file_ending']}")
             export_prediction(probs, case_properties, model.configuration, out, save_or_return_probabilities,
