@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     # the other ranks repeat rank 0's messages: they show errors only
     level = logging.ERROR if not main_process else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s")
+    if args.pretrained_weights is not None:  # a file that cannot be loaded is refused before the fold folder is written
+        from autosam.training.checkpoint import load_checkpoint
+
+        load_checkpoint(args.pretrained_weights)  # forged, legacy, damaged or missing: one line, nothing written
     from autosam.training.trainer import run_training
 
     device = args.device or default_device()

@@ -12,6 +12,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -137,11 +138,14 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu", trust: bool |
     path = Path(path)
     allow = getattr(torch.serialization, "safe_globals", None)
     try:
-        with allow(list(safe_types)) if allow is not None and safe_types else nullcontext():
+        with allow(list(safe_types)) if allow is not None and safe_types else nullcontext(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a raw pickle: refused below
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if not zipfile.is_zipfile(path):  # torch.save writes zip archives; this is something else
-            raise ValueError(f"{path}: cannot be read as a PyTorch file (UnpicklingError: {exc})") from None
+            raise ValueError(f"{path}: cannot be read as a PyTorch file: not in torch.save's zip format (a raw pickle "
+                             f"or a file of PyTorch before 1.6) and not loadable without unpickling "
+                             f"({_unpickler_reason(exc)})") from None
         if trust is None:
             trust = os.environ.get(ENV_TRUST_PICKLE) == "1"
         if not trust:
@@ -157,7 +161,16 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu", trust: bool |
         logger.warning("%s: loading with full unpickling (trusted: %s=1 or trust=True)", path, ENV_TRUST_PICKLE)
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # zip/format errors have many types
-        raise ValueError(f"{path}: cannot be read as a PyTorch file ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{path}: cannot be read as a PyTorch file ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())})") from None
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The one informative line of torch's many-line ``weights_only`` error."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    reason = found.group(1) if found else text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return " ".join(reason.split()).split(". Please use")[0].rstrip(".")
 
 
 def _json_default(o: Any):
