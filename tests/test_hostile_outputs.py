@@ -51,3 +51,13 @@ def test_predict_from_modelfolder_accepts_dot(autosam_dirs, tmp_path, monkeypatc
     assert modelfolder_main(["-i", str(images), "-o", str(tmp_path / "pred"), "-m", ".", "-f", "0", "-device", "cpu",
                              "--quiet", "-npp", "1", "--disable_tta"]) == 0, capsys.readouterr().err
     assert (tmp_path / "pred" / "img_000.nii.gz").is_file()
+
+
+def test_an_os_error_on_a_path_with_a_newline_stays_on_one_line(autosam_dirs, tmp_path, capsys):
+    tiny_model_folder(autosam_dirs["results"], folds=(0,))
+    write_images(tmp_path / "images", n=1, shape=(14, 20, 16))
+    blocker = tmp_path / "notes\nold.txt"
+    blocker.write_text("a file where a folder is expected")
+    assert _predict(tmp_path / "images", blocker / "pred") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "folds with" not in line]
+    assert len(err) == 1 and "notes\\nold.txt" in err[0] and "is not a folder" in err[0], err

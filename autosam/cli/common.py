@@ -144,8 +144,8 @@ def command(prog: str, status: int = 2, errors: tuple[type[BaseException], ...] 
 
                     configure_threads(prog)
                 return fn(argv)
-            except OSError as exc:
-                error, message = exc, describe_os_error(exc)
+            except OSError as exc:  # one line by design: a newline in it comes from a path, shown escaped
+                error, message = exc, "".join(c if c.isprintable() else repr(c)[1:-1] for c in describe_os_error(exc))
             except (FolderLockedError, *errors) as exc:
                 error, message = exc, error_text(exc)
             if verbose:

@@ -8,7 +8,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 __all__ = ["NonFiniteCounter", "check_file_name", "check_finite", "check_image_header", "nifti_dims", "path_text"]
 
@@ -93,6 +92,8 @@ def check_image_header(path: str | Path) -> tuple[int, ...] | None:
                              "z, ...); every size must be at least 1. The file is damaged or was written wrongly")
         shape = tuple(reversed(sizes))
     else:
+        import SimpleITK as sitk
+
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:
