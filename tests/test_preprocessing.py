@@ -177,3 +177,27 @@ def test_interrupted_run_redoes_incomplete_cases_only(autosam_dirs):
     assert np.load(folder / "c0.npy").shape[1] == 4
     with pytest.raises(ValueError, match="no configuration"):
         preprocess_dataset(43, plans_name="toyPlans", configurations=["2d"], num_processes=1)
+
+
+def test_class_locations_live_beside_the_json_and_old_folders_still_load(tmp_path):
+    """10,000 locations per label as JSON made the properties file as large as a small image and
+    took half of the hippocampus preprocessing time; they go to an .npz file now."""
+    from autosam.preprocessing.storage import load_case, locations_path, save_case, undeclared_values_of_cases
+
+    seg = np.zeros((1, 30, 40, 40), np.int16)
+    seg[0, 2:28, 5:35, 5:35] = 1
+    seg[0, 10:12, 10:12, 10:12] = 2
+    locs = {"1": np.argwhere(seg[0] == 1)[:10_000].tolist(), "2": np.argwhere(seg[0] == 2).tolist()}
+    data = np.zeros((1, 30, 40, 40), np.float32)
+    save_case(tmp_path, "new", data, seg, {"spacing": [1, 1, 1], "class_locations": locs})
+    assert (tmp_path / "new.json").stat().st_size < 1000 and locations_path(tmp_path, "new").is_file()
+    _, _, props = load_case(tmp_path, "new")
+    assert sorted(props["class_locations"]) == ["1", "2"]
+    assert props["class_locations"]["1"].tolist() == locs["1"] and props["class_locations"]["2"].shape == (8, 3)
+    from autosam.utils.files import write_json
+
+    write_json(tmp_path / "old.json", {"spacing": [1, 1, 1], "class_locations": {"1": [[3, 4, 5]], "7": [[1, 1, 1]]}})
+    np.save(tmp_path / "old.npy", data)
+    np.save(tmp_path / "old_seg.npy", seg)
+    assert load_case(tmp_path, "old")[2]["class_locations"]["1"] == [[3, 4, 5]]
+    assert undeclared_values_of_cases(tmp_path, ["new", "old"], [0, 1, 2]) == {str(tmp_path / "old_seg.npy"): [7]}

@@ -21,8 +21,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import sys
+
 import numpy as np
-import torch
+
+# torch is imported where a tensor is handled, not here: preprocessing and evaluation workers read
+# labels without torch (importing it costs seconds per worker process).
+
+
+def _is_tensor(x) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 IGNORE_NAME = "ignore"
 
@@ -194,7 +203,9 @@ class LabelManager:
         """Boolean masks, one per evaluation key (new first axis), of an integer label map (numpy or
         torch, any shape): ``seg == label`` or ``seg in region``."""
         keys = self.evaluation_keys if keys is None else keys
-        if isinstance(seg, torch.Tensor):
+        if _is_tensor(seg):
+            import torch
+
             return torch.stack([torch.isin(seg, torch.as_tensor(k if isinstance(k, tuple) else (k,), device=seg.device))
                                 for k in keys])
         seg = np.asarray(seg)
@@ -207,8 +218,10 @@ class LabelManager:
         return seg != self.ignore_label
 
     # ------------------------------------------------------------------ network outputs
-    def apply_inference_nonlin(self, logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    def apply_inference_nonlin(self, logits: "torch.Tensor", dim: int = 0) -> "torch.Tensor":
         """Sigmoid per region (region-based) or softmax over the classes."""
+        import torch
+
         return torch.sigmoid(logits) if self.has_regions else torch.softmax(logits, dim)
 
     def convert_probabilities_to_segmentation(self, probabilities: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -235,7 +248,9 @@ class LabelManager:
 def paint_regions(probabilities, regions_class_order: Sequence[int]):
     """Label map from R x *S region probabilities (numpy or torch): from background, region ``r`` is
     painted with ``regions_class_order[r]`` where its probability exceeds 0.5, later regions on top."""
-    if isinstance(probabilities, torch.Tensor):
+    if _is_tensor(probabilities):
+        import torch
+
         seg = torch.zeros(probabilities.shape[1:], dtype=torch.int16, device=probabilities.device)
     else:
         seg = np.zeros(probabilities.shape[1:], dtype=np.uint8 if max(regions_class_order) < 256 else np.uint16)
