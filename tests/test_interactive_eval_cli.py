@@ -105,3 +105,15 @@ def test_command_errors(fold_setup, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     assert main(["--plot", str(tmp_path / "bad.json"), "-o", str(tmp_path / "p")]) != 0
     assert "bad.json: not a summary" in capsys.readouterr().err
+
+
+def test_find_best_reads_what_the_evaluator_wrote(fold_setup):
+    """``--rank-by dsc_auc`` reads the summary the evaluator writes by default (fold_N/interactive)."""
+    from autosam.interactive.ranking import crossval_interactive
+
+    assert crossval_interactive(fold_setup["oracle"], [0]) is None
+    assert main(["-d", "990", "-m", "oracle", "-f", "0", "--quiet"]) == 0
+    summary = json.loads((fold_setup["oracle"] / "fold_0" / "interactive" / "summary.json").read_text())
+    pooled = crossval_interactive(fold_setup["oracle"], [0])
+    assert pooled["dsc_auc"] == pytest.approx(summary["dsc_auc"]) and pooled["dice_per_step"] == pytest.approx(
+        summary["dice_per_step"]) and pooled["mode"] == "prompted"

@@ -39,6 +39,11 @@ def main_find_best(argv: list[str] | None = None) -> int:
                    help="folds whose validation results are compared (default 0 1 2 3 4); a model lacking one is skipped")
     p.add_argument("-p", "--plans", default="autosamPlans", help="plans name (default autosamPlans)")
     p.add_argument("--disable_ensembling", action="store_true", help="compare single models only, no pairwise ensembles")
+    p.add_argument("--rank-by", dest="rank_by", choices=("dice", "dsc_auc"), default="dice",
+                   help="dice (default): cross-validation foreground-mean Dice of the automatic predictions; dsc_auc: "
+                        "the interactive protocol's DSC_AUC (box + clicks) read from <model>/fold_N/interactive/"
+                        "summary.json of autosam_evaluate_interactive, single models only, result in "
+                        "find_best_configuration_dsc_auc.json (-m auto keeps following the Dice ranking)")
     p.add_argument("-np", "--num_processes", type=int, default=2,
                    help="worker processes for evaluation and post-processing (default 2)")
     a = p.parse_args(argv)
@@ -51,10 +56,18 @@ def main_find_best(argv: list[str] | None = None) -> int:
     from autosam.postprocessing.find_best import find_best_configuration
 
     result = find_best_configuration(a.dataset, a.methods, a.configurations, a.folds, a.plans,
-                                     not a.disable_ensembling, a.num_processes)
-    print("\nRanking (cross-validation foreground-mean Dice):")
-    for r in result["ranking"]:
-        print(f"  {r['foreground_mean_dice']:.4f}  {r['name']}")
+                                     not a.disable_ensembling, a.num_processes, rank_by=a.rank_by)
+    if a.rank_by == "dsc_auc":
+        print("\nRanking (interactive protocol, cross-validation): DSC_AUC, Dice after the box, after the last click, "
+              "automatic Dice")
+        for r in result["ranking"]:
+            f = r["interactive"]
+            print(f"  {f['dsc_auc']:.4f}  {f['dice_per_step'][0]:.4f}  {f['final_dice']:.4f}  "
+                  f"{r['foreground_mean_dice']:.4f}  {r['name']}" + (" (automatic)" if f["mode"] == "automatic" else ""))
+    else:
+        print("\nRanking (cross-validation foreground-mean Dice):")
+        for r in result["ranking"]:
+            print(f"  {r['foreground_mean_dice']:.4f}  {r['name']}")
     print()
     print("\n".join(result["commands"]["text"]))
     return 0

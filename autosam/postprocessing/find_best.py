@@ -1,5 +1,10 @@
 """``autosam_find_best_configuration``: pick the best method/configuration (or pairwise ensemble)
-by cross-validation foreground-mean Dice, determine post-processing, and say how to reproduce it."""
+by cross-validation foreground-mean Dice, determine post-processing, and say how to reproduce it.
+
+``rank_by="dsc_auc"`` ranks the single models instead by the interactive protocol's DSC_AUC over the
+folds' validation cases, read from ``<model>/fold_N/interactive/summary.json``
+(``autosam_evaluate_interactive``; :mod:`autosam.interactive.ranking`); the result goes to
+``find_best_configuration_dsc_auc.json``, so that ``-m auto`` keeps following the automatic ranking."""
 from __future__ import annotations
 
 import itertools
@@ -22,6 +27,7 @@ from .report import write_report
 
 logger = logging.getLogger(__name__)
 RESULT_FILE = "find_best_configuration.json"
+RANK_BY = ("dice", "dsc_auc")
 
 
 @dataclass
@@ -149,7 +155,9 @@ def predict_command(dataset: str, entry_key: str, folds: Sequence[int], probs: b
 
 def find_best_configuration(dataset_id, methods: Sequence[str] | None = None, configurations: Sequence[str] | None = None,
                             folds: Sequence[int] = (0, 1, 2, 3, 4), plans_name: str = DEFAULT_PLANS_NAME,
-                            allow_ensembling: bool = True, num_processes: int = 1) -> dict:
+                            allow_ensembling: bool = True, num_processes: int = 1, rank_by: str = "dice") -> dict:
+    if rank_by not in RANK_BY:
+        raise ValueError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
     dataset = dataset_name_from_id(dataset_id)
     results_ds = paths.results_dir() / dataset
     pre_ds = paths.preprocessed_dir() / dataset
@@ -162,6 +170,10 @@ def find_best_configuration(dataset_id, methods: Sequence[str] | None = None, co
     entries = discover(results_ds, methods, configurations, plans_name, folds)
     if not entries:
         raise ValueError(f"{results_ds}: no trained method/configuration with validation results for folds {list(folds)}")
+    interactive: dict[str, dict] = {}
+    if rank_by == "dsc_auc":
+        entries, interactive = _with_interactive_results(entries, folds)
+        allow_ensembling = False  # the protocol evaluates single models
     cv_root = results_ds / "crossval"
     candidates: dict[str, dict] = {}
     prob_ok: dict[str, bool] = {}
@@ -183,19 +195,33 @@ def find_best_configuration(dataset_id, methods: Sequence[str] | None = None, co
             check_complete(target, expected, ending, folds)
             summary = evaluate_folder(gt, target, dj_path, target / "summary.json", num_processes=num_processes)
             candidates[key] = {"kind": "ensemble", "members": [a, b], "folder": str(target), "summary": summary}
-    ranking = sorted(candidates, key=lambda k: -_fg_dice(candidates[k]))
+    for key, figures in interactive.items():
+        candidates[key]["interactive"] = figures
+    if rank_by == "dsc_auc":
+        ranking = sorted(candidates, key=lambda k: (-candidates[k]["interactive"]["dsc_auc"], -_fg_dice(candidates[k])))
+    else:
+        ranking = sorted(candidates, key=lambda k: -_fg_dice(candidates[k]))
     best = ranking[0]
     pp = determine_postprocessing(candidates[best]["folder"], gt, dj_path, num_processes=num_processes)
     pp_file = Path(candidates[best]["folder"]) / "postprocessing.json"
     result = {
-        "dataset": dataset, "folds": list(folds), "plans": plans_name,
+        "dataset": dataset, "folds": list(folds), "plans": plans_name, "rank_by": rank_by,
         "ranking": [{"name": k, "kind": candidates[k]["kind"], "members": candidates[k]["members"],
-                     "foreground_mean_dice": _fg_dice(candidates[k]), "folder": candidates[k]["folder"]} for k in ranking],
+                     "foreground_mean_dice": _fg_dice(candidates[k]), "folder": candidates[k]["folder"],
+                     **({"interactive": candidates[k]["interactive"]} if "interactive" in candidates[k] else {})}
+                    for k in ranking],
         "best": {"name": best, **{k: v for k, v in candidates[best].items() if k != "summary"},
                  "foreground_mean_dice": _fg_dice(candidates[best]),
                  "postprocessing": pp, "postprocessing_file": str(pp_file)},
     }
     result["commands"] = reproduction_commands(dataset, candidates[best], folds, pp, pp_file, ending, gt, dj_path)
+    if rank_by == "dsc_auc":
+        figures = candidates[best]["interactive"]
+        result["commands"]["text"].insert(0, f"# Ranked by the interactive protocol's DSC_AUC: {best} {figures['dsc_auc']:.4f} "
+                                             f"(Dice after the box {figures['dice_per_step'][0]:.4f}, after "
+                                             f"{figures['num_clicks']} clicks {figures['final_dice']:.4f})")
+        write_json(results_ds / f"{Path(RESULT_FILE).stem}_dsc_auc.json", result)
+        return result
     write_json(results_ds / RESULT_FILE, result)
     (results_ds / "inference_instructions.txt").write_text("\n".join(result["commands"]["text"]) + "\n")
     write_report(results_ds, {k: v["summary"] for k, v in candidates.items()}, ranking)
@@ -227,6 +253,27 @@ def reproduction_commands(dataset: str, best: dict, folds, pp: dict, pp_file: Pa
     predict.append(f"autosam_apply_postprocessing -i {last} -o OUTPUT_FINAL -pp {pp_file}{fe}")
     lines += reproduce + ["", "## Predict new cases (INPUT_FOLDER in imagesTs layout):"] + predict
     return {"reproduce_crossval": reproduce, "predict": predict, "text": lines}
+
+
+def _with_interactive_results(entries: list[TrainedEntry], folds: Sequence[int]) -> tuple[list[TrainedEntry], dict]:
+    """The entries whose every fold has an interactive summary, and their pooled figures."""
+    from autosam.interactive.ranking import crossval_interactive, interactive_summary_path
+
+    kept, figures = [], {}
+    for e in entries:
+        pooled = crossval_interactive(e.folder, folds)
+        if pooled is None:
+            missing = [f for f in folds if not interactive_summary_path(e.folder, f).is_file()]
+            logger.warning("%s: folds %s have no interactive summary (autosam_evaluate_interactive -d ... -c %s -m %s "
+                           "-f N); skipped", e.folder, missing, e.configuration, e.method)
+            continue
+        kept.append(e)
+        figures[e.key] = pooled
+    if not kept:
+        raise ValueError(f"--rank-by dsc_auc: no trained model has interactive results for folds {list(folds)} "
+                         f"(<model>/fold_N/interactive/summary.json); run autosam_evaluate_interactive -d ID -c CONFIG "
+                         f"-m METHOD -f N for each fold first")
+    return kept, figures
 
 
 def _fg_dice(candidate: dict) -> float:
