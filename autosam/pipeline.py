@@ -18,7 +18,7 @@ def plan_and_preprocess(dataset_id: int | str, num_processes: int = 2, planner: 
     """Extract the fingerprint (reused when up to date), plan with ``planner``, preprocess.
 
     ``configurations=None`` preprocesses every configuration of the plans (``2d``, ``3d`` and
-    ``3d_lowres`` when planned). With ``verify`` the dataset's integrity is checked first and a
+    ``3d_lowres`` when planned; on a CPU target ``3d_lowres`` only on request). With ``verify`` the dataset's integrity is checked first and a
     broken dataset stops the run before anything is written. ``target`` (``auto``, ``gpu``,
     ``cpu``): the hardware the plans are sized for (see :func:`~autosam.experiment_planning.planning.plan_experiment`).
     ``preprocess=False`` stops after planning; ``clean`` recomputes the fingerprint even when up to
@@ -37,6 +37,12 @@ def plan_and_preprocess(dataset_id: int | str, num_processes: int = 2, planner: 
                             target=target)
     if not preprocess:
         return plans
+    if configurations is None and getattr(plans, "compute_target", "gpu") == "cpu" and "3d_lowres" in plans.configurations:
+        # a CPU patch is small, so 3d_lowres is planned for most datasets; its cascade doubles the
+        # training that a CPU user rarely runs: planned, preprocessed on request
+        configurations = [c for c in plans.configurations if c != "3d_lowres"]
+        logger.info("3d_lowres is planned but not preprocessed on a CPU target (its cascade doubles training time); "
+                    "autosam_preprocess -d %s -c 3d_lowres preprocesses it", dataset_id)
     preprocess_dataset(dataset_id, plans_name=plans.plans_name, configurations=configurations,
                        num_processes=num_processes, progress=progress,
                        undeclared_labels_to_background=undeclared_labels_to_background)

@@ -123,3 +123,25 @@ def test_broken_dataset_with_verify_writes_nothing(autosam_dirs, capsys):
     assert "b0" in capsys.readouterr().err
     assert not (autosam_dirs["preprocessed"] / "Dataset503_Broken").exists()
     assert main(["-d", "504"]) == 2  # unknown dataset: clear error, no traceback
+
+
+def test_cpu_target_plans_3d_lowres_but_preprocesses_it_only_on_request(autosam_dirs, capsys):
+    """A CPU patch is small, so 3d_lowres is planned for a 60 x 120 x 120 image; its preprocessing
+    costs time a CPU user rarely spends training it: the plans list it, the folder waits for -c 3d_lowres."""
+    rng = np.random.default_rng(0)
+    cases = {}
+    for i in range(2):
+        img = rng.normal(size=(60, 120, 120)).astype(np.float32)
+        seg = np.zeros((60, 120, 120), np.uint8)
+        seg[20:40, 30:90, 30:90] = 1
+        cases[f"c{i}"] = ([img], seg)
+    write_raw_dataset(autosam_dirs["raw"], "Dataset502_Big", cases, spacing=(1.0, 1.0, 1.0))
+    assert main(["-d", "502", "-np", "1", "--target", "cpu"]) == 0
+    pre = autosam_dirs["preprocessed"] / "Dataset502_Big"
+    plans = Plans.load(pre / "autosamPlans.json")
+    assert "3d_lowres" in plans.configurations, list(plans.configurations)
+    low = pre / plans.configurations["3d_lowres"].data_identifier
+    assert not storage.list_cases(low)
+    assert storage.list_cases(pre / plans.configurations["3d"].data_identifier) == ["c0", "c1"]
+    assert main_preprocess(["-d", "502", "-c", "3d_lowres", "-np", "1"]) == 0
+    assert storage.list_cases(low) == ["c0", "c1"]

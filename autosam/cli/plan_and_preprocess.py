@@ -60,8 +60,8 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
 
 def _add_configs(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--configurations", nargs="+", default=None, type=normalize_configuration,
-                   help="configurations to preprocess (default: all planned, i.e. 2d, 3d and 3d_lowres when planned; "
-                        "nnU-Net's 3d_fullres means 3d)")
+                   help="configurations to preprocess (default: all planned, i.e. 2d, 3d and 3d_lowres when planned, "
+                        "except 3d_lowres on a CPU target; nnU-Net's 3d_fullres means 3d)")
 
 
 #: The user errors of these commands (DatasetError is a ValueError; a planner plugin's bad return is a TypeError)
