@@ -230,6 +230,7 @@ class FakeCuda:
         self.current = 0
         self.set_device_calls: list[int] = []  # indices torch._C._cuda_setDevice received
         self.backends: list[str] = []  # the backends init_process_group was asked for
+        self.empty_cache_calls = 0
         self.mode = FakeCudaMode(self)
         self._undo: list = []
 
@@ -246,6 +247,9 @@ class FakeCuda:
         previous = self.current
         self._set_device(index)
         return previous
+
+    def _empty_cache(self) -> None:
+        self.empty_cache_calls += 1
 
     def _properties(self, index: int) -> _Properties:
         return _Properties(self.card, index)
@@ -305,7 +309,7 @@ class FakeCuda:
 
         self._patch(c, "_cuda_isCurrentStreamCapturing", lambda: False)
         self._patch(graphs, "_cuda_isCurrentStreamCapturing", lambda: False)
-        self._patch(c, "_cuda_emptyCache", lambda: None)
+        self._patch(c, "_cuda_emptyCache", self._empty_cache)
         self._patch(c, "_cuda_memoryStats", lambda device: {})
         self._patch(c, "_cuda_resetPeakMemoryStats", lambda device: None)
         self._patch(c, "_cuda_resetAccumulatedMemoryStats", lambda device: None)

@@ -84,6 +84,10 @@ def build_parser(method=None) -> Parser:
                                      "starts them): the plans' batch is split across them, rank 0 writes the files. "
                                      "With --device cpu, N CPU processes (gloo). Under torchrun leave it out: the "
                                      "command joins the launcher's processes")
+    p.add_argument("--ddp", action="store_true",
+                   help="start the process group and train through DistributedDataParallel even with one process "
+                        "(checks the DDP path on one GPU; the weights match a plain run's). Without a launcher it "
+                        "starts --num-gpus processes (default 1) through torch's elastic launcher")
     p.add_argument("--quiet", "--disable_progress_bar", dest="quiet", action="store_true",
                    help="no progress bars, warnings only")
     if method is not None:
@@ -151,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         env = distributed.launcher_env()
-        if env is None and args.num_gpus is not None and args.num_gpus > 1:
-            distributed.check_local_launch(args.num_gpus, args.device)
-            return distributed.launch_local("autosam.cli.train", argv, args.num_gpus)
+        if env is None and ((args.num_gpus is not None and args.num_gpus > 1) or args.ddp):
+            nproc = args.num_gpus or 1
+            distributed.check_local_launch(nproc, args.device)
+            return distributed.launch_local("autosam.cli.train", argv, nproc)
         if env is not None:
             distributed.check_joined(args.num_gpus, env)
     except RuntimeError as exc:
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if env is not None:  # one rank of a launched job: its device, then the process group
             device = distributed.rank_device(device, env)
-            if env.world_size > 1:
+            if env.world_size > 1 or args.ddp:
                 distributed.init_process_group(device, env)
                 joined = True
         fold_dir = run_training(

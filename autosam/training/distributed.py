@@ -337,7 +337,7 @@ def check_local_launch(nproc: int, device: str | None) -> None:
         device = "cuda"
     dev = torch.device(device)
     if dev.type == "cuda":
-        if dev.index is not None:
+        if dev.index is not None and nproc > 1:
             raise RuntimeError(f"--num-gpus {nproc} with --device {device}: the processes take cuda:0 .. cuda:{nproc - 1}; "
                                "give --device cuda and choose the GPUs with CUDA_VISIBLE_DEVICES")
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
