@@ -30,9 +30,18 @@ def plan_and_preprocess(dataset_id: int | str, num_processes: int = 2, planner: 
     from autosam.experiment_planning.planning import plan_experiment
     from autosam.preprocessing.preprocessor import preprocess_dataset
 
+    from autosam import paths
+    from autosam.experiment_planning.fingerprint import FINGERPRINT_FILE
+    from autosam.io.dataset import dataset_name_from_id
+
+    fingerprint_file = paths.preprocessed_dir() / dataset_name_from_id(dataset_id) / FINGERPRINT_FILE
+    before = fingerprint_file.stat().st_mtime_ns if fingerprint_file.is_file() else None
     extract_fingerprint(dataset_id, num_processes=num_processes_fingerprint or num_processes, verify=verify,
                         overwrite=clean, progress=progress,
                         undeclared_labels_to_background=undeclared_labels_to_background)
+    # a fingerprint computed just now has read every label file and refused undeclared values:
+    # preprocessing need not read them all once more to check the same thing
+    labels_checked = fingerprint_file.is_file() and fingerprint_file.stat().st_mtime_ns != before
     plans = plan_experiment(dataset_id, planner=planner, gpu_memory_gb=gpu_memory_gb, plans_name=plans_name,
                             target=target)
     if not preprocess:
@@ -45,5 +54,6 @@ def plan_and_preprocess(dataset_id: int | str, num_processes: int = 2, planner: 
                     "autosam_preprocess -d %s -c 3d_lowres preprocesses it", dataset_id)
     preprocess_dataset(dataset_id, plans_name=plans.plans_name, configurations=configurations,
                        num_processes=num_processes, progress=progress,
-                       undeclared_labels_to_background=undeclared_labels_to_background)
+                       undeclared_labels_to_background=undeclared_labels_to_background,
+                       labels_checked=labels_checked)
     return plans

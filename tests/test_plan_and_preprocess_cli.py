@@ -145,3 +145,31 @@ def test_cpu_target_plans_3d_lowres_but_preprocesses_it_only_on_request(autosam_
     assert storage.list_cases(pre / plans.configurations["3d"].data_identifier) == ["c0", "c1"]
     assert main_preprocess(["-d", "502", "-c", "3d_lowres", "-np", "1"]) == 0
     assert storage.list_cases(low) == ["c0", "c1"]
+
+
+def test_labels_are_read_once_when_the_fingerprint_is_fresh(autosam_dirs, monkeypatch):
+    """A fingerprint computed in the same run has refused undeclared labels already: preprocessing
+    skips its own pass over the label files; with a reused fingerprint the pass runs (a label file
+    may have changed since) and still refuses an undeclared value."""
+    from autosam.io.dataset import DatasetError
+    from autosam.io.image import read_image, write_image
+    from autosam.pipeline import plan_and_preprocess
+    from autosam.preprocessing import preprocessor
+
+    calls = []
+    real = preprocessor.check_label_values
+    monkeypatch.setattr(preprocessor, "check_label_values", lambda files, *a, **k: (calls.append(list(files)),
+                                                                                       real(files, *a, **k)))
+    make_example_dataset(autosam_dirs["raw"], 999, num_cases=3)
+    plan_and_preprocess(999, num_processes=1, configurations=["3d"])
+    assert calls == []
+    label = autosam_dirs["raw"] / "Dataset999_Example" / "labelsTr" / "case_001.nii.gz"
+    seg, geometry = read_image(label)
+    seg[0, 0, 0] = 7  # not declared
+    write_image(label, seg, geometry)
+    pre = autosam_dirs["preprocessed"] / "Dataset999_Example"
+    for p in pre.rglob("case_001.json"):
+        p.unlink()
+    with pytest.raises(DatasetError, match="case_001"):
+        plan_and_preprocess(999, num_processes=1, configurations=["3d"])
+    assert len(calls) == 1

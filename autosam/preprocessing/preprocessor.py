@@ -206,13 +206,15 @@ def check_label_values(label_files: Sequence[str | Path], declared: set[int], nu
 
 def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NAME,
                        configurations: Iterable[str] | None = ("2d", "3d"), num_processes: int = 2,
-                       progress: bool = False, undeclared_labels_to_background: bool = False) -> dict[str, Path]:
+                       progress: bool = False, undeclared_labels_to_background: bool = False,
+                       labels_checked: bool = False) -> dict[str, Path]:
     """Preprocess the training cases for ``configurations`` (``None``: all in the plans).
 
     Also writes ``gt_segmentations/``, ``dataset.json`` and ``splits_final.json`` (kept if present).
     Returns ``{configuration: data folder}``. Before anything is written, the label files of the
     cases still to do are checked for values the plans do not declare: one :class:`DatasetError`
-    lists them all, unless ``undeclared_labels_to_background`` (they become background).
+    lists them all, unless ``undeclared_labels_to_background`` (they become background) or
+    ``labels_checked`` (the caller has just checked them, e.g. a fingerprint computed in the same run).
     """
     from autosam.experiment_planning.splits import get_or_create_splits
     from autosam.io.dataset import open_raw_dataset
@@ -236,7 +238,7 @@ def preprocess_dataset(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NA
         wanted = [c for c in wanted if c in plans.configurations]
 
     with lock_folder(pre, "preprocessed dataset folder"):  # one process writes it at a time
-        if not undeclared_labels_to_background:  # labels of the cases that some configuration still needs
+        if not (undeclared_labels_to_background or labels_checked):  # labels of the cases still needed
             folders_wanted = {pre / plans.configurations[c].data_identifier for c in wanted}
             to_check = [c.label for c in ds.cases if c.label is not None
                         and not all(storage.is_complete(f, c.identifier, needs_seg=True) for f in folders_wanted)]
