@@ -124,3 +124,18 @@ def test_predict_with_manual_boxes_segments_only_inside_them(autosam_dirs, tmp_p
     assert predict_main(["-o", str(bad_out), "-m", "medlsam", *common]) == 2
     assert f"{boxes}: case 'ct', label 1: box [0, 0, 0, 999, 1, 1] reaches outside the image" in capsys.readouterr().err
     assert not bad_out.exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"a": {"1": [0, 0, 0, 1, 1, 1' + "0" * 400 + ']}}', "coordinate 1000.*is out of range"),  # was an OverflowError
+    ('{"a": {"1": [0, 0, 0, 1, 1, 2.5]}}', "must be integers .*got 2.5"),
+    ('{"a": {"1": [0, 0, 0, 1, 1, Infinity]}}', "must be integers .*got inf"),
+    ('{"a": {"1": [0, 0, 0, 1, 1, NaN]}}', "must be integers .*got nan"),
+    ("[" * 100000 + "]" * 100000, "not a readable JSON file .nested too deeply"),  # was a RecursionError
+])
+def test_read_boxes_json_refuses_hostile_numbers_and_nesting_naming_the_file(tmp_path, text, message):
+    f = tmp_path / "boxes.json"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=message) as err:
+        read_boxes_json(f, ["a"], DJ)
+    assert str(err.value).startswith(str(f)) and len(str(err.value)) < 400

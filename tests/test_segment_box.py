@@ -31,11 +31,14 @@ def test_segment_volume_with_boxes_shapes_and_box_slices():
                                           progress=lambda d, t: calls.append((d, t)))
     assert lm.shape == vol.shape and lm.dtype == np.int16
     assert set(np.unique(lm)) <= {0, 3, 7}
-    assert set(probs) == {3, 7} and all(p.shape == vol.shape for p in probs.values())
-    # probabilities only on the slices of each box
-    assert probs[3][[0, 4, 5]].max() == 0 and probs[3][1:4].max() > 0
-    assert probs[7][[0, 1, 5]].max() == 0 and probs[7][2:5].max() > 0
-    assert calls[-1] == (4, 4)  # slices 1..4 encoded once for both labels
+    assert set(probs) == {3, 7}
+    # probabilities only on the slices of each box (the fixed box: every slice of its range)
+    lm, probs = segment_volume_with_boxes(vol, (3.0, 1.0, 1.0), boxes, build_backbone("tiny"), batch_size=2,
+                                          progress=lambda d, t: calls.append((d, t)), mode="fixed", stats=(stats := {}))
+    assert sorted(probs[3]) == [1, 2, 3] and sorted(probs[7]) == [2, 3, 4]
+    assert all(p.shape == vol.shape[1:] and p.max() > 0 for p in probs[3].values())
+    assert calls[-1] == (6, 6)  # 3 + 3 prompt-slices
+    assert stats == {"encoded_slices": 4, "decoded_prompts": 6}  # slices 1..4 encoded once for both labels
 
 
 def test_merge_probabilities_takes_most_probable_label():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +41,40 @@ def _label_values(dataset_json: dict) -> dict[str, int]:
     return out
 
 
+#: Largest coordinate a box may hold (a larger one cannot index any image).
+MAX_COORDINATE = 2**31 - 1
+
+
+def load_boxes_file(path: Path):
+    """The JSON value of a boxes file; every failure (missing, unreadable, not JSON, nested too
+    deeply) is one error naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: boxes file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a readable JSON file (nested too deeply)") from None
+
+
+def box_problem(box) -> str | None:
+    """Why ``box`` is not ``[z0, y0, x0, z1, y1, x1]`` of whole, finite, non-negative numbers with
+    ``z0 <= z1``, ``y0 <= y1``, ``x0 <= x1`` (None when it is). Nothing is rounded: 2.5 is refused."""
+    if not (isinstance(box, list) and len(box) == 6
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+        return f"expected [z0, y0, x0, z1, y1, x1] (6 integers) or a list of them, got {reprlib.repr(box)}"
+    for v in box:
+        if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+            return f"box {reprlib.repr(box)}: coordinates must be integers (voxel indices), got {v!r}"
+        if abs(v) > MAX_COORDINATE:
+            return f"box {reprlib.repr(box)}: coordinate {reprlib.repr(v)} is out of range"
+    b = [int(v) for v in box]
+    if any(b[a] > b[a + 3] for a in range(3)) or min(b) < 0:
+        return f"box {b} needs 0 <= z0 <= z1, 0 <= y0 <= y1, 0 <= x0 <= x1"
+    return None
+
+
 def read_boxes_json(path: str | Path, case_ids: Sequence[str], dataset_json: dict) -> dict[str, dict[int, list[Box]]]:
     """Read and check a boxes file (format: module docstring) for the cases ``case_ids``.
 
@@ -49,12 +84,7 @@ def read_boxes_json(path: str | Path, case_ids: Sequence[str], dataset_json: dic
     :returns: case -> label value -> list of ``[z0, y0, x0, z1, y1, x1]`` (input-image voxels).
     """
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: boxes file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+    raw = load_boxes_file(path)
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f'{path}: expected a non-empty object {{"case": {{"label": [z0, y0, x0, z1, y1, x1]}}}}')
     labels = _label_values(dataset_json)
@@ -81,15 +111,11 @@ def read_boxes_json(path: str | Path, case_ids: Sequence[str], dataset_json: dic
                 continue
             boxes = value if isinstance(value, list) and value and all(isinstance(v, list) for v in value) else [value]
             for box in boxes:
-                if not (isinstance(box, list) and len(box) == 6 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                                         and float(v).is_integer() for v in box)):
-                    problems.append(f"{where}: expected [z0, y0, x0, z1, y1, x1] (6 integers) or a list of them, got {box!r}")
+                problem = box_problem(box)
+                if problem:
+                    problems.append(f"{where}: {problem}")
                     continue
-                b = [int(v) for v in box]
-                if any(b[a] > b[a + 3] for a in range(3)) or min(b) < 0:
-                    problems.append(f"{where}: box {b} needs 0 <= z0 <= z1, 0 <= y0 <= y1, 0 <= x0 <= x1")
-                    continue
-                per_label.setdefault(labels[str(key)], []).append(b)
+                per_label.setdefault(labels[str(key)], []).append([int(v) for v in box])
         out[case] = per_label
     if problems:
         raise ValueError(f"{path}: " + "; ".join(problems))

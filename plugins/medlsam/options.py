@@ -50,6 +50,10 @@ class MedLSAMOptions:
     finetune_weight_decay: float = 0.01  # MedSAM's AdamW weight decay
     finetune_slices: int = 64  # labelled training slices, encoded once (the image encoder is frozen)
     box_jitter_px: int = 20  # MedSAM's 0-20 px per side, in pixels of SAM's 1024 input (scaled to the backbone's)
+    # how a box is followed through its slices: "propagate" (each slice prompted with the box of the
+    # previous slice's mask, LiteMedSAM's way) or "fixed" (the box itself on every slice)
+    box_mode: str = "propagate"
+    max_boxes: int = 256  # box prompts per case (localised components or --boxes-json); more are refused
     window: list[float] | None = None  # clip window in normalised units before the backbone (None: the volume's 0.5-99.5 percentiles)
     seed: int = 0
 

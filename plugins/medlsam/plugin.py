@@ -31,6 +31,8 @@ class MedLSAM(Method):
     per_epoch_metric = False
     # the paper's "manual box" mode: autosam_predict --boxes-json skips the localiser
     accepts_boxes = True
+    # user boxes replace the localiser: 3D boxes and the challenge's 2D box + z range (README, "Prompts")
+    prompt_kinds = frozenset({"box3d", "box2d"})
     # training steps train the localiser only; with --finetune-sam the network also holds the SAM
     # decoder copy (fine-tuned after training), whose parameters get no gradient in a step
     ddp_find_unused_parameters = True
@@ -209,9 +211,44 @@ class MedLSAM(Method):
             boxes = self.localize_components(network, data, ctx)
         boxes = {int(k): [np.asarray(b)] if np.asarray(b).ndim == 1 else [np.asarray(x) for x in b] for k, b in boxes.items()}
         ctx.extra["medlsam_last_boxes"] = {k: [[int(v) for v in b] for b in bl] for k, bl in boxes.items()}
-        decoder = network.sam_mask_decoder if getattr(network, "sam_mask_decoder", None) is not None else None
         return segment_boxes(self._backbone(ctx), data, boxes, ctx.num_classes, spacing=ctx.configuration.spacing,
-                             window=ctx.options.window, mask_decoder=decoder, progress=progress)
+                             window=ctx.options.window, mask_decoder=self._decoder(network), progress=progress,
+                             mode=ctx.options.box_mode, max_boxes=ctx.options.max_boxes)
+
+    @staticmethod
+    def _decoder(network):
+        return network.sam_mask_decoder if getattr(network, "sam_mask_decoder", None) is not None else None
+
+    # ------------------------------------------------------------------ prompts
+    def encode_image(self, network, data: torch.Tensor, ctx: MethodContext):
+        """The slice frame of ``data`` and a dict of slice embeddings, filled lazily by the prompts
+        (a slice is encoded the first time a box reaches it, then kept for every later prompt)."""
+        from autosam.sam.box_segment import SliceFrame, resolve_window
+
+        vol = torch.as_tensor(data)[0].float().numpy()
+        window = resolve_window(tuple(ctx.options.window) if ctx.options.window is not None else "auto", vol)
+        return {"frame": SliceFrame(self._backbone(ctx), vol.shape[1:], ctx.configuration.spacing[1:], window),
+                "embeddings": {}}
+
+    def predict_with_prompts(self, network, data: torch.Tensor, prompts, ctx: MethodContext, *, cache=None,
+                             use_mirroring: bool = False) -> torch.Tensor:
+        """User boxes instead of the localiser: each label's 3D boxes and its challenge 2D box (with
+        its z range) are followed through their slices (``box_mode``); labels without a box stay
+        background. ``use_mirroring`` is unused (SAM is not mirrored)."""
+        from autosam.prompts import check_prompt_kinds
+        from autosam.sam.box_propagation import BoxPrompt
+
+        check_prompt_kinds(self.name, self.prompt_kinds, prompts)
+        data = torch.as_tensor(data)
+        for label, p in prompts.items():
+            p.validate(data.shape[1:], label)
+        cache = cache if cache is not None else self.encode_image(network, data, ctx)
+        boxes = {int(k): [np.asarray(b) for b in p.boxes3d] for k, p in prompts.items() if p.boxes3d}
+        extra = [BoxPrompt.from_box2d(int(k), p.box2d) for k, p in prompts.items() if p.box2d is not None]
+        return segment_boxes(self._backbone(ctx), data, boxes, ctx.num_classes, spacing=ctx.configuration.spacing,
+                             mask_decoder=self._decoder(network), mode=ctx.options.box_mode,
+                             max_boxes=ctx.options.max_boxes, prompts=extra, frame=cache["frame"],
+                             embeddings=cache["embeddings"])
 
     def validation_report(self, network, ctx: MethodContext, dataset, val_keys: list[str]) -> dict:
         """Localisation quality (3D IoU of localised vs true boxes, before extension) per class."""

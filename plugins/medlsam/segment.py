@@ -13,34 +13,47 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def segment_boxes(backbone, data: torch.Tensor, boxes: dict[int, list[np.ndarray]], num_classes: int, *, spacing,
-                  window=None, mask_decoder=None, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
-    """Probabilities K x Z x Y x X from box-prompted 2D SAM on the slices of each box
-    (:func:`autosam.sam.box_segment.segment_volume_with_boxes` on channel 0; every slice is
-    encoded once for all boxes).
+                  window=None, mask_decoder=None, batch_size: int = 8, progress: bool = False, mode: str = "propagate",
+                  prompts=(), frame=None, embeddings: dict | None = None, max_boxes: int | None = None) -> torch.Tensor:
+    """Probabilities K x Z x Y x X from box-prompted 2D SAM on channel 0, each box followed through
+    its slices (:func:`autosam.sam.box_propagation.propagate_boxes`: ``mode`` ``"propagate"``, the
+    LiteMedSAM way, or ``"fixed"``); every slice is encoded at most once for all boxes.
 
     ``boxes``: label -> list of boxes (the components of the label, e.g. both kidneys); each box is
-    one prompt, and a label's probability is the maximum over its boxes.
-    Foreground class k gets SAM's probability inside its boxes' slices (0 elsewhere); background is
+    one prompt; ``prompts``: further :class:`~autosam.sam.box_propagation.BoxPrompt` s (challenge
+    2D boxes). A label's probability is the running maximum over its boxes' slices (no array per box).
+    Foreground class k gets SAM's probability where its boxes predicted (0 elsewhere); background is
     ``1 - max_k p_k``; the stack is normalised to sum to one, so an overlap goes to the class
     with the higher probability. ``mask_decoder`` replaces the backbone's (fine-tuned decoder).
+    ``frame``/``embeddings``: a :class:`~autosam.sam.box_segment.SliceFrame` of ``data`` and the
+    slice embeddings kept across calls (interactive sessions; see ``MedLSAM.encode_image``).
     """
-    from autosam.sam.box_segment import segment_volume_with_boxes
+    from autosam.sam.box_propagation import check_box_count, propagate_boxes
+    from autosam.sam.box_segment import SliceFrame, box_prompts, count_boxes, resolve_window
 
     c, z, y, x = data.shape
     fg = torch.zeros(num_classes, z, y, x)
-    if boxes:
+    vol = data[0].float().numpy()
+    check_box_count(count_boxes(boxes) + len(prompts), max_boxes)
+    targets = sorted(box_prompts(boxes, vol.shape) + list(prompts), key=lambda p: p.label)
+    for p in targets:
+        if p.label >= num_classes:
+            raise ValueError(f"box prompt for label {p.label}: the model has labels 1..{num_classes - 1}")
+    if targets:
+        if frame is None:
+            frame = SliceFrame(backbone, vol.shape[1:], spacing[1:],
+                               resolve_window(tuple(window) if window is not None else "auto", vol))
         bar = tqdm(desc="box-prompted SAM", disable=not progress, leave=False)
-        targets = [(int(k), tuple(int(v) for v in b)) for k, bl in sorted(boxes.items()) for b in bl]
+
+        def on_slice(prompt, zi: int, prob: np.ndarray) -> None:
+            torch.maximum(fg[prompt.label, zi], torch.from_numpy(prob), out=fg[prompt.label, zi])
+
         try:
-            _, probs = segment_volume_with_boxes(
-                data[0].float().numpy(), spacing, {i + 1: b for i, (_, b) in enumerate(targets)}, backbone,
-                window=tuple(window) if window is not None else "auto", batch_size=batch_size, mask_decoder=mask_decoder,
-                progress=lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n)))
+            propagate_boxes(frame, vol, targets, on_slice, mode=mode, batch_size=batch_size, mask_decoder=mask_decoder,
+                            embeddings=embeddings,
+                            progress=lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n)))
         finally:
             bar.close()
-        for i, p in probs.items():
-            k = targets[i - 1][0]
-            fg[k] = torch.maximum(fg[k], torch.from_numpy(p))
     fg[0] = (1 - fg[1:].amax(0)).clamp_min(0) if num_classes > 1 else 1
     return fg / fg.sum(0, keepdim=True).clamp_min(1e-6)
 
