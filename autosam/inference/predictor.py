@@ -185,7 +185,8 @@ def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0
 
 def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | FoldModel], data, properties: dict | None,
                               ctx: MethodContext, use_mirroring: bool = True, progress: bool | Callable = False,
-                              boxes: dict[int, list[np.ndarray]] | None = None) -> torch.Tensor:
+                              boxes: dict[int, list[np.ndarray]] | None = None,
+                              predict: Callable[[nn.Module, torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
     """Fold-ensemble probabilities (K x Z x Y x X, float32, CPU) of one preprocessed case.
 
     ``data`` is the preprocessed image (C x Z x Y x X). Each network predicts through
@@ -193,7 +194,9 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
     :func:`autosam.utils.precision.amp_dtype`); the result is the mean of the folds' probabilities. The case's
     properties are visible to the method as ``ctx.extra["case_properties"]`` while it predicts.
     ``boxes`` (label -> boxes on the preprocessed grid) are passed on as box prompts to a method
-    with ``accepts_boxes`` (it then skips its own localisation).
+    with ``accepts_boxes`` (it then skips its own localisation). ``predict(network, data, i)`` replaces
+    ``method.predict_volume`` for the ``i``-th network (e.g. ``predict_with_prompts``,
+    :mod:`autosam.inference.prompted`).
     """
     if not networks:
         raise ValueError("predict_preprocessed_case needs at least one network")
@@ -211,14 +214,17 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
     ctx.extra["case_properties"] = properties
     total: torch.Tensor | None = None
     try:
-        for item in networks:
+        for i, item in enumerate(networks):
             network = item.network if isinstance(item, FoldModel) else item
             if isinstance(item, FoldModel):
                 method.load_extra_state(item.method_state)
             network.eval()
             with precision.autocast(ctx.device):  # the training precision (bf16 or fp16 on CUDA), for every method
-                probs = method.predict_volume(network, tensor, ctx, use_mirroring=use_mirroring, progress=progress,
-                                              **box_kw)
+                if predict is not None:
+                    probs = predict(network, tensor, i)
+                else:
+                    probs = method.predict_volume(network, tensor, ctx, use_mirroring=use_mirroring, progress=progress,
+                                                  **box_kw)
             probs = probs.detach().to("cpu", torch.float32)
             if tuple(probs.shape) != expected:
                 raise ValueError(f"method {method.name!r} predicted shape {tuple(probs.shape)}; expected {expected}")

@@ -131,6 +131,8 @@ def read_prompts_json(path: str | Path, case_ids: Sequence[str], dataset_json: d
         raise FileNotFoundError(f"{path}: prompts file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a readable JSON file (nested too deeply)") from None
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f'{path}: expected a non-empty object {{"case": {{"label": {{"box3d": [...], "points": [...]}}}}}}')
     labels = _label_values(dataset_json)
@@ -242,7 +244,7 @@ def predict_case_with_prompts(method, folds: Sequence, data, properties: dict, c
     case given ``prompts`` (label -> :class:`LabelPrompts` on the INPUT grid, mapped here, unless
     ``on_preprocessed_grid``). ``caches``: :func:`encode_case`'s result for this case (None: each
     fold encodes the image itself). A kind the method does not take is a ``ValueError``."""
-    from autosam.inference.predictor import FoldModel
+    from autosam.inference.predictor import predict_preprocessed_case
 
     check_prompt_kinds(method.name, accepted_prompt_kinds(method), prompts)
     tensor = _as_tensor(data)
@@ -251,30 +253,13 @@ def predict_case_with_prompts(method, folds: Sequence, data, properties: dict, c
     mapped = dict(prompts) if on_preprocessed_grid else prompts_to_preprocessed(prompts, properties, tensor.shape[1:])
     for label, p in mapped.items():
         p.validate(tuple(tensor.shape[1:]), label)
-    expected = (ctx.num_classes, *tensor.shape[1:])
-    previous = ctx.extra.get("case_properties")
-    ctx.extra["case_properties"] = properties
-    total: torch.Tensor | None = None
-    try:
-        for i, item in enumerate(folds):
-            network = item.network if isinstance(item, FoldModel) else item
-            if isinstance(item, FoldModel):
-                method.load_extra_state(item.method_state)
-            network.eval()
-            with torch.no_grad(), precision.autocast(ctx.device):
-                probs = method.predict_with_prompts(network, tensor, mapped, ctx,
-                                                    cache=caches[i] if caches is not None else None,
-                                                    use_mirroring=use_mirroring)
-            probs = probs.detach().to("cpu", torch.float32)
-            if tuple(probs.shape) != expected:
-                raise ValueError(f"method {method.name!r} predicted shape {tuple(probs.shape)}; expected {expected}")
-            total = probs.clone() if total is None else total + probs
-    finally:
-        ctx.extra["case_properties"] = previous
-    assert total is not None, "no fold to predict with"
-    if len(folds) > 1:
-        total /= len(folds)
-    return total
+
+    def predict(network, tensor, i):
+        return method.predict_with_prompts(network, tensor, mapped, ctx, cache=caches[i] if caches is not None else None,
+                                           use_mirroring=use_mirroring)
+
+    with torch.no_grad():
+        return predict_preprocessed_case(method, folds, tensor, properties, ctx, use_mirroring, predict=predict)
 
 
 __all__ = ["PROMPT_KINDS", "accepted_prompt_kinds", "check_method_takes", "check_prompts_in_image", "encode_case",
