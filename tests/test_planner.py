@@ -272,6 +272,19 @@ def test_default_method_is_the_highest_vote_and_all_votes_are_recorded():
     assert [v[0] for v in plans.method_votes] == ["not_installed", "lesionsam", "unet"]
 
 
+def test_promptunet_votes_below_unet_and_plans_unets_section():
+    """promptunet segments automatically like a unet trained on fewer automatic samples: the
+    planner records its vote but keeps unet the automatic default, and plans it unet's section."""
+    from autosam.plugins import get_plugin_system
+
+    plans = plan(make_fingerprint([[1, 1, 1]] * 20, [[64, 96, 96]] * 20), system=get_plugin_system())
+    votes = {name: score for name, score, _ in plans.method_votes}
+    assert votes["promptunet"] < votes["unet"] and plans.default_method == "unet", plans.method_votes
+    cfg = plans.configurations["3d"]
+    assert cfg.methods["promptunet"] == cfg.methods["unet"]
+    assert "promptunet" not in plans.configurations["2d"].methods
+
+
 def test_no_votes_means_unet_baseline():
     plans = plan(make_fingerprint([[1, 1, 1]] * 4, [[64, 96, 96]] * 4))
     assert (plans.default_method, plans.default_method_rationale, plans.method_votes) == ("unet", "baseline", [])
