@@ -204,3 +204,25 @@ def test_clicks_land_where_they_were_given_through_crop_and_resampling(tmp_path,
                 assert (segs[step["step"]][tuple(click[:3])] == int(label)) == (click[3] == 1), (step["step"], click)
                 checked += 1
     assert checked >= 8
+
+
+def test_promptunet_through_the_protocol(tmp_path):
+    """The built-in prompt-trained method (untrained here): prompted mode, the challenge's 2D box first,
+    6 steps with a click per structure, and the clicks reach its network (the prediction changes)."""
+    pytest.importorskip("autosam_plugins.promptunet")
+    from autosam.interactive.protocol import run_case
+
+    model = _model(tmp_path, "promptunet")
+    data, props, ref = _case()
+    rec = run_case(model, data, props, ref, (2.0, 1.0, 1.0))
+    assert rec["mode"] == "prompted" and rec["first_prompt"] == "box2d" and len(rec["steps"]) == 6
+    assert all(s["predicted"] for s in rec["steps"]) and all(len(s["clicks"]) == 2 for s in rec["steps"][1:])
+    assert rec["encode_seconds"] >= 0 and len(rec["seconds_per_step"]) == 6
+    # the prompts reach its network: the probabilities with the box differ from those without prompts
+    from autosam.inference.prompted import predict_case_with_prompts
+    from autosam.prompts import LabelPrompts, box2d_from_mask
+
+    with_box = predict_case_with_prompts(model.method, model.folds, data, props, model.ctx,
+                                         {1: LabelPrompts(box2d=box2d_from_mask(ref == 1))})
+    without = predict_case_with_prompts(model.method, model.folds, data, props, model.ctx, {})
+    assert (with_box - without).abs().max() > 1e-4
