@@ -136,6 +136,9 @@ def settings_of(model: TrainedModel, num_clicks: int, tolerance_mm: float, use_m
         "method": method.name, "model_folder": str(model.model_folder), "configuration": model.configuration.name,
         "folds": [str(f.fold) for f in model.folds],
         "checkpoint": model.folds[0].checkpoint.name if model.folds[0].checkpoint else None,
+        # a retrained fold (another epoch or file time) is evaluated again
+        "checkpoint_versions": {str(f.fold): [f.epoch, int(f.checkpoint.stat().st_mtime) if f.checkpoint else None]
+                                for f in model.folds},
         "mode": evaluation_mode(method), "prompt_kinds": sorted(kinds),
         "first_prompt": first_prompt_kind(kinds) if evaluation_mode(method) == "prompted" else None,
         "num_clicks": int(num_clicks), "tolerance_mm": float(tolerance_mm), "use_mirroring": bool(use_mirroring),
