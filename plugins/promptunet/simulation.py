@@ -18,6 +18,8 @@ classes, one *mode* is drawn with the weights of :class:`SimulationConfig`:
   in the protocol's later steps, the challenge's 2D box (probability ``refine_box2d``), 0..``max_clicks-1``
   earlier clicks (placed as in ``clicks``) and 1 or 2 new clicks at the centres of the largest error
   regions of the previous mask (:func:`largest_error_click`, the evaluator's rule).
+
+Everything runs on the CPU with scipy (a few milliseconds per sample of a small patch).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from autosam.interactive.clicks import component_centre, error_region, largest_component
 from autosam.prompts import Box3D, LabelPrompts, Point, box2d_from_mask
 from autosam_plugins.promptunet.encoding import paint_ball
 
@@ -56,25 +59,18 @@ def mode_probabilities(cfg: SimulationConfig) -> np.ndarray:
     return w / w.sum()
 
 
-def largest_error_click(pred: np.ndarray, ref: np.ndarray) -> tuple[Point, np.ndarray] | None:
-    """The challenge's click: at the centre (maximum of the Euclidean distance transform, the image
-    border counting as outside) of the largest connected region where ``pred`` and ``ref`` differ,
-    positive where ``ref`` is set (missed foreground), negative otherwise (false positive). Returns
-    ``(point, region)`` or None when they agree everywhere."""
-    err = np.asarray(pred, bool) ^ np.asarray(ref, bool)
-    if not err.any():
+def largest_error_click(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray | None = None
+                        ) -> tuple[Point, np.ndarray] | None:
+    """The evaluator's click (:mod:`autosam.interactive.clicks`, the CVPR 2025 challenge's rule): at the
+    centre (maximum of the distance transform, the image border counting as outside) of the largest
+    26-connected region where ``pred`` and ``ref`` differ, positive where ``ref`` is set (missed
+    foreground), negative otherwise (false positive). Returns ``(point, region)``, or None when they
+    agree everywhere (outside ``valid``'s False voxels)."""
+    region = largest_component(error_region(ref, pred, valid))
+    if region is None:
         return None
-    lab, n = ndimage.label(err)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    k = int(np.argmax(sizes))
-    sl = ndimage.find_objects((lab == k).astype(np.int8))[0]
-    region = lab[sl] == k
-    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1, 1:-1]
-    z, y, x = (int(i) + s.start for i, s in zip(np.unravel_index(int(np.argmax(dist)), region.shape), sl))
-    full = np.zeros_like(err)
-    full[sl] = region
-    return Point(z, y, x, positive=bool(ref[z, y, x])), full
+    z, y, x = component_centre(region)
+    return Point(z, y, x, positive=bool(ref[z, y, x])), region
 
 
 def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float) -> Box3D:
@@ -187,7 +183,7 @@ def simulate_label_prompts(mask: np.ndarray, mode: str, rng: np.random.Generator
     points = random_clicks(mask, rng, n_old_pos, n_old - n_old_pos, cfg.negative_ring, allowed)
     current = prev.copy()
     for _ in range(1 if rng.random() < 0.7 else 2):
-        click = largest_error_click(current, mask)
+        click = largest_error_click(current, mask, allowed)
         if click is None:
             break
         point, region = click
