@@ -110,6 +110,8 @@ def test_predictor_api_with_prompts(autosam_dirs, oracle_method, raw_images):
     prompts = {1: LabelPrompts(boxes3d=[(8, 10, 6, 12, 20, 16)], points=[Point(10, 15, 11, positive=False)])}
     seg = predictor.predict_single_npy_array(image[None], {"spacing": geometry.spacing}, prompts=prompts)
     assert seg.shape == image.shape and (seg[8:13, 10:21, 6:17] == 1).mean() > 0.8 and seg[10, 15, 11] == 0
+    with pytest.raises(ValueError, match=r"label\(s\) \[7\], which the model does not segment"):
+        predictor.predict_single_npy_array(image[None], {"spacing": geometry.spacing}, prompts={7: prompts[1]})
     unet = Predictor(device="cpu").initialize_from_trained_model_folder(folder.parent / "unet__autosamPlans__3d", [0])
     with pytest.raises(ValueError, match="method 'unet' takes no prompts"):
         unet.predict_single_npy_array(image[None], {"spacing": geometry.spacing}, prompts=prompts)

@@ -247,6 +247,10 @@ def predict_case_with_prompts(method, folds: Sequence, data, properties: dict, c
     from autosam.inference.predictor import predict_preprocessed_case
 
     check_prompt_kinds(method.name, accepted_prompt_kinds(method), prompts)
+    unknown = sorted(set(int(k) for k in prompts) - set(ctx.label_manager.foreground_labels))
+    if unknown:
+        raise ValueError(f"prompts for label(s) {unknown}, which the model does not segment (foreground labels: "
+                         f"{ctx.label_manager.foreground_labels})")
     tensor = _as_tensor(data)
     if tensor.ndim != 4:
         raise ValueError(f"preprocessed data must be C x Z x Y x X, got shape {tuple(tensor.shape)}")
