@@ -117,3 +117,20 @@ def test_find_best_reads_what_the_evaluator_wrote(fold_setup):
     pooled = crossval_interactive(fold_setup["oracle"], [0])
     assert pooled["dsc_auc"] == pytest.approx(summary["dsc_auc"]) and pooled["dice_per_step"] == pytest.approx(
         summary["dice_per_step"]) and pooled["mode"] == "prompted"
+
+
+def test_fold_case_not_preprocessed_comes_from_the_raw_images(fold_setup, autosam_dirs, tmp_path, capsys):
+    from autosam.io.image import read_image
+    from autosam.preprocessing.storage import case_paths
+
+    data_folder = autosam_dirs["preprocessed"] / NAME / "autosamPlans_3d"
+    image = np.load(case_paths(data_folder, "case_001")[0])[0]
+    for p in case_paths(data_folder, "case_001"):
+        p.unlink(missing_ok=True)
+    assert main(["-d", "990", "-m", "oracle", "-f", "0", "-o", str(tmp_path / "x"), "--quiet"]) != 0
+    assert "case 'case_001' is not preprocessed" in capsys.readouterr().err
+    _ref, geometry = read_image(autosam_dirs["preprocessed"] / NAME / "gt_segmentations" / "case_001.nii.gz")
+    write_image(autosam_dirs["raw"] / NAME / "imagesTr" / "case_001_0000.nii.gz", image, geometry)
+    assert main(["-d", "990", "-m", "oracle", "-f", "0", "-o", str(tmp_path / "o"), "--quiet"]) == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["num_cases"] == 2 and s["final_dice"] > s["dice_per_step"][0]
