@@ -34,6 +34,8 @@ class MSam(Method):
     # in the loss; the prompt encoder's no-mask embedding is unused once a mask prompt is fed back),
     # and random click steps change the set: DDP must look for unused parameters
     ddp_find_unused_parameters = True
+    # the paper's interactive refinement: clicks and the previous mask (README, "Prompts")
+    prompt_kinds = frozenset({"points", "mask"})
 
     def input_size(self, ctx: MethodContext) -> int:
         o = ctx.options
@@ -114,6 +116,31 @@ class MSam(Method):
     def predict_logits(self, network: MSamNetwork, x: torch.Tensor, ctx: MethodContext) -> torch.Tensor:
         """Automatic mode: no clicks, no label, refinement by mask feedback alone."""
         return network(x[:, :1], iterations=ctx.options.auto_iterations)
+
+    # ------------------------------------------------------------------ prompts
+    def encode_image(self, network: MSamNetwork, data: torch.Tensor, ctx: MethodContext):
+        """Every sliding window's image embedding (the interactive cache: a click is then decoder passes only)."""
+        from .prompts import encode_windows
+
+        network.eval()
+        return encode_windows(network, data, self.train_patch_size(ctx), ctx.step_size, ctx.device)
+
+    def predict_with_prompts(self, network: MSamNetwork, data: torch.Tensor, prompts, ctx: MethodContext, *,
+                             cache=None, use_mirroring: bool = False) -> torch.Tensor:
+        """Clicks (class-agnostic, as trained) and each label's previous mask drive the refinement in
+        every window (:mod:`.prompts`); no label is read."""
+        from autosam.prompts import check_prompt_kinds
+
+        from .prompts import predict_windows
+
+        check_prompt_kinds(self.name, self.prompt_kinds, prompts)
+        data = torch.as_tensor(data)
+        for label, p in prompts.items():
+            p.validate(data.shape[1:], label)
+        if cache is None or tuple(cache["shape"]) != tuple(data.shape[1:]):
+            cache = self.encode_image(network, data, ctx)
+        network.eval()
+        return predict_windows(network, cache, prompts, ctx.num_classes, ctx.options.auto_iterations, ctx.device)
 
     # ------------------------------------------------------------------ label-reading evaluation mode
     @torch.no_grad()

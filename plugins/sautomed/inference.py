@@ -55,13 +55,24 @@ def predict_volume_middle_out(network, data: torch.Tensor, slice_size, num_class
     return probs
 
 
-def _predict(network, data, slice_size, num_classes, device, tile_batch, progress, step_size=0.5) -> torch.Tensor:
+def padded_tiles(data: torch.Tensor, slice_size, step_size: float = 0.5):
+    """``data`` zero-padded to at least one tile in-plane, and the tiles' starts ``(sy, sx)``."""
     c, z_len, y, x = data.shape
     ty, tx = int(slice_size[0]), int(slice_size[1])
     py, px = max(y, ty), max(x, tx)
     padded = torch.zeros((c, z_len, py, px), dtype=torch.float32)
     padded[:, :, :y, :x] = data.float()
-    tiles = list(itertools.product(tile_starts(py, ty, step_size), tile_starts(px, tx, step_size)))
+    return padded, list(itertools.product(tile_starts(py, ty, step_size), tile_starts(px, tx, step_size)))
+
+
+def _predict(network, data, slice_size, num_classes, device, tile_batch, progress, step_size=0.5, features=None,
+             guide_for_tile=None) -> torch.Tensor:
+    """``features``: ``(sy, sx) -> Z x E x h x w`` encoder features of each tile (an interactive
+    cache); ``guide_for_tile((sy, sx), z)``: user boxes ``(given F, boxes F x 4, exact F)`` or None."""
+    c, z_len, y, x = data.shape
+    ty, tx = int(slice_size[0]), int(slice_size[1])
+    padded, tiles = padded_tiles(data, slice_size, step_size)
+    py, px = padded.shape[-2:]
     weight = gaussian_weights((ty, tx)) if len(tiles) > 1 else torch.ones((ty, tx))
     out = torch.zeros((num_classes, z_len, py, px), dtype=torch.float32)
     norm = torch.zeros((py, px), dtype=torch.float32)
@@ -83,7 +94,21 @@ def _predict(network, data, slice_size, num_classes, device, tile_batch, progres
             if bar is not None:
                 bar.update(w * len(group))
 
-        network.segment(vol, on_slice)
+        feats = torch.stack([features[t] for t in group]).to(device) if features is not None else None
+        guide_for = None
+        if guide_for_tile is not None:
+            from .network import BoxGuide
+
+            def guide_for(z: int, group=group):
+                parts = [guide_for_tile(t, z) for t in group]
+                if all(p is None for p in parts):
+                    return None
+                f = num_classes - 1
+                parts = [p if p is not None else (torch.zeros(f, dtype=torch.bool), torch.zeros(f, 4),
+                                                  torch.zeros(f, dtype=torch.bool)) for p in parts]
+                return BoxGuide(*(torch.stack([p[k] for p in parts]).to(device) for k in range(3)))
+
+        network.segment(vol, on_slice, features=feats, guide_for=guide_for)
     if bar is not None:
         bar.close()
     out /= norm

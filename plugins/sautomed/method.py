@@ -69,6 +69,8 @@ class SAutoMedMethod(Method):
                    "historical slice tokens, box prompt generator, middle-out slice order")
     configurations = ("3d",)
     Options = SAutoMedOptions
+    # the Box Prompt Generator's boxes can come from the user (README, "Prompts")
+    prompt_kinds = frozenset({"box3d", "box2d"})
 
     # ------------------------------------------------------------------ sizes
     def slice_size(self, ctx: MethodContext) -> list[int]:
@@ -167,3 +169,30 @@ class SAutoMedMethod(Method):
         return predict_volume_middle_out(network, data, self.slice_size(ctx), ctx.num_classes, ctx.device,
                                          tile_batch=ctx.options.tile_batch, use_mirroring=use_mirroring,
                                          progress=progress, step_size=ctx.step_size)
+
+    # ------------------------------------------------------------------ prompts
+    def encode_image(self, network: nn.Module, data: torch.Tensor, ctx: MethodContext):
+        """Encoder features of every slice of every in-plane tile (the interactive cache)."""
+        from .prompts import encode_tiles
+
+        network.eval()
+        return encode_tiles(network, data, self.slice_size(ctx), ctx.step_size, ctx.device)
+
+    def predict_with_prompts(self, network: nn.Module, data: torch.Tensor, prompts, ctx: MethodContext, *,
+                             cache=None, use_mirroring: bool = False) -> torch.Tensor:
+        """User boxes steer the Box Prompt Generator (:mod:`.prompts`); never reads a label."""
+        from autosam.prompts import check_prompt_kinds
+
+        from .prompts import predict_with_boxes
+
+        check_prompt_kinds(self.name, self.prompt_kinds, prompts)
+        data = torch.as_tensor(data)
+        for label, p in prompts.items():
+            p.validate(data.shape[1:], label)
+        if network.box_generator is None:
+            raise ValueError("sautomed was trained without its Box Prompt Generator (--use-box-generator false): "
+                             "it takes no box prompts")
+        if cache is None or tuple(cache["shape"]) != tuple(data.shape[1:]):
+            cache = self.encode_image(network, data, ctx)
+        return predict_with_boxes(network, data, prompts, cache, ctx.num_classes, ctx.device,
+                                  tile_batch=ctx.options.tile_batch, step_size=ctx.step_size)

@@ -39,6 +39,47 @@ class StepOutput:
 
 
 @dataclass
+class BoxGuide:
+    """User boxes for one step (``B`` rows x ``F`` foreground classes), normalised ``xyxy`` in the
+    slice frame. ``given``: the class has a user box on this row's slice; ``exact``: the box is the
+    prompt itself (the challenge's 2D box on its own slice); otherwise it bounds the class (a 3D box):
+    the anchor is the previous slice's box clipped to it (the box itself where the class was absent),
+    and the generator's refined box is clipped to it."""
+
+    given: torch.Tensor  # B x F bool
+    boxes: torch.Tensor  # B x F x 4 xyxy in [0, 1]
+    exact: torch.Tensor  # B x F bool
+
+    def anchors(self, anchors: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+        own = cxcywh_to_xyxy(anchors)
+        lo, hi = self.boxes[..., :2], self.boxes[..., 2:]
+        clipped = torch.cat([torch.maximum(own[..., :2], lo), torch.minimum(own[..., 2:], hi)], -1)
+        valid = (clipped[..., 2:] > clipped[..., :2]).all(-1)
+        if present is not None:
+            valid = valid & present.to(valid.device)
+        use = torch.where((valid & ~self.exact).unsqueeze(-1), clipped, self.boxes)
+        return torch.where(self.given.unsqueeze(-1), xyxy_to_cxcywh(use).to(anchors.dtype), anchors)
+
+    def prompt_boxes(self, refined: torch.Tensor) -> torch.Tensor:
+        own = cxcywh_to_xyxy(refined)
+        clipped = torch.cat([torch.maximum(own[..., :2], self.boxes[..., :2]), torch.minimum(own[..., 2:], self.boxes[..., 2:])], -1)
+        clipped = torch.cat([clipped[..., :2], torch.maximum(clipped[..., 2:], clipped[..., :2])], -1)
+        use = torch.where(self.exact.unsqueeze(-1), self.boxes, clipped)
+        return torch.where(self.given.unsqueeze(-1), xyxy_to_cxcywh(use).to(refined.dtype), refined)
+
+    @staticmethod
+    def cat(parts: "list[BoxGuide | None]", rows: int, classes: int) -> "BoxGuide":
+        """Stack the guides of several row groups (None: no user box in that group)."""
+        def empty() -> BoxGuide:
+            return BoxGuide(torch.zeros(rows, classes, dtype=torch.bool), torch.zeros(rows, classes, 4),
+                            torch.zeros(rows, classes, dtype=torch.bool))
+
+        parts = [p if p is not None else empty() for p in parts]
+        device = next(p.boxes.device for p in parts)
+        return BoxGuide(*(torch.cat([getattr(p, k).to(device) for p in parts]) for k in ("given", "boxes", "exact")))
+
+
+@dataclass
 class ArchitectureConfig:
     """The parts of the options that shape the network (ablation switches included)."""
 
@@ -113,15 +154,19 @@ class SAutoMedNet(nn.Module):
 
     # ------------------------------------------------------------------ one slice
     def step(self, f_prev: torch.Tensor | None, f_cur: torch.Tensor, f_next: torch.Tensor | None,
-             state: SequenceState) -> tuple[StepOutput, SequenceState]:
+             state: SequenceState, guide: "BoxGuide | None" = None) -> tuple[StepOutput, SequenceState]:
+        """One slice. ``guide``: user boxes for some classes of some rows (prompted prediction)."""
         b = f_cur.shape[0]
         pe = self.image_pe()
         z = self.local3d(f_prev, f_cur, f_next, pos=pe) if self.local3d is not None else f_cur
         anchors, boxes, prompts = None, [], None
         if self.box_generator is not None:
             anchors = self.box_generator.anchors(state.boxes, state.present, b)
+            if guide is not None:
+                anchors = guide.anchors(anchors, state.present)
             prompt_embedding, boxes = self.box_generator(z, pe, anchors)
-            prompts = self.box_prompt_tokens(boxes[-1], prompt_embedding)
+            final = boxes[-1] if guide is None else guide.prompt_boxes(boxes[-1])
+            prompts = self.box_prompt_tokens(final, prompt_embedding)
         dense = self.backbone.prompt_encoder.no_mask_embed.weight.view(1, -1, 1, 1)
         logits, history = self.decoder(z + dense, pe, prompts, state.history)
         with torch.no_grad():
@@ -133,7 +178,8 @@ class SAutoMedNet(nn.Module):
     def run_sequence(self, volume: torch.Tensor, first: int = 0, stop: int | None = None,
                      state: SequenceState | None = None,
                      on_step: Callable[[StepOutput], None] | None = None,
-                     encoder_grad_from: int = 0) -> list[StepOutput]:
+                     encoder_grad_from: int = 0, features: torch.Tensor | None = None,
+                     guide_at: "Callable[[int], BoxGuide | None] | None" = None) -> list[StepOutput]:
         """Segment slices ``first .. stop-1`` of ``volume`` (``B x C x Z x H x W``) in increasing
         order, each step handing its state to the next. Neighbours outside the volume repeat the
         border slice. With ``on_step`` the outputs are handed over one by one and not kept.
@@ -141,7 +187,9 @@ class SAutoMedNet(nn.Module):
         With gradients enabled all slices needed are encoded in one batch (slices before
         ``encoder_grad_from`` without encoder gradients: they still feed history and boxes, but
         back-propagation through the encoder is spared); without, they are encoded lazily as the
-        sequence advances (memory stays bounded on long volumes)."""
+        sequence advances (memory stays bounded on long volumes). ``features``: the encoder
+        features of every slice (``B x Z x E x h x w``, an interactive cache): nothing is encoded.
+        ``guide_at(t)``: user boxes for step ``t`` (:class:`BoxGuide`)."""
         b, c, z_len, h, w = volume.shape
         stop = z_len if stop is None else stop
         if not 0 <= first < stop <= z_len:
@@ -151,6 +199,10 @@ class SAutoMedNet(nn.Module):
         cache: dict[int, torch.Tensor] = {}
 
         def encode_range(a: int, e: int) -> None:
+            if features is not None:
+                for i in range(a, e):
+                    cache[i] = features[:, i]
+                return
             sl = volume[:, :, a:e].permute(0, 2, 1, 3, 4).reshape(b * (e - a), c, h, w)
             feats = self.encode(sl)
             feats = feats.view(b, e - a, *feats.shape[1:])
@@ -176,7 +228,7 @@ class SAutoMedNet(nn.Module):
                 del cache[i]
             f_prev, f_cur, f_next = (cache[wanted[0]], cache[t], cache[wanted[2]]) if self.uses_neighbours else (
                 None, cache[t], None)
-            out, state = self.step(f_prev, f_cur, f_next, state)
+            out, state = self.step(f_prev, f_cur, f_next, state, guide_at(t) if guide_at is not None else None)
             out.slice_index = t
             if on_step is not None:
                 on_step(out)
@@ -192,12 +244,16 @@ class SAutoMedNet(nn.Module):
         mid = z_len // 2
         return [("down", list(range(mid, z_len))), ("up", list(range(mid, -1, -1)))]
 
-    def segment(self, volume: torch.Tensor, on_slice: Callable[[int, torch.Tensor, float], None]) -> None:
+    def segment(self, volume: torch.Tensor, on_slice: Callable[[int, torch.Tensor, float], None],
+                features: torch.Tensor | None = None,
+                guide_for: "Callable[[int], BoxGuide | None] | None" = None) -> None:
         """Segment every slice of ``volume`` (``B x C x Z x H x W``) in the configured order.
 
         Both directions run as one batch (the shorter one padded with its last slice).
         ``on_slice(z, logits, weight)`` receives decoder-resolution logits ``B x K x h' x w'`` of
-        slice ``z``; the middle slice is delivered once per direction with weight 0.5."""
+        slice ``z``; the middle slice is delivered once per direction with weight 0.5.
+        ``features`` (``B x Z x E x h x w``): cached encoder features of ``volume``; ``guide_for(z)``:
+        user boxes of slice ``z`` for the ``B`` rows."""
         b, _, z_len = volume.shape[:3]
         plan = self.visiting_plan(z_len)
         seqs, lengths = [], []
@@ -222,7 +278,14 @@ class SAutoMedNet(nn.Module):
                     z = idx[pos]
                     on_slice(z, out.logits[d * b:(d + 1) * b], 1.0 / counts[z])
 
-        self.run_sequence(batch, first=1, on_step=deliver)
+        feats = torch.cat([features[:, s] for s in seqs], dim=0) if features is not None else None
+        guide_at = None
+        if guide_for is not None:
+            def guide_at(t: int) -> "BoxGuide | None":
+                parts = [guide_for(s[t]) for s in seqs]
+                return None if all(g is None for g in parts) else BoxGuide.cat(parts, b, self.num_classes - 1)
+
+        self.run_sequence(batch, first=1, on_step=deliver, features=feats, guide_at=guide_at)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """Logits ``B x K x Z x H x W`` of every slice of ``volume`` (``B x C x Z x H x W``),
