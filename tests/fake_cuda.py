@@ -223,10 +223,15 @@ class FakeCudaMode(DeviceGuard):
 
 
 class FakeCuda:
-    """``count`` fake GPUs of kind ``card`` for the duration of a ``with`` block (module doc)."""
+    """``count`` fake GPUs of kind ``card`` (or one card per GPU: a list) for the duration of a
+    ``with`` block (module doc)."""
 
-    def __init__(self, count: int = 1, card: FakeCard = H100):
-        self.count, self.card = count, card
+    def __init__(self, count: int = 1, card: FakeCard | list[FakeCard] = H100):
+        self.count = count
+        self.cards = [card] * count if isinstance(card, FakeCard) else list(card)
+        if len(self.cards) != count:
+            raise ValueError(f"{len(self.cards)} cards for {count} fake GPUs")
+        self.card = self.cards[0]
         self.current = 0
         self.set_device_calls: list[int] = []  # indices torch._C._cuda_setDevice received
         self.backends: list[str] = []  # the backends init_process_group was asked for
@@ -252,7 +257,7 @@ class FakeCuda:
         self.empty_cache_calls += 1
 
     def _properties(self, index: int) -> _Properties:
-        return _Properties(self.card, index)
+        return _Properties(self.cards[index], index)
 
     def _init(self) -> None:
         """torch._C._cuda_init: what the driver's initialisation provides to torch.cuda."""
@@ -313,7 +318,7 @@ class FakeCuda:
         self._patch(c, "_cuda_memoryStats", lambda device: {})
         self._patch(c, "_cuda_resetPeakMemoryStats", lambda device: None)
         self._patch(c, "_cuda_resetAccumulatedMemoryStats", lambda device: None)
-        mem_get_info = lambda device=None: (self.card.total_memory, self.card.total_memory)  # noqa: E731
+        mem_get_info = lambda device=None: (self.card.total_memory,) * 2  # noqa: E731 (all free)
         self._patch(memory, "mem_get_info", mem_get_info)
         self._patch(torch.cuda, "mem_get_info", mem_get_info)
         self._patch(torch.Tensor, "pin_memory", lambda t, device=None: t)
@@ -339,20 +344,22 @@ class FakeCuda:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m fake_cuda [--count N] [--card h100|t4] -m MODULE ARGS...``: run MODULE as
-    ``__main__`` with fake CUDA (e.g. one rank under ``torch.distributed.run``); ``--count`` defaults
-    to ``FAKE_CUDA_COUNT`` or 1."""
+    """``python -m fake_cuda [--count N] [--card h100|t4[,...]] -m MODULE ARGS...``: run MODULE
+    as ``__main__`` with fake CUDA (e.g. one rank under ``torch.distributed.run``); ``--count`` and
+    ``--card`` default to ``FAKE_CUDA_COUNT`` / ``FAKE_CUDA_CARD`` (or 1 H100)."""
     import argparse
 
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("-m")
     p = argparse.ArgumentParser(prog="fake_cuda")
     p.add_argument("--count", type=int, default=int(os.environ.get("FAKE_CUDA_COUNT", "1")))
-    p.add_argument("--card", choices=sorted(CARDS), default=os.environ.get("FAKE_CUDA_CARD", "h100"))
+    p.add_argument("--card", default=os.environ.get("FAKE_CUDA_CARD", "h100"),
+                   help=f"one of {', '.join(sorted(CARDS))}, or one per GPU separated by commas")
     args = p.parse_args(argv[:split])
+    cards = [CARDS[name.strip().lower()] for name in args.card.split(",")]
     module, rest = argv[split + 1], argv[split + 2:]
     sys.argv = [module, *rest]
-    with FakeCuda(args.count, CARDS[args.card]):
+    with FakeCuda(args.count, cards[0] if len(cards) == 1 else cards):
         try:
             runpy.run_module(module, run_name="__main__", alter_sys=True)
         except SystemExit as exc:

@@ -320,3 +320,70 @@ def test_every_method_trains_under_ddp(method, methods_under_ddp):
     row = done[method]
     assert row["epoch"] == 1 and len(row["train_loss"]) == 1 and row["train_loss"][0] == row["train_loss"][0]
     assert len(row["logs"]) == 1  # rank 0 alone writes the log
+
+
+# ----------------------------------------------------------------------------------- issue 24: DDP on GPUs
+def test_masksam_heads_take_part_without_any_segment():
+    """DDP without find_unused_parameters needs every trainable parameter in every step's graph: a
+    masksam batch without any segment (no matched query) still reaches the mask, auxiliary and box heads."""
+    from autosam.plugins import get_method
+    from ddp_worker import fixed_batch
+    from test_device_guard import TINY_OPTIONS
+
+    method = get_method("masksam")
+    plans = tiny_plans((4, 32, 32), batch_size=1)
+    cfg = plans.configuration("3d")
+    options = method.make_options(cfg.methods.get("masksam"), TINY_OPTIONS["masksam"])
+    ctx = MethodContext(plans=plans, configuration=cfg, dataset_json={}, options=options, device=torch.device("cpu"),
+                        num_input_channels=1, num_classes=plans.num_classes)
+    assert not method.ddp_find_unused_parameters
+    torch.manual_seed(0)
+    network, loss_fn = method.build_network(ctx), method.build_loss(ctx)
+    data, seg = fixed_batch(1)
+    data, seg = data[:, :, :4], seg[:, :, :4]
+    trainable = {n for n, p in network.named_parameters() if p.requires_grad}
+
+    def reached(target) -> set:
+        network.zero_grad(set_to_none=True)
+        method.train_step(network, {"data": data, "target": [target]}, loss_fn, ctx).loss.backward()
+        return {n for n, p in network.named_parameters() if p.grad is not None}
+
+    assert reached(seg) == trainable
+    assert reached(torch.zeros_like(seg)) == trainable
+
+
+@pytest.mark.slow
+def test_ddp_masksam_with_a_rank_without_segments(tmp_path):
+    """Two DDP steps of masksam where rank 1's batch holds no segment complete on both ranks."""
+    out = tmp_path / "masksam.ok"
+    proc = _torchrun(["ddp_worker", "masksam_without_targets", str(out)], dict(_env(), AUTOSAM_DDP_TIMEOUT_MINUTES="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.read_text() == "ok"
+
+
+@pytest.mark.slow
+def test_ddp_trainer_on_two_kinds_of_gpu(autosam_dirs, tmp_path):
+    """The trainer under DDP on two fake GPUs, an H100 (rank 0) and a T4 without native bf16 (rank 1):
+
+    - one precision for the job: fp16 with a GradScaler on both ranks (bf16 on rank 0 alone would
+      average scaled with unscaled gradients);
+    - identical initial weights, different random streams per rank (seed + rank after the build);
+    - the validation summary covers the case rank 1 wrote although rank 0's first listing missed it;
+    - ``--c`` where rank 1 reads another epoch than rank 0 stops on both ranks, naming both epochs;
+    - an ``after_training`` that fails on rank 0 stops rank 1 at once, not after the DDP timeout."""
+    make_tiny_preprocessed(autosam_dirs["preprocessed"], autosam_dirs["raw"], num_cases=4)
+    out = tmp_path / "checks"
+    proc = _torchrun(["fake_cuda", "--count", "2", "--card", "h100,t4", "-m", "ddp_worker", "trainer_checks", str(out)],
+                     _env(autosam_dirs))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(out.with_name(f"checks.rank{r}.json").read_text()) for r in range(2)]
+    for seen in ranks:
+        assert seen["step"]["autocast"] == [True, "torch.float16"] and seen["scaler"], seen
+        assert "disagree on the epoch to resume from" in seen["resume_error"] and "rank 1: 0" in seen["resume_error"]
+        assert seen["after_training_seconds"] < 120  # the DDP timeout of _env is 5 minutes
+    assert ranks[0]["initial_weights"] == ranks[1]["initial_weights"]
+    assert ranks[0]["step"]["random"] != ranks[1]["step"]["random"]
+    assert ranks[0]["stale_listing_seen"] and ranks[0]["summary_cases"] == ["case_000.nii.gz", "case_001.nii.gz"]
+    assert ranks[0]["after_training_error"] == "ValueError: after_training failed on purpose"
+    assert ranks[1]["after_training_error"] == ("RuntimeError: rank 0 failed during after_training: ValueError: "
+                                                "after_training failed on purpose")
