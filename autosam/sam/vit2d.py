@@ -71,20 +71,22 @@ def build_vit_modules(cfg: Vit2dConfig, input_size: int):
 def build_vit_backbone(spec, input_size: int | None = None, checkpoint=None, allow_random_init: bool = False,
                        fast_attention: bool = True) -> SamBackbone:
     """Builder of the ``sam_vit_*`` and ``tiny`` specs (see :mod:`autosam.sam.backbones`)."""
-    cfg = VIT_CONFIGS[spec.name]
+    # a spec may reuse an architecture with other weights (MedSAM: SAM ViT-B trained on [0, 1] input)
+    cfg = VIT_CONFIGS[spec.extra.get("architecture", spec.name)]
+    filename = spec.checkpoint_filename or cfg.checkpoint_filename
     size = check_input_size(spec, input_size)
     path = None
-    if cfg.checkpoint_filename is not None:
-        path = resolve_checkpoint(spec.name, checkpoint, cfg.checkpoint_filename, (ENV_SAM_CHECKPOINT,),
-                                  allow_random_init)
+    if filename is not None:
+        path = resolve_checkpoint(spec.name, checkpoint, filename, (ENV_SAM_CHECKPOINT,), allow_random_init)
     elif checkpoint is not None:
         path = checkpoint
     encoder, prompt, decoder = build_vit_modules(cfg, size)
     backbone = SamBackbone(spec, encoder, prompt, decoder, size, (size // PATCH, size // PATCH),
-                           normalisation="sam_rgb", checkpoint_path=None if path is None else str(path))
+                           normalisation=spec.extra.get("normalisation", "sam_rgb"),
+                           checkpoint_path=None if path is None else str(path))
     if path is not None:
         state = resize_position_tensors(read_state_dict(path), backbone)
-        load_checked(backbone, state, path, spec.name, cfg.checkpoint_filename)
+        load_checked(backbone, state, path, spec.name, filename)
     if fast_attention:
         use_fast_attention(backbone.image_encoder)
     return backbone.eval()
