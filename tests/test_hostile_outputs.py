@@ -61,3 +61,20 @@ def test_an_os_error_on_a_path_with_a_newline_stays_on_one_line(autosam_dirs, tm
     assert _predict(tmp_path / "images", blocker / "pred") == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "folds with" not in line]
     assert len(err) == 1 and "notes\\nold.txt" in err[0] and "is not a folder" in err[0], err
+
+
+def test_a_lock_that_cannot_be_written_names_its_file_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from autosam.utils import locks
+
+    def full(fd, data, offset):
+        raise OSError(errno.EFBIG, "File too large")  # as write() reports it: no file name
+
+    monkeypatch.setattr(locks.os, "pwrite", full)
+    out = tmp_path / "pred"
+    with pytest.raises(OSError) as err:
+        with locks.lock_folder(out, "prediction output folder"):
+            pass
+    assert err.value.errno == errno.EFBIG and err.value.filename == str(out / ".autosam.lock")
+    assert not out.exists()  # neither the lock file nor the folder it created

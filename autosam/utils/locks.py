@@ -183,7 +183,18 @@ class FolderLock:
                             logger.warning("%s: removed %d unfinished temporary file(s) of that run", self.folder,
                                            removed)
                     self.fd = fd
-                    self._write_owner(command)
+                    try:
+                        self._write_owner(command)
+                    except OSError as exc:  # disk full, file size limit: name the file, leave no lock behind
+                        self.path.unlink(missing_ok=True)
+                        if self.created_folder:
+                            try:
+                                self.folder.rmdir()
+                            except OSError:
+                                pass
+                        if exc.filename is not None or exc.errno is None:
+                            raise
+                        raise OSError(exc.errno, exc.strerror, str(self.path)) from None
                     keep = True
                     return
                 # held: by the recorded owner, or by leftovers of an owner that is gone
