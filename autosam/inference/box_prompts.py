@@ -45,13 +45,13 @@ def _label_values(dataset_json: dict) -> dict[str, int]:
 MAX_COORDINATE = 2**31 - 1
 
 
-def load_boxes_file(path: Path):
-    """The JSON value of a boxes file; every failure (missing, unreadable, not JSON, nested too
+def load_boxes_file(path: Path, what: str = "boxes"):
+    """The JSON value of a ``what`` file; every failure (missing, unreadable, not JSON, nested too
     deeply) is one error naming the file."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: boxes file not found") from None
+        raise FileNotFoundError(f"{path}: {what} file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
     except RecursionError:
