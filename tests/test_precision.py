@@ -13,19 +13,16 @@ FP16_CPU = dict(device_type="cpu", dtype=torch.float16)
 
 # ----------------------------------------------------------------------------- precision choice
 @pytest.mark.parametrize("native, expected, scaled", [(True, torch.bfloat16, False), (False, torch.float16, True)])
-def test_bf16_only_where_native_else_fp16_with_grad_scaler(monkeypatch, native, expected, scaled):
-    calls = []
+def test_bf16_only_where_native_else_fp16_with_grad_scaler(native, expected, scaled):
+    """On fake GPUs (tests/fake_cuda.py: only the hardware is faked; torch's is_bf16_supported reads
+    the card's capability): cuda:1 is an H100 or a T4 (Turing, bf16 only emulated)."""
+    from fake_cuda import H100, T4, FakeCuda
 
-    def is_bf16_supported(including_emulation=True):
-        calls.append(including_emulation)
-        return native or including_emulation  # this torch counts emulation as support
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
-    monkeypatch.setattr(torch.cuda, "device", lambda d: torch.autocast("cpu", enabled=False))  # no CUDA context here
-    dtype = precision.amp_dtype("cuda:1")
-    assert dtype == expected and calls == [False]
-    assert (precision.grad_scaler(dtype, "cuda") is not None) == scaled
+    with FakeCuda(2, [T4, H100] if native else [H100, T4]):
+        dtype = precision.amp_dtype("cuda:1")
+        assert torch.cuda.current_device() == 0  # asked about cuda:1 without switching to it
+        assert (precision.grad_scaler(dtype, "cuda") is not None) == scaled
+    assert dtype == expected
     assert precision.precision_name(dtype) == ("bf16" if native else "fp16")
 
 
@@ -100,14 +97,23 @@ def test_device_flags_accept_cuda_index_and_reject_unknown_devices(capsys):
     assert "invalid device 'gpu'" in capsys.readouterr().err
 
 
-def test_pick_device_names_the_missing_gpu(monkeypatch):
+def test_pick_device_names_the_missing_gpu_and_always_gives_an_index(monkeypatch):
+    """A bare ``cuda`` becomes ``cuda:<LOCAL_RANK>`` under a launcher, else the current device:
+    ``torch.cuda.set_device`` (run for real here) refuses a device without an index."""
     from autosam.training.run_support import pick_device
+    from fake_cuda import FakeCuda
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(RuntimeError, match=r"--device cuda:1: only 1 CUDA device"):
-        pick_device("cuda:1")
-    assert pick_device("cuda:0") == torch.device("cuda", 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with FakeCuda(2):
+        with pytest.raises(RuntimeError, match=r"--device cuda:2: only 2 CUDA device"):
+            pick_device("cuda:2")
+        assert pick_device("cuda:1") == torch.device("cuda", 1)
+        assert pick_device("cuda") == torch.device("cuda", 0) == pick_device(None)
+        torch.cuda.set_device(pick_device("cuda"))
+        torch.cuda.set_device(1)
+        assert pick_device("cuda") == torch.device("cuda", 1)
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        assert pick_device("cuda") == torch.device("cuda", 0)
 
 
 def test_predict_folder_defaults_to_the_best_device(tmp_path, monkeypatch):
@@ -217,6 +223,38 @@ def test_compiled_unet_checkpoint_predicts(tmp_path, monkeypatch):
     probs = predictor.predict_preprocessed_case(model.method, model.folds, torch.zeros(1, 16, 32, 32), None, model.ctx,
                                                 use_mirroring=False)
     assert probs.shape == (3, 16, 32, 32)
+
+
+def test_rng_state_of_a_fake_gpu_round_trips():
+    """Through torch.cuda's real get/set_rng_state on fake GPUs (their generators live on the CPU)."""
+    from autosam.training import checkpoint as ckpt_io
+    from fake_cuda import FakeCuda
+
+    with FakeCuda(2):
+        torch.cuda.manual_seed_all(3)
+        state = ckpt_io.rng_state(torch.device("cuda", 1))
+        first = torch.cuda.default_generators[1].initial_seed()
+        torch.cuda.manual_seed_all(4)
+        ckpt_io.set_rng_state(state, torch.device("cuda", 1))
+        assert torch.equal(torch.cuda.get_rng_state(1), state["cuda"]) and first == 3
+
+
+def test_a_failed_compile_is_reported_with_its_reason(monkeypatch, caplog):
+    """suppress_errors keeps training going in eager mode; the fallback is a warning naming why."""
+    import functools
+
+    from autosam.training import run_support
+
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no C compiler on this node (test)")
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=failing_backend))
+    monkeypatch.setattr(run_support, "COMPILE_FALLBACKS", [])
+    caplog.set_level(logging.WARNING, logger="autosam.training.run_support")
+    network = run_support.compile_network(torch.nn.Linear(3, 2))
+    assert network(torch.ones(2, 3)).shape == (2, 2)  # ran eagerly
+    assert len(run_support.COMPILE_FALLBACKS) == 1 and "no C compiler on this node" in run_support.COMPILE_FALLBACKS[0]
+    assert "torch.compile failed and the network runs eagerly" in caplog.text and "no C compiler" in caplog.text
 
 
 def test_rng_state_holds_only_the_training_device(monkeypatch):
