@@ -146,6 +146,11 @@ class Method:
     # when after_training completes the network (e.g. support prototypes): the core then writes
     # checkpoint_best.pth once, after training, from the final network instead of per epoch.
     per_epoch_metric: ClassVar[bool] = True
+    # Validation batches per epoch as a fraction of the training iterations (nnU-Net: 1/5, at least
+    # one batch). A method whose validation step costs as much as a training step (it segments
+    # whole patches slice by slice) may ask fewer, so that the per-epoch check does not dominate
+    # a short run; the pseudo Dice is then noisier.
+    per_epoch_validation_fraction: ClassVar[float] = 0.2
     # True when predict_volume takes ``boxes=`` (label -> list of [z0, y0, x0, z1, y1, x1] on the
     # preprocessed grid): box prompts given by the user (``autosam_predict --boxes-json``) replace
     # the method's own localisation.

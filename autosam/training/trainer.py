@@ -520,7 +520,8 @@ class _Loop:
         # counts and losses stay on the device (one host sync at the end, not one per batch)
         tp, fp, fn = (torch.zeros(k, dtype=torch.int64, device=self.ctx.device) for _ in range(3))
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.ctx.device)
-        n = max(1, math.ceil(self.ctx.iterations_per_epoch / 5))
+        # nnU-Net: a fifth of the training batches; a method whose validation step costs more may ask fewer
+        n = max(1, math.ceil(round(self.ctx.iterations_per_epoch * self.method.per_epoch_validation_fraction, 6)))
         self.network.eval()
         for _ in range(n):
             batch = self.to_device(next(val_loader))
