@@ -207,3 +207,15 @@ def test_cli_refuses_too_many_boxes_and_says_how(image):
     with pytest.raises(SystemExit):  # argparse: a non-integer --box coordinate is no integer
         segment_box_main(["-i", str(image / "img.nii.gz"), "-o", str(image / "o.nii.gz"), "--box", "0", "0", "0", "1.5",
                           "1", "1", "-q"])
+
+
+def test_medlsam_bounds_the_boxes_of_a_case():
+    """``autosam_predict --boxes-json`` with 100,000 boxes reached 23 GB in medlsam: the boxes of a
+    case are now bounded by the method option ``max_boxes`` (``--max-boxes N`` raises it)."""
+    from autosam.plugins import get_method
+    from autosam_plugins.medlsam.segment import segment_boxes
+
+    with pytest.raises(ValueError, match="300 box prompts exceed the limit of 256.*--max-boxes 300"):
+        segment_boxes(None, torch.zeros(1, 2, 4, 4), {1: [np.array([0, 0, 0, 0, 1, 1])] * 300}, 2, spacing=(1, 1, 1),
+                      max_boxes=get_method("medlsam").make_options({}, {}).max_boxes)
+    assert get_method("medlsam").make_options({}, {"max-boxes": "1000"}).max_boxes == 1000
