@@ -15,14 +15,17 @@ What it fakes (the calls that would reach the driver; everything above them runs
   a default stream that never captures;
 - ``synchronize``, the caching allocator's statistics and ``empty_cache``, ``mem_get_info``,
   ``Tensor.pin_memory`` (page-locked host memory needs the driver: the tensor is returned as it is);
-- ``torch.distributed``: the NCCL backend becomes gloo (``device_id`` is dropped: gloo binds none).
+- ``torch.distributed``: the NCCL backend becomes gloo (``device_id`` is dropped: gloo binds none);
+- ``torch._dynamo.config.disable``: dynamo traces a CUDA graph through the device's streams, which
+  the fake does not have, so ``torch.compile`` still returns its compiled wrapper
+  (``OptimizedModule``) but that runs eagerly.
 
 Left real, on purpose: every argument check of torch's Python layer. ``torch.cuda.set_device`` still
 runs ``_get_device_index`` and raises "Expected a torch.device with a specified index or an integer"
 for a bare ``cuda``; ``torch.cuda.device``, ``get_device_properties`` and ``is_bf16_supported``
-resolve indices and read the capability as on a GPU; ``torch.autocast("cuda", bfloat16)`` asks
-``is_bf16_supported`` and fails on a card without bf16; DDP validates ``device_ids`` against the
-parameters' device.
+resolve indices and read the capability as on a GPU (``torch.cuda._lazy_init`` even warns about a
+card this torch has no kernels for, e.g. a V100 with a CUDA 13 build); ``torch.autocast("cuda",
+bfloat16)`` asks ``is_bf16_supported``; DDP validates ``device_ids`` against the parameters' device.
 
 Tensors: a :class:`FakeCudaMode` (a :class:`device_guard.DeviceGuard`) rewrites every ``.to(cuda)``,
 ``.cuda()`` and ``device=cuda`` to the CPU and remembers the GPU index each tensor would live on:
@@ -37,13 +40,14 @@ What it cannot prove:
   inductor's CUDA code generation, speed and memory use are untested;
 - the C++ side of CUDA: streams and events (autosam uses none; DDP copies nothing because batches are
   already on the device), NCCL itself, CUDA graphs, out-of-memory behaviour;
-- tensors created where the mode is not active (other threads, worker processes, autograd's
-  gradients) report the CPU, as on the CPU;
+- torch.compile's tracing and code generation (see above);
+- tensors created where the mode is not active (other threads, data-loader worker processes, C++
+  code) report the CPU and are never flagged;
 - ``torch.load(map_location="cuda")`` and other C++-level device moves are not redirected (they
   would fail loudly, not silently).
 
 Use: ``with FakeCuda(count=2, card=H100): ...`` in a test, or ``python -m fake_cuda [--count N]
-[--card h100|t4] -m MODULE ARGS...`` to run a module (e.g. ``autosam.cli.train`` under
+[--card h100|t4[,...]] -m MODULE ARGS...`` to run a module (e.g. ``autosam.cli.train`` under
 ``torch.distributed.run``) in a process that believes it has CUDA.
 """
 from __future__ import annotations
