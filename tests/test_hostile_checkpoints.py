@@ -56,3 +56,17 @@ def test_a_refused_pretrained_checkpoint_writes_nothing(autosam_dirs, tmp_path, 
     lines = _error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and str(weights) in lines[0], lines
     assert not (autosam_dirs["results"] / NAME).exists()  # no metadata.json, no log, no model folder
+
+
+def test_weights_of_another_network_are_one_line(autosam_dirs, tmp_path, capsys):
+    model = tiny_model_folder(autosam_dirs["results"], folds=(0,))
+    path = model / "fold_0" / "checkpoint_final.pth"
+    ckpt = torch.load(path, weights_only=True)
+    for key in list(ckpt["network"])[:3]:
+        ckpt["network"][key] = torch.zeros(3, 1)
+    torch.save(ckpt, path)
+    write_images(tmp_path / "images", n=1, shape=(14, 20, 16))
+    assert modelfolder_main(["-i", str(tmp_path / "images"), "-o", str(tmp_path / "pred"), "-m", str(model),
+                             "-device", "cpu", "--quiet"]) == 2
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "weights do not fit the network" in lines[0] and "size mismatch" in lines[0], lines

@@ -130,3 +130,16 @@ def test_prediction_refuses_bad_inputs_in_one_line_before_writing(tmp_path):
     proc = _predict(odd, out, env)
     err = _errors(proc)
     assert proc.returncode == 2 and len(err) == 1 and "im\\nages/b_0000.nii.gz" in err[0], proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_in_a_nifti_label_file_is_refused(tmp_path, value):
+    from autosam.io.image import read_label
+
+    seg = np.zeros((4, 5, 6), np.float32)
+    seg[1, 1, 1] = 1
+    seg[2, 2, 2] = value
+    path = tmp_path / "case.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(seg), str(path))  # SimpleITK reads the NaN back as 0
+    with pytest.raises(ValueError, match=r"case.nii.gz: label values must be whole numbers; found 1 NaN or infinite"):
+        read_label(path)

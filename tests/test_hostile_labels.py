@@ -18,6 +18,7 @@ from autosam.utils.files import write_json
     ({"background": 0, "a": [1, 2], "b": [2, 1], "c": 2}, [1, 2], "labels 'a' and 'b' have the same value"),
     ({"background": 0, "a": 100000000}, None, "must be consecutive.*the largest is 100000000"),
     ({"background": 0, "a": 1, "c": 3}, None, r"must be consecutive.*missing: \[2\]"),
+    ({"background": 0, "whole": [1, 100000], "core": 1}, [1, 1], "label value 100000 is too large"),
 ])
 def test_label_values_must_be_distinct_and_consecutive(tmp_path, labels, order, message):
     with pytest.raises(LabelError, match=message):

@@ -216,11 +216,13 @@ def _check_case(job) -> tuple[list[str], str | None]:
 
 def _check_label(path: Path, reference: ImageGeometry | None, ref_name: str, declared: set[int],
                  to_background: bool = False) -> list[str]:
+    nonfinite = NonFiniteCounter()  # NaN/inf in a NIfTI label file read as 0 otherwise
     try:
-        arr, geom = read_image(path)
+        arr, geom = read_image(path, on_data=nonfinite)
     except (ValueError, FileNotFoundError) as exc:
         return [str(exc)]
-    problems = []
+    problems = [f"{path}: label values must be integers, found {nonfinite.count} NaN or infinite voxel(s)"] \
+        if nonfinite.count else []
     if reference is not None:
         mismatch = _describe_geometry_mismatch(reference, geom)
         if mismatch:

@@ -175,7 +175,9 @@ def load_trained_model(model_folder: str | Path, folds: Sequence[int | str] = (0
         try:
             unwrap(network).load_state_dict(strip_compile_prefix(ckpt["network"]))
         except RuntimeError as exc:
-            raise ValueError(f"{path}: weights do not fit the network built from the plans and options ({exc})") from None
+            detail = " ".join(str(exc).split()).replace(f"Error(s) in loading state_dict for {type(network).__name__}: ", "")
+            raise ValueError(f"{path}: weights do not fit the network built from the plans and options "
+                             f"({detail[:400]}{' ...' if len(detail) > 400 else ''})") from None
         network.to(device).eval()
         fold_models.append(FoldModel(fold, network, ckpt.get("method_state") or {}, path, ckpt.get("epoch")))
         del ckpt

@@ -119,7 +119,11 @@ def read_label(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
     value is a whole number, and cast to the smallest integer type that holds them; a value that is
     not a whole number (or not finite) is a ``ValueError`` naming the file and the value.
     """
-    arr, geom = read_image(path)
+    nonfinite = NonFiniteCounter()  # SimpleITK's NIfTI reader turns NaN/inf into 0: counted in the bytes
+    arr, geom = read_image(path, on_data=nonfinite)
+    if nonfinite.count:
+        raise ValueError(f"{path_text(path)}: label values must be whole numbers; found {nonfinite.count} NaN or "
+                         "infinite voxel(s)")
     return as_integer_labels(arr, path), geom
 
 

@@ -34,6 +34,8 @@ def _is_tensor(x) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 IGNORE_NAME = "ignore"
+#: The largest label value (label maps and painted regions are int16).
+MAX_LABEL_VALUE = 32767
 
 
 class LabelError(ValueError):
@@ -48,11 +50,11 @@ def _as_int(value, source: str, name: str) -> int:
     return int(value)
 
 
-def _check_unique_and_consecutive(parsed: dict, source: str) -> None:
-    """Two names for one value (or one region) are an error naming both; the label values (those
-    inside regions included, ``ignore`` apart) must be 0, 1, 2, ... without gaps, as nnU-Net
-    requires: the network has one output per value up to the largest, so a value of 100000000
-    would ask for that many outputs."""
+def _check_unique_and_consecutive(parsed: dict, source: str, has_regions: bool) -> None:
+    """Two names for one value (or one region) are an error naming both. Plain labels must be 0, 1,
+    2, ... without gaps, as nnU-Net requires: the network has one output per value up to the
+    largest, so a value of 100000000 would ask for that many outputs. Regions (one output each) may
+    skip values, but every value must fit the int16 label maps they are painted into."""
     by_value: dict[tuple[int, ...], str] = {}
     for name, value in parsed.items():
         key = tuple(sorted(set(value))) if isinstance(value, tuple) else (value,)
@@ -63,7 +65,14 @@ def _check_unique_and_consecutive(parsed: dict, source: str) -> None:
         by_value[key] = name
     values = sorted({v for name, value in parsed.items() if name != IGNORE_NAME
                      for v in (value if isinstance(value, tuple) else (value,))})
-    missing = sorted(set(range(values[-1] + 1)) - set(values)) if values and values[-1] < 1 << 16 else None
+    if not values:
+        return
+    if has_regions:
+        if values[-1] > MAX_LABEL_VALUE:
+            raise LabelError(f"{source}: label value {values[-1]} is too large (at most {MAX_LABEL_VALUE}, the label "
+                             "maps are int16)")
+        return
+    missing = sorted(set(range(values[-1] + 1)) - set(values)) if values[-1] <= MAX_LABEL_VALUE else None
     if missing is None or missing:
         gap = (f"{len(missing)} value(s) are missing: {missing[:10]}{' ...' if len(missing) > 10 else ''}"
                if missing else f"the largest is {values[-1]} for {len(values)} declared value(s)")
@@ -100,7 +109,7 @@ class LabelManager:
         if any((v < 0 if isinstance(v, int) else min(v) < 0) for v in parsed.values()):
             raise LabelError(f"{source}: label values must not be negative")
 
-        _check_unique_and_consecutive(parsed, source)
+        _check_unique_and_consecutive(parsed, source, self.has_regions)
         ignore = parsed.get(IGNORE_NAME)
         if isinstance(ignore, tuple):
             raise LabelError(f"{source}: the 'ignore' label must be one integer, not a region ({list(ignore)})")
