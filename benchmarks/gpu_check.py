@@ -1,12 +1,20 @@
-"""GPU check: train every method for a short epoch, predict, and report speed, memory and precision.
+"""GPU check: the acceptance test of the GPU paths, and speed, memory and precision of every method.
 
-On a CUDA machine every method trains with its real architecture (``unet`` from GPU plans; ViT-B
-for ``sautomed``, ``masksam`` and ``medlsam``'s SAM stage; SAM-Med3D for ``msam``) from random
-weights (``--allow-random-init``: no checkpoint files needed), then predicts the example dataset's
-test cases. With two or more GPUs each method also trains once under DDP
-(``autosam_train ... --num-gpus 2``). Without CUDA the same steps run on the CPU with the tiny
-test backbones (``tiny``/``tiny3d``, CPU plans), so that CI checks the script end to end; there
-``--ddp-cpu`` adds the DDP runs as two CPU processes (gloo), a check of the path, not of speed.
+The first command to run on a GPU machine. It fails (exit 1) unless every assertion of
+:mod:`gpu_check_acceptance` holds (documentation/benchmarks.md, "GPU check", says what each proves):
+``autosam_train`` without ``--device`` then ``--c`` with the final validation; no non-finite loss and a
+falling unet loss; the autocast dtype seen inside every method's ``train_step`` (bf16 without a
+GradScaler on a card with native bf16) ; unet really compiled; GPU and CPU predictions of one
+checkpoint agreeing; 10 steps forced to fp16; DDP with one process equal to the plain run, and
+``--num-gpus 2`` with two GPUs. Each section has a time limit; the whole run is meant to take at
+most 10 minutes on one H100.
+
+On a CUDA machine ``unet`` trains from GPU plans, ``sautomed`` with the real ViT-B at its planned
+input size (random weights, ``--allow-random-init``), the other SAM methods with small backbones
+(LiteMedSAM, tiny3d), then each predicts the example dataset's test cases. Without CUDA the same
+steps run on the CPU with the tiny test backbones (CPU plans), so that CI checks the script end to
+end; the GPU-only assertions are reported as skipped there, and ``--ddp-cpu`` adds the two-process
+DDP runs as CPU processes (gloo), a check of the path, not of speed.
 
 Figures per method: iterations/s of training (after warm-up, data loading included), peak GPU
 memory of training and of prediction, FLOPs of one training iteration (forward + backward, counted
@@ -38,14 +46,18 @@ from bench_common import use_work_folder  # noqa: E402
 
 DATASET_ID = 999
 METHODS = ("unet", "sautomed", "masksam", "msam", "medlsam")
-#: real architectures from random weights (GPU mode)
+#: GPU mode: unet from GPU plans, one SAM method with the real ViT-B (random weights, planned input
+#: size), the others with small backbones (the run must fit into 10 minutes on one H100)
 GPU_OPTIONS = {
     "unet": {},
     "sautomed": {"backbone": "sam_vit_b", "allow_random_init": "true"},
-    "masksam": {"backbone": "sam_vit_b", "allow_random_init": "true"},
-    "msam": {"backbone": "sam_med3d", "allow_random_init": "true"},
-    "medlsam": {"backbone": "sam_vit_b", "allow_random_init": "true", "num_support": "2"},
+    "masksam": {"backbone": "litemedsam", "allow_random_init": "true"},
+    "msam": {"backbone": "tiny3d", "allow_random_init": "true"},
+    "medlsam": {"backbone": "litemedsam", "allow_random_init": "true", "num_support": "2"},
 }
+#: time limits of the sections in seconds (GPU mode; the CPU mode of CI gets three times as much)
+TIMEOUTS = {"method": 150, "train_cli": 180, "predict_agree": 90, "fp16": 90, "ddp_one": 150, "throughput": 120,
+            "ddp_two": 240}
 #: tiny random backbones and small settings (CPU mode)
 CPU_OPTIONS = {
     "unet": {},
@@ -68,12 +80,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=None, help="work folder (default: a new temporary folder)")
     p.add_argument("--json", type=Path, default=None, help="JSON summary (default WORK/gpu_check.json)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--iters", type=int, default=None, help="training iterations per method (default 40 GPU, 2 CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="iterations left out of the timing (default 10 GPU, 0 CPU)")
+    p.add_argument("--iters", type=int, default=None, help="training iterations per method (default 20 GPU, 2 CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="iterations left out of the timing (default 5 GPU, 0 CPU)")
     p.add_argument("--cases", type=int, default=None, help="example training cases (default 8 GPU, 4 CPU)")
     p.add_argument("--cpu", action="store_true", help="CPU mode with tiny backbones even when CUDA is available")
     p.add_argument("--peak-tflops", type=float, default=None, help="the card's peak TFLOP/s (default: from its name)")
     p.add_argument("--no-ddp", action="store_true", help="skip the 2-GPU DDP runs")
+    p.add_argument("--no-acceptance", action="store_true",
+                   help="skip the acceptance sections that train again (train CLI + --c, fp16 steps, --ddp)")
     p.add_argument("--ddp-cpu", action="store_true",
                    help="CPU mode: also train every method under DDP with 2 CPU processes (gloo)")
     return p.parse_args(argv)
@@ -108,6 +122,7 @@ class TrainProbe:
 
         def wrapped(loop, batch):
             probe.calls += 1
+            probe.network = loop.network
             total = loop.ctx.num_epochs * loop.ctx.iterations_per_epoch
             if probe.calls == 1:
                 return probe.count_flops(loop, batch)
@@ -201,7 +216,10 @@ def check_method(method: str, options: dict, device, args, test_images: Path, wo
         row["train_peak_memory_gb"] = gb(torch.cuda.max_memory_allocated(device))
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    row["network_type"] = type(probe.network).__name__
+    row["_network"] = probe.network  # for the compile assertion (not written to the JSON)
     ck = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    row["grad_scaler"] = ck.get("grad_scaler") is not None
     row["epoch_seconds"] = round(float(ck["logger"]["epoch_time"][-1]), 2) if ck.get("logger", {}).get("epoch_time") else None
     plans = json.loads((fold_dir.parent / "plans.json").read_text())
     cfg = plans["configurations"]["3d"]
@@ -276,12 +294,25 @@ def main(argv=None) -> int:
     import torch
 
     from autosam.utils.precision import amp_dtype, precision_name
+    from gpu_check_acceptance import (
+        Acceptance,
+        StepProbe,
+        check_compiled,
+        check_ddp_one_process,
+        check_fp16_steps,
+        check_predictions_agree,
+        check_step_precision,
+        check_train_cli,
+        measure_throughput,
+    )
 
     gpu = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
-    args.iters = args.iters or (40 if gpu else 2)
-    args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 0)
+    args.iters = args.iters or (20 if gpu else 2)
+    args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 0)
     args.warmup = min(args.warmup, max(0, args.iters - 2))
+    timeouts = {k: v if gpu else 3 * v for k, v in TIMEOUTS.items()}
+    os.environ.setdefault("AUTOSAM_DDP_TIMEOUT_MINUTES", "5")  # a stuck collective fails a section quickly
     work = use_work_folder(args.work or Path(tempfile.mkdtemp(prefix="autosam_gpu_check_")))
     json_path = args.json or work / "gpu_check.json"
     name = torch.cuda.get_device_name(device) if gpu else platform.processor() or platform.machine()
@@ -291,10 +322,16 @@ def main(argv=None) -> int:
         "gpus_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "precision": precision_name(amp_dtype(device)), "torch": torch.__version__, "cuda": torch.version.cuda,
         "peak_tflops": peak, "iterations": args.iters, "warmup_iterations": args.warmup, "work": str(work),
-        "methods": {}, "ddp": {},
+        "methods": {}, "ddp": {}, "acceptance": {},
     }
     if gpu:
         summary["gpu_memory_gb"] = gb(torch.cuda.get_device_properties(device).total_memory)
+    acc = Acceptance()
+
+    def save():
+        summary["acceptance"] = acc.results
+        json_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")  # partial results survive a crash
+
     start = time.perf_counter()
     test_images, _ = prepare(work, args.cases or (8 if gpu else 4), "gpu" if gpu else "cpu")
     if not gpu:  # one test case is enough on the CPU
@@ -302,18 +339,40 @@ def main(argv=None) -> int:
             extra.unlink()
     summary["prepare_seconds"] = round(time.perf_counter() - start, 2)
     options = GPU_OPTIONS if gpu else CPU_OPTIONS
-    failed = False
+    unet_network = None
     for method in args.methods:
         print(f"--- {method}", flush=True)
-        try:
-            summary["methods"][method] = check_method(method, planned_options(method, options[method]), device, args,
-                                                      test_images, work, peak)
-        except Exception as exc:  # report every method, then fail
-            failed = True
-            summary["methods"][method] = {"method": method, "status": "error", "error": f"{type(exc).__name__}: {exc}",
-                                          "traceback": traceback.format_exc()[-4000:]}
-            print(traceback.format_exc(), file=sys.stderr)
-        json_path.write_text(json.dumps(summary, indent=2) + "\n")  # partial results survive a crash
+        row = {"method": method, "status": "error"}
+        with acc.section(f"{method}: trains and predicts", timeouts["method"]) as detail:
+            with StepProbe(method, device.type) as step:
+                row = check_method(method, planned_options(method, options[method]), device, args, test_images,
+                                   work, peak)
+        if "error" in detail:
+            row = {"method": method, "status": "error", "error": detail["error"], "traceback": detail["traceback"]}
+        else:
+            if method == "unet":
+                unet_network = row.get("_network")
+            row.pop("_network", None)
+            check_step_precision(acc, method, step, device, row["grad_scaler"])
+            row["autocast_in_train_step"] = sorted(step.seen)
+        summary["methods"][method] = row
+        save()
+    if "unet" in args.methods and summary["methods"]["unet"].get("status") == "ok":
+        check_compiled(acc, unet_network, gpu)
+        results = next(Path(os.environ["AUTOSAM_RESULTS"]).glob(f"Dataset{DATASET_ID:03d}_*"))
+        check_predictions_agree(acc, results / "unet__autosamPlans__3d", device, timeouts["predict_agree"])
+        summary["throughput"] = measure_throughput(acc, TrainProbe, device, args.iters, args.warmup,
+                                                   summary["methods"]["unet"].get("iterations_per_s"),
+                                                   timeouts["throughput"])
+        save()
+    if not args.no_acceptance:
+        check_train_cli(acc, gpu, Path(os.environ["AUTOSAM_RESULTS"]), timeouts["train_cli"])
+        save()
+        check_fp16_steps(acc, device, 10 if gpu else 1, timeouts["fp16"])  # fp16 is emulated (slow) on the CPU
+        save()
+        check_ddp_one_process(acc, gpu, work, timeouts["ddp_one"])
+        save()
+    del unet_network
     if args.no_ddp or (not gpu and not args.ddp_cpu):
         summary["ddp"] = {"status": "skipped", "reason": "--no-ddp" if args.no_ddp else "no CUDA (CPU mode; --ddp-cpu "
                                                                                          "runs 2 CPU processes)"}
@@ -322,14 +381,18 @@ def main(argv=None) -> int:
     else:
         summary["ddp"] = {"status": "ran", "backend": "nccl" if gpu else "gloo", "methods": {}}
         for method in args.methods:
-            row = check_ddp(method, planned_options(method, options[method]), args, work, cpu=not gpu)
-            failed |= row["status"] != "ok"
-            summary["ddp"]["methods"][method] = row
+            with acc.section(f"{method}: --num-gpus 2 (DDP)", timeouts["ddp_two"]):
+                row = check_ddp(method, planned_options(method, options[method]), args, work, cpu=not gpu)
+                summary["ddp"]["methods"][method] = row
+                assert row["status"] == "ok", row.get("error", "")[-500:]
     summary["total_seconds"] = round(time.perf_counter() - start, 2)
-    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    save()
     print_table(summary)
+    acc.print_table()
     print(f"JSON summary: {json_path}")
-    return 1 if failed else 0
+    if acc.failed:
+        print(f"GPU check FAILED: {len(acc.failed)} assertion(s): {', '.join(acc.failed)}", file=sys.stderr)
+    return 1 if acc.failed else 0
 
 
 if __name__ == "__main__":

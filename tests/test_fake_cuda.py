@@ -260,10 +260,11 @@ def _torchrun(nproc: int, args: list[str], env: dict) -> subprocess.CompletedPro
 
 
 def test_torchrun_one_process_with_ddp_matches_the_plain_run(tiny, tmp_path):
-    """``torchrun --nproc-per-node 1 ... --ddp``: a process group of one rank (NCCL -> gloo), the step
-    through DDP on cuda:0; the weights equal a plain run's."""
+    """``torchrun --nproc-per-node 1 ... --ddp``: a process group of one rank (NCCL -> gloo), two steps
+    through DDP on cuda:0 (a parameter left out of the first step's graph fails the second); the
+    weights equal a plain run's."""
     env = _torchrun_env(tiny, 1)
-    proc = _torchrun(1, ["--ddp", "--compile", "false"], env)
+    proc = _torchrun(1, ["--ddp", "--compile", "false", "--iters-per-epoch", "2"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DDP over 1 ranks" in proc.stdout + proc.stderr
     ddp = _checkpoint(_fold(tiny, "unet") / "checkpoint_final.pth")["network"]
@@ -271,7 +272,8 @@ def test_torchrun_one_process_with_ddp_matches_the_plain_run(tiny, tmp_path):
     plain_dirs["results"].mkdir()
     env = _torchrun_env(plain_dirs, 1)
     proc = subprocess.run([sys.executable, "-m", "fake_cuda", "-m", "autosam.cli.train", "990", "3d", "unet", FOLD,
-                           *FAST, "--compile", "false"], env=env, capture_output=True, text=True, timeout=400)
+                           *FAST, "--compile", "false", "--iters-per-epoch", "2"], env=env, capture_output=True, text=True,
+                          timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plain = _checkpoint(_fold(plain_dirs, "unet") / "checkpoint_final.pth")["network"]
     assert plain.keys() == ddp.keys()

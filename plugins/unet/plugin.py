@@ -145,9 +145,13 @@ class UNetMethod(Method):
         opts = ctx.options
         scales = self.deep_supervision_scales(ctx)
         labels = ctx.label_manager
+        from autosam.training.distributed import is_initialized
+
+        # under DDP (also a process group of one rank, --ddp) every output stays in the graph
+        ddp = ctx.world_size > 1 or is_initialized()
         base = DiceCELoss(opts.dice_weight, opts.ce_weight, opts.batch_dice, regions=labels.foreground_regions,
-                          ignore_label=labels.ignore_label, distributed=ctx.world_size > 1)
-        return DeepSupervisionLoss(base, len(scales) if scales else 1, distributed=ctx.world_size > 1)
+                          ignore_label=labels.ignore_label, distributed=ddp)
+        return DeepSupervisionLoss(base, len(scales) if scales else 1, distributed=ddp)
 
     @staticmethod
     def resolve_optimizer(ctx: MethodContext) -> str:
