@@ -51,8 +51,13 @@ def hippocampus(args) -> int:
     backbone = build_backbone(args.backbone, device="cpu")
     modes = ("propagate", "fixed")
     rows = []
+    if args.resume and args.out_json and Path(args.out_json).exists():  # the cases a stopped run finished
+        rows = [r for r in json.loads(Path(args.out_json).read_text())["cases"] if r["case"] in cases]
+    done = {r["case"] for r in rows}
     t0 = time.perf_counter()
     for n, case in enumerate(cases, 1):
+        if case in done:
+            continue
         img, geom = read_image(HIPPO / "imagesTr" / f"{case}.nii.gz")
         seg, _ = read_image(HIPPO / "labelsTr" / f"{case}.nii.gz")
         seg = np.rint(seg).astype(np.int16)
@@ -99,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--hippocampus", action="store_true", help="both box modes on the shared hippocampus cases")
     p.add_argument("--cases", type=int, default=40, help="--hippocampus: the first N fold-0 validation cases")
     p.add_argument("--out-json", type=Path, default=None)
+    p.add_argument("--resume", action="store_true", help="--hippocampus: keep the cases --out-json already holds")
     args = p.parse_args(argv)
     if args.hippocampus:
         return hippocampus(args)
