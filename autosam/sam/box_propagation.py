@@ -188,7 +188,8 @@ class RunningMaximum:
         self.labels[z][better] = prompt.label
         if self.probabilities is not None:
             per = self.probabilities.setdefault(prompt.label, {})
-            per[z] = np.asarray(prob, dtype=np.float32) if z not in per else np.maximum(per[z], prob)
+            # a copy, not a view that would keep the whole decoded batch alive
+            per[z] = np.array(prob, dtype=np.float32) if z not in per else np.maximum(per[z], prob)
 
     def label_map(self, threshold: float = 0.5) -> np.ndarray:
         out = self.labels.copy()
