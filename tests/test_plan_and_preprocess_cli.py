@@ -68,10 +68,18 @@ def test_real_totalsegmentator_ct_volumes(autosam_dirs):
     for case, (img, lab) in pairs.items():
         image = sitk.ReadImage(str(TS / img))
         sitk.WriteImage(sitk.Cast(image, sitk.sitkInt16), str(folder / "imagesTr" / f"{case}_0000.nii.gz"))
+        values |= set(np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(str(TS / lab)))).tolist())
+    # TotalSegmentator's values skip numbers; nnU-Net's format wants 0, 1, 2, ... (renumbered as a user would)
+    new_value = {v: i for i, v in enumerate(sorted(values))}
+    lut = np.zeros(max(values) + 1, np.uint8)
+    for v, i in new_value.items():
+        lut[v] = i
+    for case, (_img, lab) in pairs.items():
         label = sitk.ReadImage(str(TS / lab))
-        values |= set(np.unique(sitk.GetArrayViewFromImage(label)).tolist())
-        sitk.WriteImage(label, str(folder / "labelsTr" / f"{case}.nii.gz"))
-    labels = {"background": 0, **{f"class_{v}": int(v) for v in sorted(values) if v}}
+        renumbered = sitk.GetImageFromArray(lut[sitk.GetArrayFromImage(label)])
+        renumbered.CopyInformation(label)
+        sitk.WriteImage(renumbered, str(folder / "labelsTr" / f"{case}.nii.gz"))
+    labels = {"background": 0, **{f"class_{v}": new_value[v] for v in sorted(values) if v}}
     write_json(folder / "dataset.json", {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 3,
                                          "file_ending": ".nii.gz"})
     assert main(["-d", "501", "-np", "2", "-c", "3d"]) == 0
@@ -83,10 +91,10 @@ def test_real_totalsegmentator_ct_volumes(autosam_dirs):
     assert props["geometry"]["spacing"] == [1.5, 1.5, 1.5]
     crop = props["shape_after_cropping_and_before_resampling"]
     assert list(data.shape[1:]) == [round(s / 2) for s in crop]  # 1.5 mm -> 3 mm
-    assert set(np.unique(seg)) == {0, 1, 2, 4}  # every label survives downsampling
+    assert set(np.unique(seg)) == {new_value[v] for v in (0, 1, 2, 4)}  # every label survives downsampling
     _, seg_small, _ = storage.load_case(pre / conf.data_identifier, "ct_small")
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(TS / "example_seg.nii.gz")))
-    np.testing.assert_array_equal(np.unique(seg_small), np.unique(ref))  # no resampling at 3 mm: labels intact
+    np.testing.assert_array_equal(np.unique(seg_small), lut[np.unique(ref)])  # no resampling at 3 mm: labels intact
 
 
 def mr_case(seed: int):
