@@ -43,7 +43,7 @@ def test_a_small_file_declaring_a_huge_volume_is_refused_before_it_is_read(tmp_p
         read_image(path)
     text = str(err.value)
     assert "1024 x 1024 x 512" not in text or True
-    assert "536,870,912 voxels exceeds the limit of 268,435,456" in text
+    assert "536,870,912 voxels exceeds the limit of 400,000,000" in text
     assert "--max_voxels 536870912" in text and "AUTOSAM_MAX_VOXELS=536870912" in text
 
 

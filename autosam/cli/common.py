@@ -397,7 +397,7 @@ def add_prediction_options(p: argparse.ArgumentParser) -> None:
 def add_max_voxels(p: argparse.ArgumentParser) -> None:
     """``--max_voxels``: the per-image voxel limit (:mod:`autosam.io.limits`), applied by :func:`apply_limits`."""
     p.add_argument("--max_voxels", type=positive_int, default=None, metavar="N",
-                   help="refuse an input image of more than N voxels before reading it (default 268435456 = 2^28, or "
+                   help="refuse an input image of more than N voxels before reading it (default 400000000, or "
                         "AUTOSAM_MAX_VOXELS): a small compressed file may declare a volume that needs tens of GB")
 
 

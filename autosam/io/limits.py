@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-#: 2^28 = 268,435,456 voxels per image, e.g. 512 x 512 x 1024 (about 1 GB as float32).
-DEFAULT_MAX_VOXELS = 1 << 28
+#: 400 million voxels per image: a 512 x 512 x 1500 whole-body CT fits, a 1024 x 1024 x 512 volume does not.
+DEFAULT_MAX_VOXELS = 400_000_000
 ENV_MAX_VOXELS = "AUTOSAM_MAX_VOXELS"
 #: What a model zip may unpack to, in GB (a SAM-sized model of 5 folds with 2 checkpoints is ~10 GB).
 DEFAULT_MAX_UNPACKED_GB = 50.0
