@@ -16,9 +16,13 @@ that provided it and that distribution's version (read from the checkpoints), th
 configuration, the folds and the checkpoints. Installing refuses, before anything is written, a
 zip whose members are not exactly this layout: an absolute path, a ``..`` component, a backslash,
 a link, a duplicate name, a file outside the model folders of the manifest or of an unexpected
-kind, or a zip whose declared unpacked size does not fit on the disk. It refuses a model whose
+kind, a dataset or folder name that is not a full match on a safe character set, a folder listed
+twice, a dataset id another dataset name already uses, or a zip whose declared unpacked size
+exceeds the limit (``AUTOSAM_MAX_UNPACKED_GB``) or the free disk (the checks:
+:mod:`autosam.inference.model_zip`). It refuses a model whose
 method is not installed (the error names the package and version to install), and a checkpoint
-that does not load with ``torch.load(weights_only=True)`` (a forged pickle never runs) or holds
+that does not load with ``torch.load(weights_only=True)`` (a forged pickle never runs, whatever
+``AUTOSAM_TRUST_CHECKPOINT_PICKLE`` says) or holds
 another method than its manifest entry; and it never replaces an installed model folder unless asked to (``force``); a
 replacement is swapped in whole, so an interrupted install leaves the old model or the new one.
 """
