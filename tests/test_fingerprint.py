@@ -14,7 +14,7 @@ from autosam.experiment_planning.fingerprint_types import DatasetFingerprint
 from autosam.preprocessing.cropping import crop_to_nonzero, nonzero_mask
 from autosam.utils.files import read_json, write_json
 from raw_dataset_builder import write_raw_dataset
-from shared_data import TOTALSEG
+from shared_data import TOTALSEG, write_consecutive_labels
 
 
 def _tiny_cases():
@@ -142,7 +142,7 @@ def test_two_channel_mr_parallel(autosam_dirs):
     assert fp.class_statistics["1"].per_case_components == [1, 1, 1]
 
 
-def _arrange_totalseg(raw: Path, name: str, pairs, labels_from) -> Path:
+def _arrange_totalseg(raw: Path, name: str, pairs, labels_from) -> dict[int, int]:
     folder = raw / name
     (folder / "imagesTr").mkdir(parents=True)
     (folder / "labelsTr").mkdir()
@@ -153,17 +153,18 @@ def _arrange_totalseg(raw: Path, name: str, pairs, labels_from) -> Path:
         assert img_i.GetSize() == lab_i.GetSize() and img_i.GetSpacing() == lab_i.GetSpacing()
         assert np.allclose(img_i.GetOrigin(), lab_i.GetOrigin()) and np.allclose(img_i.GetDirection(), lab_i.GetDirection())
         shutil.copy(TOTALSEG / img, folder / "imagesTr" / f"{ident}_0000.nii.gz")
-        shutil.copy(TOTALSEG / lab, folder / "labelsTr" / f"{ident}.nii.gz")
         values |= set(np.unique(sitk.GetArrayFromImage(lab_i)).tolist())
-    labels = {"background": 0, **{labels_from.get(v, f"class_{v}"): int(v) for v in sorted(values) if v}}
+    new_value = write_consecutive_labels({TOTALSEG / lab: folder / "labelsTr" / f"{ident}.nii.gz"
+                                          for ident, (_img, lab) in pairs.items()}, values)
+    labels = {"background": 0, **{labels_from.get(v, f"class_{v}"): new_value[v] for v in sorted(values) if v}}
     write_json(folder / "dataset.json", {"channel_names": {"0": "CT" if "CT" in name else "MR"}, "labels": labels,
                                          "numTraining": len(pairs), "file_ending": ".nii.gz"})
-    return folder
+    return new_value
 
 
 @pytest.mark.skipif(not TOTALSEG.is_dir(), reason="real example volumes not available")
 def test_real_ct_and_mr_volumes(autosam_dirs):
-    _arrange_totalseg(autosam_dirs["raw"], "Dataset031_TotalSegCT",
+    new_value = _arrange_totalseg(autosam_dirs["raw"], "Dataset031_TotalSegCT",
                       {"ct_sm": ("example_ct_sm.nii.gz", "example_seg.nii.gz"),
                        "ct": ("example_ct.nii.gz", "example_seg_fast_force_split.nii.gz")},
                       {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"})
@@ -174,10 +175,10 @@ def test_real_ct_and_mr_volumes(autosam_dirs):
     # foreground includes the lungs (air) and bones
     assert -1100 < ct.percentile_00_5 < -500 and -100 < ct.median < 150 and 300 < ct.percentile_99_5 < 2000
     assert -1300 < ct.min and ct.max < 3500
-    liver = fp.class_statistics["5"]
+    liver = fp.class_statistics[str(new_value[5])]
     assert liver.name == "liver" and liver.cases_present == 2
     assert liver.slices_spanned >= 20 and liver.bbox_extent_mm[1] > 80  # liver: big, many slices
-    spleen = fp.class_statistics["1"]
+    spleen = fp.class_statistics[str(new_value[1])]
     assert spleen.component_volume_mm3 < liver.component_volume_mm3
 
     _arrange_totalseg(autosam_dirs["raw"], "Dataset032_TotalSegMR",

@@ -14,7 +14,7 @@ from autosam.experiment_planning.plans import Plans
 from autosam.preprocessing import storage
 from autosam.utils.files import write_json
 from raw_dataset_builder import write_raw_dataset
-from shared_data import TOTALSEG
+from shared_data import TOTALSEG, write_consecutive_labels
 
 TS = TOTALSEG
 
@@ -69,16 +69,8 @@ def test_real_totalsegmentator_ct_volumes(autosam_dirs):
         image = sitk.ReadImage(str(TS / img))
         sitk.WriteImage(sitk.Cast(image, sitk.sitkInt16), str(folder / "imagesTr" / f"{case}_0000.nii.gz"))
         values |= set(np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(str(TS / lab)))).tolist())
-    # TotalSegmentator's values skip numbers; nnU-Net's format wants 0, 1, 2, ... (renumbered as a user would)
-    new_value = {v: i for i, v in enumerate(sorted(values))}
-    lut = np.zeros(max(values) + 1, np.uint8)
-    for v, i in new_value.items():
-        lut[v] = i
-    for case, (_img, lab) in pairs.items():
-        label = sitk.ReadImage(str(TS / lab))
-        renumbered = sitk.GetImageFromArray(lut[sitk.GetArrayFromImage(label)])
-        renumbered.CopyInformation(label)
-        sitk.WriteImage(renumbered, str(folder / "labelsTr" / f"{case}.nii.gz"))
+    new_value = write_consecutive_labels({TS / lab: folder / "labelsTr" / f"{case}.nii.gz"
+                                          for case, (_img, lab) in pairs.items()}, values)
     labels = {"background": 0, **{f"class_{v}": new_value[v] for v in sorted(values) if v}}
     write_json(folder / "dataset.json", {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 3,
                                          "file_ending": ".nii.gz"})
@@ -94,7 +86,7 @@ def test_real_totalsegmentator_ct_volumes(autosam_dirs):
     assert set(np.unique(seg)) == {new_value[v] for v in (0, 1, 2, 4)}  # every label survives downsampling
     _, seg_small, _ = storage.load_case(pre / conf.data_identifier, "ct_small")
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(TS / "example_seg.nii.gz")))
-    np.testing.assert_array_equal(np.unique(seg_small), lut[np.unique(ref)])  # no resampling at 3 mm: labels intact
+    np.testing.assert_array_equal(np.unique(seg_small), [new_value[v] for v in np.unique(ref)])  # no resampling at 3 mm: labels intact
 
 
 def mr_case(seed: int):
