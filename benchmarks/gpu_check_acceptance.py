@@ -211,12 +211,15 @@ def check_predictions_agree(acc: Acceptance, model_folder: Path, device, timeout
         from autosam.training.dataloading import PreprocessedDataset
         from autosam.utils import precision
 
+        from autosam.experiment_planning.plans import Plans
+
         pre = next(Path(os.environ["AUTOSAM_PREPROCESSED"]).glob(f"Dataset{DATASET_ID:03d}_*"))
-        dataset = PreprocessedDataset(pre / "autosamPlans_3d")
+        dataset = PreprocessedDataset(pre / Plans.load(pre / "autosamPlans.json").configuration("3d").data_identifier)
         data, _, props = dataset.load(dataset.keys[0])
 
         def probs(dev, fp32: bool):
-            model = load_trained_model(model_folder, ["all"], "final", dev)
+            # eager: the numbers, not the compiler, are the point here (and compiling twice costs minutes)
+            model = load_trained_model(model_folder, ["all"], "final", dev, method_overrides={"compile": "false"})
             amp = precision.amp_dtype
             if fp32:
                 precision.amp_dtype = lambda device: None

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import weakref
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -44,7 +45,9 @@ TO_HOST = {torch.Tensor.cpu}
 TO_NUMPY = {torch.Tensor.numpy, torch.Tensor.__array__}
 CROSS_DEVICE = {torch.Tensor.copy_}
 INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
-_ATTR = "_device_guard"  # "device" or ("host", origin)
+# id(tensor) -> [weak reference, tag ("device" or ("host", origin)), notes of subclasses]: kept beside
+# the tensors, not in their __dict__ (torch.save would write it into checkpoints, torch.load restore it)
+_TAGS: dict[int, list] = {}
 _HERE = os.path.abspath(__file__)
 SKIPPED_FILES = {_HERE}  # files that never count as the origin of a tensor (the guard and its subclasses)
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__))
@@ -74,16 +77,43 @@ def _tensors(obj, out: list) -> list:
     return out
 
 
+def _entry(t: torch.Tensor, create: bool = False) -> list | None:
+    key = id(t)
+    entry = _TAGS.get(key)
+    if entry is not None and entry[0]() is t:
+        return entry
+    if not create:
+        return None
+    try:
+        ref = weakref.ref(t, lambda r, key=key: _TAGS.pop(key, None) if _TAGS.get(key, (None,))[0] is r else None)
+    except TypeError:  # not weakly referenceable
+        return None
+    entry = _TAGS[key] = [ref, None, {}]
+    return entry
+
+
 def _tag(obj, tag) -> None:
     for t in _tensors(obj, []):
-        try:
-            setattr(t, _ATTR, tag)
-        except (AttributeError, RuntimeError):  # some internal tensors take no attributes
-            pass
+        entry = _entry(t, create=True)
+        if entry is not None:
+            entry[1] = tag
 
 
 def _state(t: torch.Tensor):
-    return getattr(t, _ATTR, None)
+    entry = _entry(t)
+    return entry[1] if entry is not None else None
+
+
+def note(t: torch.Tensor, key: str, value) -> None:
+    """Attach ``value`` under ``key`` to a tracked tensor (e.g. the GPU index of tests/fake_cuda.py)."""
+    entry = _entry(t, create=True)
+    if entry is not None:
+        entry[2][key] = value
+
+
+def noted(t: torch.Tensor, key: str):
+    entry = _entry(t)
+    return entry[2].get(key) if entry is not None else None
 
 
 def _is_host_literal(dev) -> bool:

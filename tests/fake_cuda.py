@@ -59,7 +59,7 @@ from dataclasses import dataclass
 
 import torch
 
-from device_guard import SKIPPED_FILES, DeviceBug, DeviceGuard, _state, _tag, _tensors  # noqa: F401 (DeviceBug re-exported)
+from device_guard import SKIPPED_FILES, DeviceBug, DeviceGuard, _state, _tag, _tensors, note, noted  # noqa: F401
 
 SKIPPED_FILES.add(os.path.abspath(__file__))
 
@@ -153,7 +153,7 @@ class FakeCudaMode(DeviceGuard):
         return _cuda_index(dev, 0) is not None
 
     def _index_of(self, t: torch.Tensor):
-        return getattr(t, _INDEX, None) if _state(t) == "device" else None
+        return noted(t, _INDEX) if _state(t) == "device" else None
 
     def redirect(self, func, args, kwargs):
         """CUDA targets become the CPU; a move that changes where a tensor (would) live copies it, as
@@ -194,10 +194,7 @@ class FakeCudaMode(DeviceGuard):
         else:
             index = next((self._index_of(t) for t in inputs if self._index_of(t) is not None), self.fake.current)
         for t in _tensors(out, []):
-            try:
-                setattr(t, _INDEX, index)
-            except (AttributeError, RuntimeError):
-                pass
+            note(t, _INDEX, index)
 
     def check_device_inputs(self, func, device_inputs) -> None:
         indices = {self._index_of(t) for t in device_inputs} - {None}
@@ -221,7 +218,7 @@ class FakeCudaMode(DeviceGuard):
             func(*args)
             _tag(target, _state(value))
             if _state(value) == "device":
-                setattr(target, _INDEX, self._index_of(value))
+                note(target, _INDEX, self._index_of(value))
             return None
         return super().__torch_function__(func, types, args, kwargs)
 
