@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tqdm import tqdm
-
 from autosam.cli.common import Parser, command, normalize_configuration
 
 
 def _bar(desc: str):
-    bar = tqdm(desc=desc, unit="case")
+    from autosam.utils.progress import progress_bar
+
+    bar = progress_bar(desc=desc, unit="case")
 
     def update(done: int, total: int) -> None:
         bar.total = total
