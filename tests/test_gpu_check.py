@@ -84,8 +84,8 @@ def test_gpu_check_ddp_part_on_the_cpu(tmp_path):
     method whose steps leave parameters unused)."""
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
     out = tmp_path / "summary.json"
-    proc = subprocess.run(["bash", str(SCRIPT), "--cpu", "--ddp-cpu", "--methods", "msam", "--cases", "2", "--work",
-                           str(tmp_path / "work"), "--json", str(out)], env=env, capture_output=True, text=True,
+    proc = subprocess.run(["bash", str(SCRIPT), "--cpu", "--ddp-cpu", "--no-acceptance", "--methods", "msam", "--cases",
+                           "2", "--work", str(tmp_path / "work"), "--json", str(out)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = json.loads(out.read_text())["ddp"]
@@ -98,8 +98,9 @@ def test_gpu_check_ddp_part_on_the_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_options_build_the_real_networks_from_random_weights(autosam_dirs):
-    """The GPU mode's options (ViT-B, SAM-Med3D, --allow-random-init, the planned input size of the
-    backbone) build every network without checkpoint files."""
+    """The GPU mode's options (ViT-B for sautomed, small backbones for the other SAM methods,
+    --allow-random-init, the planned input size of the backbone) build every network without
+    checkpoint files."""
     import torch
 
     from autosam.data.example import make_example_dataset
@@ -121,7 +122,7 @@ def test_gpu_options_build_the_real_networks_from_random_weights(autosam_dirs):
         ctx = MethodContext(plans=plans, configuration=cfg, dataset_json={}, options=opts, device=torch.device("cpu"),
                             num_input_channels=1, num_classes=plans.num_classes)
         network = method.build_network(ctx)
-        assert sum(p.numel() for p in network.parameters()) > 1e6, name
+        assert sum(p.numel() for p in network.parameters()) > (1e6 if name == "unet" else 1e5), name
         if getattr(opts, "backbone", None) in ("sam_vit_b", "sam_med3d") and name != "medlsam":
             assert sum(p.numel() for p in network.parameters()) > 80e6, name  # ViT-B / SAM-Med3D size
     assert gpu_check.GPU_OPTIONS["sautomed"]["backbone"] == "sam_vit_b"  # one SAM method at its real size
