@@ -477,8 +477,10 @@ def test_undeclared_values_in_an_old_preprocessed_folder_stop_training_before_an
     seg = np.load(seg_p)
     seg[0, 0, 0, :2] = 7
     save_npy(seg_p, seg)
-    props = read_json(prop_p)
-    props["class_locations"]["7"] = [[0, 0, 0], [0, 0, 1]]
+    props = read_json(prop_p)  # an old folder kept the class locations in the JSON file
+    labels = props.pop("class_location_labels")
+    props.pop("class_locations_file")
+    props["class_locations"] = {**{label: [[1, 1, 1]] for label in labels}, "7": [[0, 0, 0], [0, 0, 1]]}
     write_json(prop_p, props)
     # case_003: properties without class_locations; the segmentation is read
     _, seg_p3, prop_p3 = case_paths(folder, "case_003")
@@ -486,7 +488,8 @@ def test_undeclared_values_in_an_old_preprocessed_folder_stop_training_before_an
     seg[0, 5, 5, 5] = 5
     save_npy(seg_p3, seg)
     props = read_json(prop_p3)
-    del props["class_locations"]
+    for key in ("class_locations", "class_locations_file", "class_location_labels"):
+        props.pop(key, None)
     write_json(prop_p3, props)
 
     assert train_main([NAME, "3d", "unet", "0", "--epochs", "1", "--device", "cpu", "--num-workers", "0",
