@@ -54,6 +54,9 @@ class SamBackbone(nn.Module):
         self.embed_dim = int(spec.embed_dim)
         self.normalisation = normalisation
         self.checkpoint_path = checkpoint_path
+        #: clip window (units of the data) that :meth:`prepare_slices` applies when called without one;
+        #: a method sets it from the dataset (:func:`autosam.sam.intensity.method_window`: CT soft tissue)
+        self.intensity_window: tuple[float, float] | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -85,7 +88,8 @@ class SamBackbone(nn.Module):
         Steps: pick channels (``C == 1`` is repeated to 3; ``C == 3`` is kept; other ``C`` need
         ``channel=i``, which repeats that channel), resize bilinearly to ``S x S`` (``S`` =
         ``self.input_size``; non-square slices are stretched, so box prompts scale per axis),
-        clip to ``window`` (in the units of ``x``; ``None`` = each slice's own range) and min-max
+        clip to ``window`` (in the units of ``x``; ``None`` = :attr:`intensity_window`, and when that
+        is ``None`` too, each slice's own range) and min-max
         scale to ``[0, 1]``, then apply the backbone's own normalisation
         (``sam_rgb``: x255 then SAM's pixel mean/std; ``unit``: LiteMedSAM's ``[0, 1]``).
         """
@@ -97,7 +101,7 @@ class SamBackbone(nn.Module):
         x = x.float()
         if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        x = window_to_unit(x, window, dims=2)
+        x = window_to_unit(x, window if window is not None else self.intensity_window, dims=2)
         return normalise_for_backbone(x, self.normalisation)
 
     def prepare_volume(self, x: torch.Tensor, window: tuple[float, float] | None = None) -> torch.Tensor:

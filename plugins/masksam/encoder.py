@@ -45,15 +45,15 @@ def conv_stem(in_channels: int, mid: int = 8, out: int = 3) -> nn.Sequential:
     )
 
 
-def standard_input(x: torch.Tensor, normalisation: str) -> torch.Tensor:
+def standard_input(x: torch.Tensor, normalisation: str, window: tuple[float, float] | None = None) -> torch.Tensor:
     """The image as the pretrained encoder expects it (``autosam.sam.backbone.SamBackbone.prepare_slices``
-    without the resize): ``(N, C, H, W)`` -> ``(N, 3, H, W)``, the first channel repeated, min-max
-    scaled per slice to [0, 1], then the backbone's own normalisation (``unit``: LiteMedSAM,
-    ``sam_rgb``: SAM's pixel mean/std)."""
+    without the resize): ``(N, C, H, W)`` -> ``(N, 3, H, W)``, the first channel repeated, clipped to
+    ``window`` (CT: soft tissue) and min-max scaled per slice to [0, 1], then the backbone's own
+    normalisation (``unit``: LiteMedSAM, ``sam_rgb``: SAM's pixel mean/std)."""
     from autosam.sam.intensity import normalise_for_backbone, window_to_unit
 
     x = x[:, :1].float().expand(-1, 3, -1, -1)
-    return normalise_for_backbone(window_to_unit(x, None, dims=2), normalisation)
+    return normalise_for_backbone(window_to_unit(x, window, dims=2), normalisation)
 
 
 def _is_vit(encoder: nn.Module) -> bool:
@@ -215,6 +215,8 @@ class MaskSAMEncoder(nn.Module):
         #: backbone normalisation: the input is ``standard_input(x) + stem(x)`` with the stem's last
         #: InstanceNorm affine zero-initialised, so the frozen encoder starts on its usual input.
         self.stem_residual_of = stem_residual_of
+        #: clip window of the standard input (set by the method from the dataset: CT soft tissue)
+        self.intensity_window: tuple[float, float] | None = None
         if stem_residual_of is not None:
             nn.init.zeros_(self.stem[-1].weight)
             nn.init.zeros_(self.stem[-1].bias)
@@ -244,7 +246,7 @@ class MaskSAMEncoder(nn.Module):
         y = y.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
         if self.stem_residual_of is not None:
             slices = x.permute(0, 2, 1, 3, 4).reshape(b * t, x.shape[1], h, w)
-            y = standard_input(slices, self.stem_residual_of) + y
+            y = standard_input(slices, self.stem_residual_of, self.intensity_window) + y
         x = y
         return self.runner(x, self.use_depth_pe)
 

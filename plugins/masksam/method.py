@@ -54,6 +54,9 @@ class MaskSAMMethod(Method):
                          prompt_mode=o.prompt_mode, adapter=o.adapter, dconv=o.dconv, depth_pe=o.depth_pe,
                          pg_width=o.generator_width, zero_init=o.zero_init_adapters,
                          stem_residual=o.stem_residual)
+        from autosam.sam.intensity import method_window
+
+        net.encoder.intensity_window = method_window(ctx, o.window)  # CT: soft tissue, as MedSAM saw it
         trainable, total = count_parameters(net)
         logger.info("masksam: backbone %s at %dx%d, patch %s, %d queries; parameters: %.2fM trainable of %.2fM total",
                     o.backbone, size, size, self.patch(ctx), o.num_queries, trainable / 1e6, total / 1e6)

@@ -16,6 +16,9 @@ class MaskSAMOptions:
     allow_random_init: bool = False  #: train from a randomly initialised backbone (tests, smoke runs)
     input_size: int | None = None  #: SAM input side S (slices are resized to S x S); None: from the patch
     patch_size: list[int] | None = None  #: (T, H, W) training patch and inference tile; None: from the plans
+    #: clip window (normalised units) before each slice is min-max scaled for the encoder; None: MedSAM's
+    #: CT soft-tissue window when the data are CT (autosam.sam.intensity.method_window), else each slice's range
+    window: list[float] | None = None
     num_queries: int = 8  #: N, must exceed the largest number of classes in one slice
     # ---- Table 4 ablations
     prompt_mode: str = "mask_avg_box"  #: mask_avg_box (B4, paper) | mask (B1) | box (B2) | mask_box (B3)

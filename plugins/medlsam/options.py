@@ -54,7 +54,7 @@ class MedLSAMOptions:
     # previous slice's mask, LiteMedSAM's way) or "fixed" (the box itself on every slice)
     box_mode: str = "propagate"
     max_boxes: int = 256  # box prompts per case (localised components or --boxes-json); more are refused
-    window: list[float] | None = None  # clip window in normalised units before the backbone (None: the volume's 0.5-99.5 percentiles)
+    window: list[float] | None = None  # clip window in normalised units before the backbone (None: CT -> MedSAM's soft-tissue window W400/L40 in normalised units; else the volume's 0.5-99.5 percentiles)
     seed: int = 0
 
 

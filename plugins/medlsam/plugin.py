@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from autosam import hookimpl
+from autosam.sam.intensity import method_window
 from autosam.utils.files import write_json
 from autosam.sam.lora import count_parameters
 from autosam.method import Method, MethodContext, StepResult
@@ -212,7 +213,7 @@ class MedLSAM(Method):
         boxes = {int(k): [np.asarray(b)] if np.asarray(b).ndim == 1 else [np.asarray(x) for x in b] for k, b in boxes.items()}
         ctx.extra["medlsam_last_boxes"] = {k: [[int(v) for v in b] for b in bl] for k, bl in boxes.items()}
         return segment_boxes(self._backbone(ctx), data, boxes, ctx.num_classes, spacing=ctx.configuration.spacing,
-                             window=ctx.options.window, mask_decoder=self._decoder(network), progress=progress,
+                             window=method_window(ctx, ctx.options.window), mask_decoder=self._decoder(network), progress=progress,
                              mode=ctx.options.box_mode, max_boxes=ctx.options.max_boxes)
 
     @staticmethod
@@ -226,7 +227,7 @@ class MedLSAM(Method):
         from autosam.sam.box_segment import SliceFrame, resolve_window
 
         vol = torch.as_tensor(data)[0].float().numpy()
-        window = resolve_window(tuple(ctx.options.window) if ctx.options.window is not None else "auto", vol)
+        window = resolve_window(method_window(ctx, ctx.options.window) or "auto", vol)
         return {"frame": SliceFrame(self._backbone(ctx), vol.shape[1:], ctx.configuration.spacing[1:], window),
                 "embeddings": {}}
 

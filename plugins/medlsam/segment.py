@@ -86,6 +86,7 @@ def finetune_samples(backbone, dataset, keys: list[str], ctx, rng: np.random.Gen
     prediction (:class:`autosam.sam.box_segment.SliceFrame`: the volume's window, aspect ratio
     kept, padding), with its (box, mask) targets (:func:`_slice_targets`)."""
     from autosam.sam.box_segment import SliceFrame, resolve_window
+    from autosam.sam.intensity import method_window
 
     opts = ctx.options
     spacing = ctx.configuration.spacing
@@ -99,8 +100,8 @@ def finetune_samples(backbone, dataset, keys: list[str], ctx, rng: np.random.Gen
         if len(zs) == 0:
             continue
         zs = np.sort(rng.choice(zs, size=min(per_case, len(zs)), replace=False))
-        # the window segment_boxes uses: the option's, else "auto" on the whole volume
-        window = resolve_window(opts.window if opts.window is not None else "auto", vol)
+        # the window prediction uses: the option's, else CT soft tissue, else "auto" on the whole volume
+        window = resolve_window(method_window(ctx, opts.window) or "auto", vol)
         frame = SliceFrame(backbone, vol.shape[1:], spacing[1:], window)
         with torch.no_grad():
             emb = frame.encode(vol[zs])

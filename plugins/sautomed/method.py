@@ -95,6 +95,9 @@ class SAutoMedMethod(Method):
         # backbone weights too, so predicting does not need the SAM checkpoint file any more
         net = build_sautomed_network(opts, ctx.num_classes, self.slice_size(ctx),
                                      weights_follow=ctx.output_folder is None and not ctx.extra.get("training"))
+        from autosam.sam.intensity import method_window
+
+        net.backbone.intensity_window = method_window(ctx, opts.window)  # CT: soft tissue, as MedSAM saw it
         trainable, total = parameter_counts(net)
         logger.info("sautomed: backbone %s, input %d, slices %s; trainable parameters %d of %d (%.2f%%)",
                     opts.backbone, net.backbone.input_size, self.slice_size(ctx), trainable, total,

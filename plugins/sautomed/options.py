@@ -16,6 +16,9 @@ class SAutoMedOptions:
     allow_random_init: bool = False  #: train from a randomly initialised backbone (tests, smoke runs)
     input_size: int | None = None  #: SAM input side; None: derived from slice_size (see plan_section)
     slice_size: list[int] | None = None  #: in-plane (y, x) size of training slices and inference tiles
+    #: clip window (normalised units) before each slice is min-max scaled for the encoder; None: MedSAM's
+    #: CT soft-tissue window when the data are CT (autosam.sam.intensity.method_window), else each slice's range
+    window: list[float] | None = None
     lora_rank: int = 4  #: LoRA rank on q and v of every encoder block (0: encoder fully frozen)
     lora_alpha: float = 4.0
     history_tokens: int = 8  #: K of HIS
