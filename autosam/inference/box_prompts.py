@@ -151,3 +151,25 @@ def to_preprocessed_grid(boxes: dict[int, list[Box]], properties: dict, preproce
                 hi.append(max(0, min(new[a] - 1, math.ceil((c1 + 1) * scale - 1e-6) - 1)))
             out.setdefault(int(label), []).append(np.array(lo + hi, dtype=int))
     return out
+
+
+def read_user_boxes(boxes_json, model, cases) -> dict:
+    """The boxes of ``--boxes-json`` for the input ``cases`` (:func:`autosam.io.dataset.list_prediction_inputs`),
+    checked against the method (a :class:`~autosam.inference.model_loading.TrainedModel`'s), the labels and
+    every input image."""
+    import SimpleITK as sitk
+
+    from autosam.plugins import get_plugin_system
+
+    if not model.method.accepts_boxes:
+        methods = get_plugin_system().methods
+        takers = sorted(n for n in methods.names() if methods.get(n).accepts_boxes)
+        raise ValueError(f"--boxes-json: method {model.method.name!r} takes no box prompts "
+                         f"(methods that do: {', '.join(takers) or 'none installed'})")
+    boxes = read_boxes_json(boxes_json, [c.identifier for c in cases], model.dataset_json)
+    for case in cases:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(case.images[0]))
+        reader.ReadImageInformation()
+        check_in_image(boxes_json, case.identifier, boxes[case.identifier], tuple(reversed(reader.GetSize()))[-3:])
+    return boxes

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 from autosam.inference.box_prompts import _label_values
+from autosam.inference.case_prediction import predict_preprocessed_case
+from autosam.inference.model_loading import FoldModel
 from autosam.inference.prompt_mapping import prompts_to_preprocessed
 from autosam.prompts import PROMPT_KINDS, Box2D, LabelPrompts, Point, check_prompt_kinds
 from autosam.utils import precision
@@ -218,8 +220,6 @@ def _as_tensor(data) -> torch.Tensor:
 
 def encode_case(method, folds: Sequence, data, properties: dict | None, ctx) -> list:
     """:meth:`Method.encode_image` of one preprocessed case with every fold's network (one cache per fold)."""
-    from autosam.inference.predictor import FoldModel
-
     tensor = _as_tensor(data)
     caches = []
     previous = ctx.extra.get("case_properties")
@@ -244,8 +244,6 @@ def predict_case_with_prompts(method, folds: Sequence, data, properties: dict, c
     case given ``prompts`` (label -> :class:`LabelPrompts` on the INPUT grid, mapped here, unless
     ``on_preprocessed_grid``). ``caches``: :func:`encode_case`'s result for this case (None: each
     fold encodes the image itself). A kind the method does not take is a ``ValueError``."""
-    from autosam.inference.predictor import predict_preprocessed_case
-
     check_prompt_kinds(method.name, accepted_prompt_kinds(method), prompts)
     unknown = sorted(set(int(k) for k in prompts) - set(ctx.label_manager.foreground_labels))
     if unknown:
