@@ -18,7 +18,10 @@ from autosam import paths
 from autosam.evaluation.evaluate import evaluate_folder
 from autosam.experiment_planning.plans import DEFAULT_PLANS_NAME, normalize_configuration
 from autosam.experiment_planning.splits import SPLITS_FILE
+from autosam.interactive.ranking import crossval_interactive, interactive_summary_path
 from autosam.io.dataset import dataset_name_from_id
+# RESULT_FILE and best_method_of (the winner, read by -m auto) live in results_folder; re-exported here
+from autosam.results_folder import RESULT_FILE, best_method_of, find_model_folder, parse_model_folder_name  # noqa: F401
 from autosam.utils.files import read_json, write_json
 
 from .ensemble import ensemble_folders, probability_cases
@@ -26,7 +29,6 @@ from .postprocess import determine_postprocessing
 from .report import write_report
 
 logger = logging.getLogger(__name__)
-RESULT_FILE = "find_best_configuration.json"
 RANK_BY = ("dice", "dsc_auc")
 
 
@@ -49,7 +51,7 @@ def discover(results_ds: Path, methods: Sequence[str] | None, configurations: Se
     if configurations:
         configurations = [normalize_configuration(c) for c in configurations]
     for d in sorted(p for p in results_ds.iterdir() if p.is_dir() and p.name.count("__") == 2):
-        method, plans, config = d.name.split("__")
+        method, plans, config = parse_model_folder_name(d)
         if plans != plans_name or (methods and method not in methods) or (configurations and config not in configurations):
             continue
         incomplete = [f for f in folds if not (d / f"fold_{f}" / "validation" / "summary.json").is_file()]
@@ -118,8 +120,6 @@ def accumulate_crossval_results(dataset_id, configuration: str, method: str, fol
     trained model into one folder (default ``<model>/crossval_results_folds_0_1_2_3_4``), with the
     dataset's ``dataset.json`` and the model's ``plans.json``, and evaluate them against
     ``gt_segmentations`` (``summary.json`` there). Returns the folder and the summary."""
-    from autosam.inference.predictor import find_model_folder
-
     dataset = dataset_name_from_id(dataset_id)
     folder = find_model_folder(dataset, method, configuration, plans_name)
     pre_ds = paths.preprocessed_dir() / dataset
@@ -257,8 +257,6 @@ def reproduction_commands(dataset: str, best: dict, folds, pp: dict, pp_file: Pa
 
 def _with_interactive_results(entries: list[TrainedEntry], folds: Sequence[int]) -> tuple[list[TrainedEntry], dict]:
     """The entries whose every fold has an interactive summary, and their pooled figures."""
-    from autosam.interactive.ranking import crossval_interactive, interactive_summary_path
-
     kept, figures = [], {}
     for e in entries:
         pooled = crossval_interactive(e.folder, folds)
@@ -279,15 +277,3 @@ def _with_interactive_results(entries: list[TrainedEntry], folds: Sequence[int])
 def _fg_dice(candidate: dict) -> float:
     v = candidate["summary"]["foreground_mean"].get("Dice")
     return float("-inf") if v is None else float(v)
-
-
-def best_method_of(dataset_id, plans_name: str = DEFAULT_PLANS_NAME) -> tuple[str, str] | None:
-    """(method, configuration) of the single-model winner of find_best_configuration, if it was run.
-    For an ensemble winner, its first member."""
-    dataset = dataset_name_from_id(dataset_id)
-    f = paths.results_dir() / dataset / RESULT_FILE
-    if not f.is_file():
-        return None
-    best = read_json(f)["best"]
-    method, plans, config = best["members"][0].split("__")
-    return (method, config) if plans == plans_name else None
