@@ -45,7 +45,12 @@ def test_raw_pickle_and_legacy_checkpoints_are_one_line(autosam_dirs, tmp_path, 
     assert "Weights only load failed" not in lines[0]
 
 
-@pytest.mark.parametrize("write", [_raw_pickle, _legacy_torch, None])
+def _other_network(path):
+    """A readable autosam checkpoint whose tensors match none of the network's names or shapes."""
+    torch.save({"method": "unet", "network": {"elsewhere.weight": torch.zeros(3, 1)}, "epoch": 1}, path)
+
+
+@pytest.mark.parametrize("write", [_raw_pickle, _legacy_torch, None, _other_network])
 def test_a_refused_pretrained_checkpoint_writes_nothing(autosam_dirs, tmp_path, capsys, write):
     make_tiny_preprocessed(autosam_dirs["preprocessed"], num_cases=4)
     weights = tmp_path / "weights.pth"

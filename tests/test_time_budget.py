@@ -101,10 +101,10 @@ def _budget_run(autosam_dirs, monkeypatch, step, extra=(), method="unet", option
     import types
 
     from autosam.cli.train import main
-    from autosam.training import trainer
+    from autosam.training import loop
     from training_data import NAME
 
-    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(time=_Clock(step).time))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=_Clock(step).time))
     argv = [NAME, "3d", method, "0", "--epochs", "1000", "--iters-per-epoch", "1", "--device", "cpu",
             "--num-workers", "0", "--time-budget-minutes", "1", "--quiet", *options, *extra]
     assert main(argv) == 0
@@ -201,12 +201,12 @@ def test_compare_methods_trains_each_candidate_for_the_budget_and_ranks_them(aut
     import types
 
     from autosam.cli.compare_methods import main
-    from autosam.training import trainer
+    from autosam.training import loop
     from autosam.utils.files import read_json
     from training_data import NAME, make_tiny_preprocessed
 
     make_tiny_preprocessed(autosam_dirs["preprocessed"], autosam_dirs["raw"], num_cases=5)
-    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(time=_Clock(20.0).time))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=_Clock(20.0).time))
     argv = ["-d", NAME, "-m", "unet", "example_tiny", "--time-budget-minutes", "1", "--device", "cpu"]
     assert main(argv) == 0
     report = read_json(autosam_dirs["results"] / NAME / "compare_methods.json")
