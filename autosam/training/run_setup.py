@@ -33,6 +33,7 @@ from autosam.experiment_planning.splits import get_or_create_splits
 from autosam.io.dataset import dataset_name_from_id
 from autosam.method import MethodContext, check_label_support, rank_batch_sizes
 from autosam.plugins import get_plugin_system
+from autosam.results_folder import model_folder_name
 from autosam.training import checkpoint as ckpt_io
 from autosam.training import distributed, rank_sync
 from autosam.training.dataloading import PreprocessedDataset, default_num_workers
@@ -49,7 +50,8 @@ logger = logging.getLogger("autosam.training.trainer")  # the trainer's log line
 
 
 def model_folder(dataset_name: str, method: str, plans_name: str, configuration: str) -> Path:
-    return paths.results_dir() / dataset_name / f"{method}__{plans_name}__{configuration}"
+    """``<results>/<dataset>/<method>__<plans>__<configuration>`` (:mod:`autosam.results_folder` names it)."""
+    return paths.results_dir() / dataset_name / model_folder_name(method, plans_name, configuration)
 
 
 @dataclass
