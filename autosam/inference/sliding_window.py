@@ -152,7 +152,7 @@ def sliding_window_predict(
     :param patch_size: 3 values (3D patches) or 2 values (2D patches on the z slices).
     :param num_classes: K, including background.
     :param use_mirroring: average the logits over all mirrorings of the patch's spatial axes.
-    :param progress: ``True`` shows a tqdm bar; a callable receives ``(done, total)`` patches.
+    :param progress: ``True`` shows a progress bar (:func:`autosam.utils.progress.progress_bar`); a callable receives ``(done, total)`` patches.
     :param step_size: patch step as a fraction of the patch size (0.5 = nnU-Net's default).
     :param batch_size: patches per call of ``logits_fn``.
     :param mirror_axes: spatial axes (0-based, in the patch) to mirror; default all.
@@ -279,9 +279,9 @@ def _progress_callback(progress, total: int) -> ProgressFn | None:
         return progress
     if not progress:
         return None
-    from tqdm import tqdm
+    from autosam.utils.progress import progress_bar
 
-    bar = tqdm(total=total, desc="patches", leave=False, unit="patch")
+    bar = progress_bar(total=total, desc="patches", leave=False, unit="patch")
 
     def update(done: int, total_: int) -> None:
         bar.update(done - bar.n)

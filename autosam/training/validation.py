@@ -54,9 +54,9 @@ def validate_fold(method, network, ctx, dataset, val_keys, fold_dir: Path, prepr
     cases = all_cases[ctx.rank::ctx.world_size]
     bar = None
     if progress:
-        from tqdm import tqdm
+        from autosam.utils.progress import progress_bar
 
-        bar = tqdm(total=len(cases), desc="validation", unit="case")
+        bar = progress_bar(total=len(cases), desc="validation", unit="case")
     written = []
     with torch.no_grad():
         for key in cases:
