@@ -221,3 +221,19 @@ def test_compare_methods_trains_each_candidate_for_the_budget_and_ranks_them(aut
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("already trained with this budget, reused") == 2
+
+
+def test_resume_with_more_epochs_continues_the_schedule_not_at_zero(autosam_dirs):
+    """A finished 2-epoch poly run ends at learning rate 0; --c --epochs 4 must train epochs 3-4 on
+    the 4-epoch schedule (poly(2/4), poly(3/4)), not spend its first epoch at 0."""
+    from autosam.training import checkpoint as ckpt_io
+    from autosam.training.trainer import run_training
+    from training_data import NAME, make_tiny_preprocessed
+
+    make_tiny_preprocessed(autosam_dirs["preprocessed"], autosam_dirs["raw"], num_cases=4)
+    kw = dict(iters_per_epoch=1, device="cpu", num_workers=0, validate=False)
+    fold_dir = run_training(NAME, "3d", "unet", 0, epochs=2, **kw)
+    run_training(NAME, "3d", "unet", 0, epochs=4, resume=True, **kw)
+    lrs = ckpt_io.load_checkpoint(fold_dir / "checkpoint_final.pth")["logger"]["lr"]
+    base = lrs[0]
+    assert lrs[2:] == pytest.approx([base * (2 / 4) ** 0.9, base * (1 / 4) ** 0.9])

@@ -81,6 +81,13 @@ class TrainingLoop:
         self.best_ema = ck.get("best_ema")
         logger.info("resuming from epoch %d (%d of %d epochs completed, %s)", self.start_epoch, self.start_epoch,
                     self.ctx.num_epochs, path.name)
+        planned = int(ck.get("num_epochs") or 0)
+        if planned and planned != self.ctx.num_epochs and self.start_epoch < self.ctx.num_epochs:
+            # --c with another --epochs: the restored learning rate belongs to the old length (0 at the
+            # end of a finished poly schedule); the schedule is rebuilt for the new one, positioned here
+            self.optimizer, self.scheduler = rebuild_schedule(self.method, self.network, self.optimizer, self.scheduler,
+                                                              self.ctx, self.start_epoch)
+            logger.info("the schedule planned for %d epochs now runs over %d", planned, self.ctx.num_epochs)
 
     disable_checkpointing = False  # --disable_checkpointing: only checkpoint_final.pth is written
     time_budget: TimeBudget | None = None  # --time-budget-minutes
