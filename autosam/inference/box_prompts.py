@@ -25,7 +25,7 @@ import json
 import math
 import reprlib
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -75,51 +75,70 @@ def box_problem(box) -> str | None:
     return None
 
 
-def read_boxes_json(path: str | Path, case_ids: Sequence[str], dataset_json: dict) -> dict[str, dict[int, list[Box]]]:
-    """Read and check a boxes file (format: module docstring) for the cases ``case_ids``.
+def read_case_label_file(path: str | Path, case_ids: Sequence[str], dataset_json: dict, what: str, example: str,
+                         parse: Callable[[Any, str, list[str]], Any], merge: Callable[[Any, Any], Any] | None = None
+                         ) -> dict[str, dict[int, Any]]:
+    """Read a JSON file of ``{case: {label: value}}`` (boxes, prompts) for the cases ``case_ids``.
 
-    Every problem is reported at once, naming the file, the case and the label. Every case to be
-    predicted needs an entry (a case without boxes would silently get an empty prediction); entries
-    for cases that are not in the input folder are an error too (likely a typo).
-    :returns: case -> label value -> list of ``[z0, y0, x0, z1, y1, x1]`` (input-image voxels).
-    """
+    Every problem is reported at once in one ``ValueError`` naming the file, the case and the label:
+    every case to be predicted needs an entry (a case without one would silently get an empty
+    prediction), an entry for a case not in ``case_ids`` is a likely typo, a label is its name or
+    value in ``dataset.json``. ``parse(value, where, problems)`` checks one label's value (appending
+    to ``problems``, returning None on failure); a label given twice (name and value) is merged with
+    ``merge`` or refused without it. ``what``: the kind of file, ``example``: an entry's form."""
     path = Path(path)
-    raw = load_boxes_file(path)
+    raw = load_boxes_file(path, what)
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f'{path}: expected a non-empty object {{"case": {{"label": [z0, y0, x0, z1, y1, x1]}}}}')
+        raise ValueError(f'{path}: expected a non-empty object {{"case": {{"label": {example}}}}}')
     labels = _label_values(dataset_json)
-    problems: list[str] = []
-    out: dict[str, dict[int, list[Box]]] = {}
-    for case in case_ids:
-        if case not in raw:
-            problems.append(f"case {case!r}: no boxes (every case of the input folder needs an entry)")
-    for case in raw:
-        if case not in case_ids:
-            problems.append(f"case {case!r}: not in the input folder (cases there: {', '.join(sorted(case_ids))})")
+    problems = [f"case {c!r}: no {what} (every case of the input folder needs an entry)" for c in case_ids if c not in raw]
+    problems += [f"case {c!r}: not in the input folder (cases there: {', '.join(sorted(case_ids))})"
+                 for c in raw if c not in case_ids]
+    out: dict[str, dict[int, Any]] = {}
     for case, entry in raw.items():
         if case not in case_ids:
             continue
         if not isinstance(entry, dict) or not entry:
-            problems.append(f'case {case!r}: expected an object {{"label": [z0, y0, x0, z1, y1, x1], ...}}')
+            problems.append(f'case {case!r}: expected an object {{"label": {example}, ...}}')
             continue
-        per_label: dict[int, list[Box]] = {}
+        per_label: dict[int, Any] = {}
         for key, value in entry.items():
             where = f"case {case!r}, label {key!r}"
             if str(key) not in labels:
                 problems.append(f"{where}: unknown label (dataset.json labels: "
                                 f"{', '.join(k for k in labels if not k.isdigit())}; or their values)")
                 continue
-            boxes = value if isinstance(value, list) and value and all(isinstance(v, list) for v in value) else [value]
-            for box in boxes:
-                problem = box_problem(box)
-                if problem:
-                    problems.append(f"{where}: {problem}")
-                    continue
-                per_label.setdefault(labels[str(key)], []).append([int(v) for v in box])
+            label = labels[str(key)]
+            if label in per_label and merge is None:
+                problems.append(f"{where}: label {label} given twice (by name and by value)")
+                continue
+            parsed = parse(value, where, problems)
+            if parsed is not None:
+                per_label[label] = merge(per_label[label], parsed) if label in per_label else parsed
         out[case] = per_label
     if problems:
         raise ValueError(f"{path}: " + "; ".join(problems))
     return out
+
+
+def _parse_boxes(value: Any, where: str, problems: list[str]) -> list[Box] | None:
+    boxes = value if isinstance(value, list) and value and all(isinstance(v, list) for v in value) else [value]
+    good = []
+    for box in boxes:
+        problem = box_problem(box)
+        if problem:
+            problems.append(f"{where}: {problem}")
+            continue
+        good.append([int(v) for v in box])
+    return good or None
+
+
+def read_boxes_json(path: str | Path, case_ids: Sequence[str], dataset_json: dict) -> dict[str, dict[int, list[Box]]]:
+    """Read and check a boxes file (format: module docstring) for the cases ``case_ids``
+    (:func:`read_case_label_file`'s rules; a label given by name and by value gets both boxes).
+    :returns: case -> label value -> list of ``[z0, y0, x0, z1, y1, x1]`` (input-image voxels)."""
+    return read_case_label_file(path, case_ids, dataset_json, "boxes", "[z0, y0, x0, z1, y1, x1]", _parse_boxes,
+                                merge=lambda a, b: a + b)
 
 
 def check_in_image(path: str | Path, case: str, boxes: dict[int, list[Box]], shape: Sequence[int]) -> None:

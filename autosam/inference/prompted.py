@@ -25,14 +25,13 @@ previous mask to refine is a prompt of the Python API only (``Predictor.predict_
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from autosam.inference.box_prompts import _label_values
+from autosam.inference.box_prompts import read_case_label_file
 from autosam.inference.case_prediction import predict_preprocessed_case
 from autosam.inference.model_loading import FoldModel
 from autosam.inference.prompt_mapping import prompts_to_preprocessed
@@ -122,49 +121,12 @@ def _parse_label(value: Any, where: str, problems: list[str]) -> LabelPrompts | 
 
 
 def read_prompts_json(path: str | Path, case_ids: Sequence[str], dataset_json: dict) -> dict[str, dict[int, LabelPrompts]]:
-    """Read and check a prompts file (format: module docstring) for the cases ``case_ids``. Every
-    problem is reported at once, naming the file, the case and the label; every case needs an
-    entry and an entry for a case not in ``case_ids`` is an error (a typo).
+    """Read and check a prompts file (format: module docstring) for the cases ``case_ids``
+    (:func:`autosam.inference.box_prompts.read_case_label_file`'s rules: every problem at once,
+    naming the file, the case and the label; a label given twice is refused).
     :returns: case -> label value -> :class:`LabelPrompts` (input-image voxels)."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: prompts file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
-    except RecursionError:
-        raise ValueError(f"{path}: not a readable JSON file (nested too deeply)") from None
-    if not isinstance(raw, dict) or not raw:
-        raise ValueError(f'{path}: expected a non-empty object {{"case": {{"label": {{"box3d": [...], "points": [...]}}}}}}')
-    labels = _label_values(dataset_json)
-    problems = [f"case {c!r}: no prompts (every case of the input folder needs an entry)" for c in case_ids if c not in raw]
-    problems += [f"case {c!r}: not in the input folder (cases there: {', '.join(sorted(case_ids))})"
-                 for c in raw if c not in case_ids]
-    out: dict[str, dict[int, LabelPrompts]] = {}
-    for case, entry in raw.items():
-        if case not in case_ids:
-            continue
-        if not isinstance(entry, dict) or not entry:
-            problems.append(f'case {case!r}: expected an object {{"label": {{"box3d": [...], ...}}, ...}}')
-            continue
-        per_label: dict[int, LabelPrompts] = {}
-        for key, value in entry.items():
-            where = f"case {case!r}, label {key!r}"
-            if str(key) not in labels:
-                problems.append(f"{where}: unknown label (dataset.json labels: "
-                                f"{', '.join(k for k in labels if not k.isdigit())}; or their values)")
-                continue
-            if labels[str(key)] in per_label:
-                problems.append(f"{where}: label {labels[str(key)]} given twice (by name and by value)")
-                continue
-            parsed = _parse_label(value, where, problems)
-            if parsed is not None:
-                per_label[labels[str(key)]] = parsed
-        out[case] = per_label
-    if problems:
-        raise ValueError(f"{path}: " + "; ".join(problems))
-    return out
+    return read_case_label_file(path, case_ids, dataset_json, "prompts", '{"box3d": [...], "points": [...]}',
+                                _parse_label)
 
 
 def check_prompts_in_image(path: str | Path, case: str, prompts: dict[int, LabelPrompts], shape: Sequence[int]) -> None:
