@@ -268,7 +268,8 @@ class TrainingLoop:
         tp, fp, fn = (torch.zeros(k, dtype=torch.int64, device=self.ctx.device) for _ in range(3))
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.ctx.device)
         # nnU-Net: a fifth of the training batches; a method whose validation step costs more may ask fewer
-        n = max(1, math.ceil(round(self.ctx.iterations_per_epoch * self.method.per_epoch_validation_fraction, 6)))
+        fraction = getattr(self.method, "per_epoch_validation_fraction", 0.2)  # a method not derived from Method
+        n = max(1, math.ceil(round(self.ctx.iterations_per_epoch * fraction, 6)))
         self.network.eval()
         for _ in range(n):
             batch = self.to_device(next(val_loader))
