@@ -14,6 +14,7 @@ propagation), with three intensity mappings of the same slices:
   normalisation's own mean/std (:func:`autosam.sam.intensity.ct_window_in_normalised_units`).
 
 usage: OMP_NUM_THREADS=1 python benchmarks/sam_probes/ct_window.py [--image ...] [--labels ...] [--out FILE.json]
+       [--variants zscore_soft_tissue ...] [--random-init]
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--image", default=str(DATA / "example_ct_sm.nii.gz"))
     p.add_argument("--labels", default=str(DATA / "example_seg.nii.gz"))
     p.add_argument("--out", default=None)
+    p.add_argument("--variants", nargs="+", default=["hu_soft_tissue", "zscore_percentile", "zscore_soft_tissue"])
+    p.add_argument("--random-init", action="store_true", help="LiteMedSAM from random weights (the ablation of its weights)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     img, geom = read_image(a.image)
@@ -64,9 +67,16 @@ def main(argv=None) -> int:
     }
     labels = [k for k in NAMES if (ref == k).any()]
     boxes = boxes_from_label_map(ref, labels)
-    bb = build_backbone("litemedsam")
-    results = {"image": a.image, "intensity_properties": ip, "variants": {}}
-    for name, (v, window) in variants.items():
+    if a.random_init:
+        from autosam.plugins import get_backbone
+        from autosam.sam.litemedsam import build_litemedsam
+
+        bb = build_litemedsam(get_backbone("litemedsam"), pretrained=False, allow_random_init=True)
+    else:
+        bb = build_backbone("litemedsam")
+    results = {"image": a.image, "intensity_properties": ip, "random_init": a.random_init, "variants": {}}
+    for name in a.variants:
+        v, window = variants[name]
         t = time.time()
         label_map, _ = segment_volume_with_boxes(v, spacing, boxes, bb, window=window, mode="fixed",
                                                  keep_probabilities=False)
