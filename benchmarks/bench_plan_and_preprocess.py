@@ -147,6 +147,9 @@ def main(argv=None) -> int:
     p.add_argument("--shape", type=int, nargs=3, default=[155, 240, 240], help="z y x voxels (default 155 240 240)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the JSON and PNG results")
     p.add_argument("--skip-nnunet", action="store_true", help="run autosam only")
+    p.add_argument("--raw-dataset", type=Path, default=None, metavar="FOLDER",
+                   help="an existing raw dataset folder (DatasetXXX_Name, nnU-Net format, e.g. the converted real "
+                        "hippocampus of benchmarks/real_hippocampus.sh) instead of the synthetic BraTS-like one")
     p.add_argument("--keep", action="store_true", help="keep the temporary folders")
     args = p.parse_args(argv)
 
@@ -154,14 +157,22 @@ def main(argv=None) -> int:
     results = {}
     try:
         raw = work / "raw"
-        t0 = time.perf_counter()
-        make_dataset(raw, args.cases, tuple(args.shape))
-        print(f"dataset: {args.cases} cases x 2 channels {args.shape} in {time.perf_counter() - t0:.1f} s ({raw})")
+        dataset_id = DATASET_ID
+        if args.raw_dataset is not None:
+            source = args.raw_dataset.resolve()
+            raw.mkdir()
+            (raw / source.name).symlink_to(source, target_is_directory=True)
+            dataset_id = int(source.name[len("Dataset"):len("Dataset") + 3])
+            print(f"dataset: {source} ({len(list((source / 'labelsTr').glob('*')))} labelled cases)")
+        else:
+            t0 = time.perf_counter()
+            make_dataset(raw, args.cases, tuple(args.shape))
+            print(f"dataset: {args.cases} cases x 2 channels {args.shape} in {time.perf_counter() - t0:.1f} s ({raw})")
         base_env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        runs = [("autosam", [bin_of("autosam_plan_and_preprocess"), "-d", str(DATASET_ID), "-np", str(args.np)],
+        runs = [("autosam", [bin_of("autosam_plan_and_preprocess"), "-d", str(dataset_id), "-np", str(args.np)],
                  {"AUTOSAM_RAW": str(raw), "AUTOSAM_PREPROCESSED": str(work / "a_pre"), "AUTOSAM_RESULTS": str(work / "a_res")})]
         if not args.skip_nnunet:
-            runs.append(("nnU-Net", [bin_of("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-np", str(args.np),
+            runs.append(("nnU-Net", [bin_of("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-np", str(args.np),
                                      "-npfp", str(args.np)],
                          {"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(work / "n_pre"), "nnUNet_results": str(work / "n_res")}))
         for name, cmd, extra in runs:
@@ -176,7 +187,9 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"cases": args.cases, "shape_zyx": args.shape, "channels": 2, "np": args.np, "cpu_count": os.cpu_count()}
+    meta = ({"dataset": str(args.raw_dataset)} if args.raw_dataset is not None else
+            {"cases": args.cases, "shape_zyx": args.shape, "channels": 2})
+    meta.update(np=args.np, cpu_count=os.cpu_count(), load_average_at_end=os.getloadavg())
     print("\n| tool | wall time (s) | peak RSS (GB) | peak PSS (GB) |\n|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} | {r['peak_pss_gb']:.2f} |")
@@ -206,7 +219,8 @@ def _figure(results: dict, path: Path, meta: dict) -> None:
         for i, v in enumerate(vals):
             ax.text(i, v, f"{v:.1f}" if key == "wall_s" else f"{v:.2f}", ha="center", va="bottom")
         ax.set_title(title)
-    fig.suptitle(f"plan_and_preprocess: {meta['cases']} cases x 2 ch {meta['shape_zyx']}, -np {meta['np']}")
+    what = (Path(meta["dataset"]).name if "dataset" in meta else f"{meta['cases']} cases x 2 ch {meta['shape_zyx']}")
+    fig.suptitle(f"plan_and_preprocess: {what}, -np {meta['np']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

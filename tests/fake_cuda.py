@@ -286,7 +286,11 @@ class FakeCuda:
         import torch.cuda.memory as memory
         import torch.distributed as dist
 
+        from autosam.experiment_planning import planning
+
         c = torch._C
+        # the planner's look for GPU device nodes (/dev/nvidia*) before it imports torch
+        self._patch(planning, "_may_have_accelerator", lambda: True)
         self._patch(c, "_cuda_getDeviceCount", lambda: self.count)
         self._patch(torch.cuda, "_device_count_nvml", lambda: -1)
         self._patch(torch.cuda, "_cached_device_count", None)

@@ -170,7 +170,12 @@ def test_cpu_target_plans_a_narrower_network_within_the_compute_budget():
 def test_auto_target_follows_the_hardware_and_is_recorded(autosam_dirs, monkeypatch):
     import torch
 
+    from autosam.experiment_planning import planning
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(planning, "_may_have_accelerator", lambda: False)  # no GPU device node: torch not asked
+    assert resolve_compute_target("auto") == "cpu"
+    monkeypatch.setattr(planning, "_may_have_accelerator", lambda: True)
     assert resolve_compute_target("auto") == "gpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

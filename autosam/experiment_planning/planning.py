@@ -34,12 +34,26 @@ def load_plans(dataset_id: int | str, plans_name: str = DEFAULT_PLANS_NAME) -> P
     return Plans.load(path)
 
 
+def _may_have_accelerator() -> bool:
+    """False only when this machine certainly has no CUDA device and no Apple GPU: Linux without
+    an NVIDIA (or ROCm) device node or driver entry."""
+    import glob
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return True  # macOS (MPS), Windows: let torch tell
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/kfd"))
+
+
 def resolve_compute_target(target: str = "auto") -> str:
     """``"gpu"`` or ``"cpu"``; ``"auto"`` is ``"gpu"`` when CUDA or MPS is available here, else ``"cpu"``."""
     if target in ("gpu", "cpu"):
         return target
     if target != "auto":
         raise ValueError(f"compute target {target!r}: expected auto, gpu or cpu")
+    if not _may_have_accelerator():  # answered without importing torch (seconds of start-up)
+        return "cpu"
     import torch
 
     mps = getattr(torch.backends, "mps", None)

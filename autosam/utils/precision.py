@@ -11,9 +11,22 @@ so that a network predicts in the precision it was trained in:
 """
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 
-import torch
+
+class _Torch:
+    """torch, imported on first use: the commands that import this module for ``parse_device`` or
+    ``OOM_HINT`` (planning, preprocessing, evaluation, ``--help``) need not pay torch's seconds of
+    start-up."""
+
+    def __getattr__(self, name: str):
+        import torch as real
+
+        return getattr(real, name)
+
+
+torch = _Torch()
 
 OOM_HINT = ("the device ran out of memory; try a smaller batch or patch (re-plan with a lower "
             "--gpu-memory-target-gb), fewer --num-workers, another GPU (--device cuda:N), or --device cpu")
@@ -91,7 +104,8 @@ def no_autocast(device_type: str):
 
 def is_oom(exc: BaseException) -> bool:
     """Whether ``exc`` is an out-of-memory error of any device."""
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    real = sys.modules.get("torch")  # no torch imported: no torch error
+    return (real is not None and isinstance(exc, real.OutOfMemoryError)) or "out of memory" in str(exc).lower()
 
 
 def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
