@@ -33,6 +33,7 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 
 from autosam.preprocessing.storage import case_paths, list_cases, load_case
 from autosam.utils.processes import exit_with_parent
+from autosam.utils.threads import affinity_cores
 
 logger = logging.getLogger(__name__)
 
@@ -270,12 +271,7 @@ def validation_transforms(ds_scales) -> Compose:
 
 
 # ----------------------------------------------------------------------------------- loaders
-def available_cores() -> int:
-    """Cores this process may run on: its CPU affinity (cluster schedulers restrict it), else ``os.cpu_count()``."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # no sched_getaffinity on macOS / Windows
-        return os.cpu_count() or 1
+available_cores = affinity_cores  # the former name here
 
 
 def default_num_workers() -> int:

@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from autosam.utils.threads import affinity_cores
+
 logger = logging.getLogger(__name__)
 
 #: torchrun's variables that mark a process as one rank of a launched job.
@@ -293,7 +295,7 @@ def launch_local(module: str, argv: list[str], nproc: int) -> int:
                        "-m", module, *argv])
     env_threads = os.environ.get("OMP_NUM_THREADS")
     if env_threads is None:  # torchrun's default (1 thread per process) would slow CPU runs down silently
-        os.environ["OMP_NUM_THREADS"] = str(max(1, _cores() // max(1, int(nproc))))
+        os.environ["OMP_NUM_THREADS"] = str(max(1, affinity_cores() // max(1, int(nproc))))
     try:
         run(args)
     except ChildFailedError as exc:
@@ -311,14 +313,7 @@ def default_workers_per_rank() -> int:
     """Background augmentation workers of one rank by default: its share of the node's cores
     (``LOCAL_WORLD_SIZE`` ranks share them) minus one for its training loop, at most 8."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", get_world_size()) or 1)
-    return max(0, min(8, _cores() // max(1, local) - 1))
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return max(0, min(8, affinity_cores() // max(1, local) - 1))
 
 
 __all__ = ["LaunchEnv", "launcher_env", "rank_device", "init_process_group", "destroy_process_group", "barrier",

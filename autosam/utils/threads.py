@@ -31,7 +31,7 @@ from autosam.utils.processes import process_running
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["available_cores", "cgroup_cpu_limit", "registry_folder", "claimed_by_others", "default_threads",
+__all__ = ["affinity_cores", "available_cores", "cgroup_cpu_limit", "registry_folder", "claimed_by_others", "default_threads",
            "configure_threads"]
 
 
@@ -56,12 +56,17 @@ def cgroup_cpu_limit(root: str | Path = "/sys/fs/cgroup") -> float | None:
     return None
 
 
+def affinity_cores() -> int:
+    """Cores this process may run on: its CPU affinity (cluster schedulers restrict it), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no sched_getaffinity on macOS / Windows
+        return os.cpu_count() or 1
+
+
 def available_cores(cgroup_root: str | Path = "/sys/fs/cgroup") -> int:
     """Cores this process may use: its CPU affinity, capped by the cgroup CPU quota (rounded up)."""
-    try:
-        cores = len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # no sched_getaffinity on macOS / Windows
-        cores = os.cpu_count() or 1
+    cores = affinity_cores()
     quota = cgroup_cpu_limit(cgroup_root)
     if quota is not None:
         cores = min(cores, max(1, math.ceil(quota - 1e-9)))
