@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from autosam import hookimpl
+from autosam.experiment_planning.evidence import is_large_structure
 
 from .method import SAutoMedMethod
 from .options import SAutoMedOptions, plan_section
@@ -30,7 +31,7 @@ def suitability(fingerprint) -> tuple[float, str]:
     stats = list(getattr(fingerprint, "class_statistics", {}).values())
     if not stats:
         return 0.0, "no class statistics"
-    large = [s for s in stats if s.volume_fraction >= 0.002 and s.slices_spanned >= 8 and s.components_per_case <= 2]
+    large = [s for s in stats if is_large_structure(s)]
     fraction = len(large) / len(stats)
     if len(stats) >= 3 and fraction >= 0.6:
         score = 0.55 + 0.15 * min(1.0, (len(stats) - 3) / 5)
