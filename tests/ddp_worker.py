@@ -270,6 +270,7 @@ def main(argv: list[str]) -> int:
     # under tests/fake_cuda.py: each rank on its (fake) GPU, NCCL replaced by gloo
     device = torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     distributed.init_process_group(device, env)
+    finished = False
     try:
         mode, out = argv[0], Path(argv[1])
         if mode == "steps":
@@ -285,8 +286,9 @@ def main(argv: list[str]) -> int:
             run_masksam_without_targets(out, env.rank, env.world_size)
         else:
             raise SystemExit(f"unknown mode {mode!r}")
+        finished = True
     finally:
-        distributed.destroy_process_group()
+        distributed.destroy_process_group(wait_for_others=finished)
     return 0
 
 

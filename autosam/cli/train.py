@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     from autosam.training.trainer import run_training
 
     device = args.device or default_device()
-    joined = False
+    joined = finished = False
     try:
         if env is not None:  # one rank of a launched job: its device, then the process group
             device = distributed.rank_device(device, env)
@@ -191,13 +191,14 @@ def main(argv: list[str] | None = None) -> int:
             pretrained_weights=args.pretrained_weights, step_size=args.step_size,
             time_budget_minutes=args.time_budget_minutes,
         )
+        finished = True
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         rank = f" (rank {env.rank})" if env is not None and env.world_size > 1 else ""
         print(f"autosam_train: error{rank}: {error_text(exc)}", file=sys.stderr)
         return 1
     finally:
         if joined:
-            distributed.destroy_process_group()
+            distributed.destroy_process_group(wait_for_others=finished)
     if not main_process:
         return 0
     print(f"results: {fold_dir}")
