@@ -13,7 +13,7 @@ What these tests cannot prove: kernels (every operation is the CPU's, in float32
 is entered with the chosen dtype but does not cast CPU tensors), bf16/fp16 numerics, cuDNN,
 torch.compile's code generation (dynamo needs the device's streams: the network is wrapped as
 compiled but runs eagerly), NCCL, speed, memory, and tensors created outside the fake's mode (other
-threads, data-loader workers). ``bash benchmarks/gpu_check.sh`` on a GPU checks those.
+threads, data-loader workers). ``bash benchmarks/gpu/gpu_check.sh`` on a GPU checks those.
 """
 from __future__ import annotations
 

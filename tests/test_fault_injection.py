@@ -1,4 +1,4 @@
-"""benchmarks/fault_injection.py keeps working: one SIGKILL per stage, everything recovered."""
+"""benchmarks/reliability/fault_injection.py keeps working: one SIGKILL per stage, everything recovered."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow  # about two minutes on two cores: three reference runs and three kill chains
 def test_fault_injection_smoke_run(tmp_path):
     summary_file = tmp_path / "summary.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fault_injection.py"), "--kills", "1",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reliability" / "fault_injection.py"), "--kills", "1",
                            "--seed", "3", "--workdir", str(tmp_path / "work"), "--json", str(summary_file)],
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh: the one-command GPU acceptance check runs end to end on the CPU (tiny
+"""benchmarks/gpu/gpu_check.sh: the one-command GPU acceptance check runs end to end on the CPU (tiny
 backbones), its assertions hold there, and a failed assertion fails the script."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "gpu_check.sh"
 
 
 def _module():

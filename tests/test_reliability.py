@@ -504,7 +504,7 @@ def test_undeclared_values_in_an_old_preprocessed_folder_stop_training_before_an
 
 # ------------------------------------------------------------------------------ resume at the very end
 def test_a_stop_between_the_last_epoch_and_the_final_checkpoint_is_finished_by_resume(autosam_dirs, monkeypatch):
-    """Found by benchmarks/fault_injection.py: killed after checkpoint_latest.pth of the last epoch,
+    """Found by benchmarks/reliability/fault_injection.py: killed after checkpoint_latest.pth of the last epoch,
     the rerun must still run after_training, write checkpoint_final.pth and remove the latest one."""
     from autosam.training import checkpoint as ckpt_io
     from autosam.training import trainer

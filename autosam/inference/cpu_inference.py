@@ -3,7 +3,7 @@
 
 Freezing folds the weights into the graph as constants; ``optimize_for_inference`` then lets
 oneDNN keep pre-packed (blocked-layout) convolution weights instead of re-packing them on every
-call, and fuses what it can. Measured with ``benchmarks/bench_predict_stages.py`` on the
+call, and fuses what it can. Measured with ``benchmarks/speed/bench_predict_stages.py`` on the
 ``bench_predict`` UNet (5 stages, 32-320 features, patch 32 x 64 x 64, 2 threads, idle 2-core CPU):
 0.64-0.67 s per patch in single calls against 0.68-0.72 s eager (0.70-0.82 s eager with the 8
 mirrored copies in one call); outputs agree to ~3e-5. The graph is traced for one batch size: call

@@ -136,7 +136,7 @@ def load_pretrained_weights(network: torch.nn.Module, path: str | Path) -> dict:
     return {"loaded": loaded, "reinitialised": reinit, "unused": unused}
 
 
-#: why torch.compile fell back to eager execution in this process (one line each; benchmarks/gpu_check.py
+#: why torch.compile fell back to eager execution in this process (one line each; benchmarks/gpu/gpu_check.py
 #: fails on any): suppress_errors keeps training going, this makes the fallback visible
 COMPILE_FALLBACKS: list[str] = []
 

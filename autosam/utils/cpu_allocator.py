@@ -7,7 +7,7 @@ megabytes each and are allocated anew in every forward pass, so on the CPU every
 of thousands of page faults for zeroed pages: measured on the ``bench_predict`` UNet (patch
 32 x 64 x 64, 2 threads, idle 2-core AMD EPYC), 16-27 k minor faults and 56-86 ms of system time
 per forward, 0.55-0.59 s per forward against 0.47-0.49 s with the settings below (0-256 faults,
-~1 ms system time); ``benchmarks/bench_predict_stages.py --allocator-check`` reproduces it.
+~1 ms system time); ``benchmarks/speed/bench_predict_stages.py --allocator-check`` reproduces it.
 
 :func:`tune_cpu_allocator` sets the mmap threshold to glibc's maximum (32 MiB), the trim
 threshold to 1 GiB and the top pad to 256 MiB: buffers up to 32 MiB are reused from the heap, the

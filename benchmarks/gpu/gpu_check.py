@@ -22,7 +22,7 @@ by ``torch.utils.flop_counter.FlopCounterMode`` on the first iteration, eager), 
 TFLOP/s and their share of the card's dense bf16/fp16 peak, seconds per predicted case, and the
 autocast precision that ran (bf16, fp16 or fp32).
 
-Usage: ``bash benchmarks/gpu_check.sh [--work DIR] [--json FILE] [--methods unet msam ...]
+Usage: ``bash benchmarks/gpu/gpu_check.sh [--work DIR] [--json FILE] [--methods unet msam ...]
 [--iters N] [--cpu] [--ddp-cpu] [--peak-tflops X]``. The JSON summary goes to ``--json`` (default
 ``WORK/gpu_check.json``); the exit status is 1 when a method failed.
 """
@@ -40,7 +40,9 @@ import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+_BENCH = Path(__file__).resolve().parents[1]
+# gpu_check_acceptance.py beside this file; bench_common.py in benchmarks/speed/ (benchmarks/ before it moves)
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(_BENCH / "speed"), str(_BENCH)]
 
 from bench_common import use_work_folder  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The assertions of ``benchmarks/gpu_check.sh`` (see documentation/benchmarks.md, "GPU check"):
+"""The assertions of ``benchmarks/gpu/gpu_check.sh`` (see documentation/benchmarks.md, "GPU check"):
 each section proves one GPU path and fails the run when it does not hold.
 
 Sections (``Acceptance.section``) run under a time limit (SIGALRM; subprocesses get their own

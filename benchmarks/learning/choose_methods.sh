@@ -5,7 +5,7 @@
 # the reported one. The script fails unless every method and every pairwise ensemble is ranked, the
 # winner is the highest, and the reproduced Dice equals the reported one.
 #
-# usage: bash benchmarks/choose_methods.sh [UNET_EPOCHS [UNET_ITERS [SAM_EPOCHS [SAM_ITERS]]]]
+# usage: bash benchmarks/learning/choose_methods.sh [UNET_EPOCHS [UNET_ITERS [SAM_EPOCHS [SAM_ITERS]]]]
 #   defaults 2 12 2 6 (unet 2 epochs x 12 iterations, each SAM method 2 epochs x 6 iterations):
 #   enough to rank real trained outputs, not to segment well.
 # environment:

@@ -16,18 +16,22 @@ and reports
 
 Example (one core, `OMP_NUM_THREADS=1`):
 
-    OMP_NUM_THREADS=1 python benchmarks/learn_medlsam.py --work /tmp/medlsam_bench --epochs 30 --iters-per-epoch 25
+    OMP_NUM_THREADS=1 python benchmarks/learning/learn_medlsam.py --work /tmp/medlsam_bench --epochs 30 --iters-per-epoch 25
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import ensure_example_dataset, finish, use_work_folder
+
+_BENCH = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(_BENCH / "speed"), str(_BENCH)]  # bench_common.py: benchmarks/speed/, or benchmarks/ before it moves
+from bench_common import ensure_example_dataset, finish, use_work_folder  # noqa: E402
 
 
 def _clock() -> dict:

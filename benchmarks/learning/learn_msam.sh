@@ -4,7 +4,7 @@
 # ablation); prints the validation foreground-mean Dice of both runs (full volumes, original
 # geometry, automatic mode: no clicks, no label) and the wall / CPU time of each.
 #
-# usage: benchmarks/learn_msam.sh [WORKDIR]
+# usage: benchmarks/learning/learn_msam.sh [WORKDIR]
 #   env: EPOCHS (40), ITERS (50), EXTRA (--train-iterations 2), DATASET_ID (998), OMP_NUM_THREADS (1),
 #        PARALLEL (0: one run after the other; 1: both side by side, one core each)
 set -euo pipefail

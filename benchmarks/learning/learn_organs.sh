@@ -3,7 +3,7 @@
 # backbone on the CPU and print the validation foreground-mean Dice and the time taken.
 # Record the figure, the command and the machine in documentation/benchmarks.md.
 #
-# usage: benchmarks/learn_organs.sh METHOD [WORKDIR] [EPOCHS] [ITERS_PER_EPOCH] [extra autosam_train flags...]
+# usage: benchmarks/learning/learn_organs.sh METHOD [WORKDIR] [EPOCHS] [ITERS_PER_EPOCH] [extra autosam_train flags...]
 set -euo pipefail
 METHOD=$1
 shift

@@ -7,18 +7,22 @@ the method's default margin: the SAM stage alone, without the localiser's error;
 validation labels, so it is an upper-bound protocol, never a prediction mode). Dice per label on the
 preprocessed grid, for the zero-shot decoder and for each fine-tuned one, with the times.
 
-    OMP_NUM_THREADS=2 python benchmarks/medlsam_finetune.py --work /tmp/mlft --lrs 1e-5 1e-4 --steps 200
+    OMP_NUM_THREADS=2 python benchmarks/learning/medlsam_finetune.py --work /tmp/mlft --lrs 1e-5 1e-4 --steps 200
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import ensure_example_dataset, finish, use_work_folder
+
+_BENCH = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(_BENCH / "speed"), str(_BENCH)]  # bench_common.py: benchmarks/speed/, or benchmarks/ before it moves
+from bench_common import ensure_example_dataset, finish, use_work_folder  # noqa: E402
 
 
 def main(argv=None) -> dict:

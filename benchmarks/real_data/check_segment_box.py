@@ -14,8 +14,8 @@ slice with the box, then each slice with the previous slice's mask box + margin)
 (the box on every slice). Both modes share each case's slice embeddings (one encoder pass per
 slice). Prints Dice per label and mode (mean over the cases) and writes ``--out-json``.
 
-    python benchmarks/check_segment_box.py [--image ...] [--labels ...] [--backbone litemedsam]
-    OMP_NUM_THREADS=1 python benchmarks/check_segment_box.py --hippocampus [--cases 40] [--out-json FILE]
+    python benchmarks/real_data/check_segment_box.py [--image ...] [--labels ...] [--backbone litemedsam]
+    OMP_NUM_THREADS=1 python benchmarks/real_data/check_segment_box.py --hippocampus [--cases 40] [--out-json FILE]
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@
 #  3. unet fold 0 with the CPU default plans, as a user on this machine would run it;
 #  4. the four SAM methods on the same fold with their pretrained CPU backbones.
 #
-# usage: bash benchmarks/real_hippocampus.sh [WORKDIR]      (default: a fresh temporary folder)
+# usage: bash benchmarks/real_data/real_hippocampus.sh [WORKDIR]      (default: a fresh temporary folder)
 #   env: TASK           MSD task folder (default: $AUTOSAM_SHARED_DATA or ../shared or /work/shared,
 #                       data/msd_hippocampus/Task04_Hippocampus)
 #        STEPS          which steps to run, any of "convert nnunet unet_cpu sam" (default: all)
@@ -32,7 +32,7 @@
 # Each training's log is in WORKDIR/logs/; a summary table is printed at the end and written to
 # WORKDIR/summary.txt. Tiny smoke run: NNUNET_ITERS=2 CPU_EPOCHS=1 CPU_ITERS=2 SAM_EPOCHS=1 SAM_ITERS=2.
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")/.." && pwd)
+HERE=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${1:-$(mktemp -d /tmp/real_hippocampus.XXXXXX)}
 WORK=$(mkdir -p "$WORK" && cd "$WORK" && pwd)
 SHARED=${AUTOSAM_SHARED_DATA:-}

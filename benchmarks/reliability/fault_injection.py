@@ -1,8 +1,8 @@
 """Fault injection: ``kill -9`` preprocessing, training and prediction at random moments, rerun,
 and check that nothing is corrupt and the results equal an uninterrupted run's.
 
-    python benchmarks/fault_injection.py                  # 20 kills per stage (the full matrix)
-    python benchmarks/fault_injection.py --kills 2 --stages predict   # a quick look
+    python benchmarks/reliability/fault_injection.py                  # 20 kills per stage (the full matrix)
+    python benchmarks/reliability/fault_injection.py --kills 2 --stages predict   # a quick look
 
 Every stage runs the real command in a subprocess (``python -m autosam.cli...``) on a tiny
 synthetic dataset (``autosam.data.example``, 5 cases), first once uninterrupted (the reference),

@@ -1,10 +1,10 @@
 """Hostile and careless inputs: every one must be refused cleanly by the real command, with memory capped.
 
-    python benchmarks/hostile_inputs.py                 # the full matrix (about 5 minutes on 2 cores)
-    python benchmarks/hostile_inputs.py --quick         # the subset tests/test_hostile_matrix.py runs
-    python benchmarks/hostile_inputs.py --only zip_slip,huge_volume --keep
+    python benchmarks/reliability/hostile_inputs.py                 # the full matrix (about 5 minutes on 2 cores)
+    python benchmarks/reliability/hostile_inputs.py --quick         # the subset tests/test_hostile_matrix.py runs
+    python benchmarks/reliability/hostile_inputs.py --only zip_slip,huge_volume --keep
 
-A sibling of ``benchmarks/fault_injection.py``. On a tiny synthetic dataset (``autosam.data.example``,
+A sibling of ``benchmarks/reliability/fault_injection.py``. On a tiny synthetic dataset (``autosam.data.example``,
 2 cases, CPU plans) with untrained ``unet`` and ``medlsam`` (tiny backbone) models, each input of the
 matrix (model zips, images, output folders, labels, checkpoints, box prompts, names; the items of
 documentation/reliability.md) runs the real console script in a subprocess, its address space capped
@@ -45,7 +45,7 @@ from typing import Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATASET_ID = 997
 NAME = f"Dataset{DATASET_ID}_Example"
 MODEL = "unet__autosamPlans__3d"

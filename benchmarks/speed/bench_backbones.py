@@ -5,8 +5,8 @@ Random weights (speed does not depend on their values). Each case: one warm-up c
 CUDA additionally bf16 autocast + SDPA with achieved TFLOP/s (FLOPs counted by
 ``torch.utils.flop_counter``).
 
-    python benchmarks/bench_backbones.py                 # CPU default set
-    python benchmarks/bench_backbones.py --device cuda --cases sam_vit_b:1024:8 sam_vit_b:512:8
+    python benchmarks/speed/bench_backbones.py                 # CPU default set
+    python benchmarks/speed/bench_backbones.py --device cuda --cases sam_vit_b:1024:8 sam_vit_b:512:8
 """
 from __future__ import annotations
 

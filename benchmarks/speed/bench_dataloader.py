@@ -4,7 +4,7 @@ in-process (no worker processes), so the figure is CPU cost per augmented batch.
 
 Usage (after ``autosam_plan_and_preprocess -d 999``)::
 
-    python benchmarks/bench_dataloader.py -d 999 -c 3d --batches 20
+    python benchmarks/speed/bench_dataloader.py -d 999 -c 3d --batches 20
 
 Needs ``nnunetv2`` (``pip install -e .[bench]``). Prints batches/s for both and writes nothing
 except a temporary copy of the cases in nnU-Net's numpy layout.

@@ -6,7 +6,7 @@ background outside a head ellipsoid, two nested labels) in a temporary folder, t
 process under ``/usr/bin/time -v`` and prints wall time, peak memory (largest process) and the
 foreground intensity statistics of both.
 
-    python benchmarks/bench_fingerprint.py [-np 2] [--cases 6] [--keep DIR]
+    python benchmarks/speed/bench_fingerprint.py [-np 2] [--cases 6] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from raw_dataset_builder import write_raw_dataset  # noqa: E402
 
 

@@ -9,7 +9,7 @@ the session opens, then a box (or a click for msam) and ``--clicks`` further pro
 box-only methods: a 2D box, then 3D boxes of the other label and shifted ones), each answered with
 the mask on the input grid. Prints seconds per prompt and the ratio to the encoding.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_interactive_session.py [--methods medlsam sautomed msam] [--clicks 5]
+    OMP_NUM_THREADS=1 python benchmarks/speed/bench_interactive_session.py [--methods medlsam sautomed msam] [--clicks 5]
 """
 from __future__ import annotations
 

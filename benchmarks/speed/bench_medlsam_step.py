@@ -3,7 +3,7 @@ from disk): the plugin's own loss on a self-supervised batch of random volumes a
 example's small-image plans (32^3 coarse patches, 3 poolings, 8 base channels, 16 feature
 channels, batch 4 + 2 MSS twins).
 
-    python benchmarks/bench_medlsam_step.py --threads 1 2 [--profile]
+    python benchmarks/speed/bench_medlsam_step.py --threads 1 2 [--profile]
 
 Prints the mean wall seconds of batch building, forward and backward + optimiser step per thread
 count; ``--profile`` adds a torch.profiler table (operators by self CPU time).

@@ -8,7 +8,7 @@ output folders, and measures wall time and peak memory: the largest sum of RSS o
 process tree (parent and workers), sampled from ``/proc`` every 50 ms, and the same for PSS
 (``/proc/<pid>/smaps_rollup``), which counts pages shared by forked workers only once.
 
-    python benchmarks/bench_plan_and_preprocess.py --np 2 --cases 6 --out benchmarks/results
+    python benchmarks/speed/bench_plan_and_preprocess.py --np 2 --cases 6 --out benchmarks/results
 
 Writes ``plan_and_preprocess.json`` and ``plan_and_preprocess.png`` into ``--out`` and prints a
 table. Needs nnunetv2 (``pip install autosam[bench]``); ``--skip-nnunet`` runs autosam only.
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-nnunet", action="store_true", help="run autosam only")
     p.add_argument("--raw-dataset", type=Path, default=None, metavar="FOLDER",
                    help="an existing raw dataset folder (DatasetXXX_Name, nnU-Net format, e.g. the converted real "
-                        "hippocampus of benchmarks/real_hippocampus.sh) instead of the synthetic BraTS-like one")
+                        "hippocampus of benchmarks/real_data/real_hippocampus.sh) instead of the synthetic BraTS-like one")
     p.add_argument("--keep", action="store_true", help="keep the temporary folders")
     args = p.parse_args(argv)
 

@@ -3,8 +3,8 @@
 network alone per patch: eager vs the frozen TorchScript forward of the `unet` method, one call of
 8 mirrored copies vs 8 single calls.
 
-    python benchmarks/bench_predict.py --workdir /work/bench/bp          # once: models + inputs
-    python benchmarks/bench_predict_stages.py --workdir /work/bench/bp --case ctmid
+    python benchmarks/speed/bench_predict.py --workdir /work/bench/bp          # once: models + inputs
+    python benchmarks/speed/bench_predict_stages.py --workdir /work/bench/bp --case ctmid
 
 ``--skip-stages`` measures only the per-patch part (a minute), ``--only autosam|nnunet`` one tool.
 ``--allocator-check N`` instead runs N rounds of two fresh processes, one with glibc's default

@@ -2,8 +2,8 @@
 ``nnUNetPredictor.predict_sliding_window_return_logits`` with the same PlainConvUNet, weights,
 patch size, step 0.5, Gaussian weighting and mirroring, on the same preprocessed array (CPU).
 
-    python benchmarks/bench_sliding_window.py                  # 1 x 32 x 96 x 96 volume, 2 rounds
-    python benchmarks/bench_sliding_window.py --shape 40 121 146 --rounds 1
+    python benchmarks/speed/bench_sliding_window.py                  # 1 x 32 x 96 x 96 volume, 2 rounds
+    python benchmarks/speed/bench_sliding_window.py --shape 40 121 146 --rounds 1
 
 Reports wall time and process CPU time per tool (rounds interleaved, best of the rounds) and the
 largest difference of the probabilities (nnU-Net accumulates in float16 on the CPU, so ~1e-3).
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# bench_predict.py: beside this file in benchmarks/speed/, or in benchmarks/ before it moves
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Acceptance run of issue 3: example dataset (8 organ cases), plan + preprocess, train unet fold 0
 # for 10 epochs on the CPU, validate; prints wall times and the validation foreground-mean Dice.
-# Usage: bash benchmarks/bench_unet_quickstart.sh [WORKDIR]   (default: a fresh temporary folder)
+# Usage: bash benchmarks/speed/bench_unet_quickstart.sh [WORKDIR]   (default: a fresh temporary folder)
 set -euo pipefail
 WORK=${1:-$(mktemp -d)}
 export AUTOSAM_RAW=$WORK/raw AUTOSAM_PREPROCESSED=$WORK/preprocessed AUTOSAM_RESULTS=$WORK/results

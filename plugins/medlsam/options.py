@@ -46,7 +46,7 @@ class MedLSAMOptions:
     sam_input_size: int | None = None  # None: the backbone's default
     finetune_sam: bool = False  # fine-tune the mask decoder on label boxes with 0-20 px perturbation
     finetune_steps: int = 200
-    finetune_lr: float = 1e-4  # MedSAM's; best of 1e-5 / 1e-4 / 3e-4 in benchmarks/medlsam_finetune.py
+    finetune_lr: float = 1e-4  # MedSAM's; best of 1e-5 / 1e-4 / 3e-4 in benchmarks/learning/medlsam_finetune.py
     finetune_weight_decay: float = 0.01  # MedSAM's AdamW weight decay
     finetune_slices: int = 64  # labelled training slices, encoded once (the image encoder is frozen)
     box_jitter_px: int = 20  # MedSAM's 0-20 px per side, in pixels of SAM's 1024 input (scaled to the backbone's)

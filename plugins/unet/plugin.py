@@ -109,7 +109,7 @@ class UNetMethod(Method):
         """Sliding window over the whole volume, as nnU-Net: the deep-supervision heads are switched
         off while predicting (only the full-resolution output is used), and on the CPU the network
         runs as a frozen TorchScript graph (``cpu_inference="jit"``) with one mirrored copy per call
-        (the graph is traced for batch 1; benchmarks/bench_predict_stages.py)."""
+        (the graph is traced for batch 1; benchmarks/speed/bench_predict_stages.py)."""
         from autosam.inference.cpu_inference import frozen_cpu_forward
         from autosam.inference.sliding_window import sliding_window_predict
 
