@@ -332,3 +332,25 @@ def test_find_best_takes_3d_fullres(tmp_path):
         write_json(summary, {})
     found = discover(tmp_path, None, ["3d_fullres"], "autosamPlans", [0])
     assert [(e.method, e.configuration) for e in found] == [("unet", "3d")]
+
+
+def test_fast_prediction_path(model_folder, tmp_path, monkeypatch):  # noqa: F811
+    """--fast: no mirroring and step 0.75, unless -step_size is given; the default step stays nnU-Net's 0.5."""
+    from autosam.inference import sliding_window
+
+    calls = []
+    real = sliding_window.sliding_window_predict
+    monkeypatch.setattr(sliding_window, "sliding_window_predict",
+                        lambda *a, **kw: calls.append((kw.get("step_size"), kw.get("use_mirroring"))) or real(*a, **kw))
+    _write_inputs(tmp_path / "in", 1)
+    base = ["-i", str(tmp_path / "in"), "-d", "998", "-c", "3d", "-m", TinyMethod.name, "-f", "0", "-device", "cpu",
+            "-npp", "1", "--disable_progress_bar"]
+    runs = {"default": [], "fast": ["--fast"], "fast_step": ["--fast", "-step_size", "0.6"]}
+    for name, extra in runs.items():
+        calls.clear()
+        assert predict.main(base + ["-o", str(tmp_path / name), *extra]) == 0
+        args = json.loads((tmp_path / name / "predict_args.json").read_text())
+        assert calls and {c[0] for c in calls} == {args["step_size"]}
+        assert {bool(c[1]) for c in calls} == {args["use_mirroring"]}
+        runs[name] = (args["step_size"], args["use_mirroring"])
+    assert runs == {"default": (0.5, True), "fast": (0.75, False), "fast_step": (0.6, False)}

@@ -14,6 +14,7 @@ from autosam.cli.arguments import (
     add_max_voxels,
     add_prediction_options,
     add_sharding_options,
+    apply_fast_path,
     apply_limits,
     check_sharding,
     fold_value,
@@ -34,7 +35,7 @@ from autosam.experiment_planning.plans import normalize_configuration
 from autosam.utils.precision import default_device, parse_device
 
 __all__ = ["THREADED_COMMANDS", "CaseProgress", "Parser", "add_device", "add_max_voxels", "add_prediction_options",
-           "add_sharding_options", "apply_limits", "check_sharding", "command", "default_device", "describe_os_error",
+           "add_sharding_options", "apply_fast_path", "apply_limits", "check_sharding", "command", "default_device", "describe_os_error",
            "error_text", "fold_value", "launch_prediction_processes", "method_option_names", "method_overrides_from",
            "normalize_configuration", "parse_device", "parse_method_overrides", "parse_with_method_overrides",
            "positive_int", "prediction_share", "step_size", "suggest_flag"]

@@ -12,6 +12,7 @@ from autosam.cli.common import (
     Parser,
     add_prediction_options,
     add_sharding_options,
+    apply_fast_path,
     apply_limits,
     check_sharding,
     command,
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         parser, argv, lambda a: method_option_names(a.m.name.split("__")[0]))
     check_sharding(parser, args)
     apply_limits(args)
+    apply_fast_path(args)
     check_output_folder(args.o, args.overwrite_output)
     launched = launch_prediction_processes("autosam_predict_from_modelfolder", "autosam.cli.predict_modelfolder", argv, args)
     if launched is not None:
