@@ -1,5 +1,5 @@
-"""Shared set-up of the benchmark scripts (run them as ``python benchmarks/NAME.py``, which puts
-this folder on the import path)."""
+"""Shared set-up of the benchmark scripts in ``benchmarks/<folder>/`` (each puts ``benchmarks/`` on
+its import path): the work folder, the example dataset, the result output."""
 from __future__ import annotations
 
 import logging

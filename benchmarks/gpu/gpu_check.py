@@ -41,8 +41,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 _BENCH = Path(__file__).resolve().parents[1]
-# gpu_check_acceptance.py beside this file; bench_common.py in benchmarks/speed/ (benchmarks/ before it moves)
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(_BENCH / "speed"), str(_BENCH)]
+# gpu_check_acceptance.py beside this file; bench_common.py in benchmarks/
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(_BENCH)]
 
 from bench_common import use_work_folder  # noqa: E402
 

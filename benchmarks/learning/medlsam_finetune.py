@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 _BENCH = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(_BENCH / "speed"), str(_BENCH)]  # bench_common.py: benchmarks/speed/, or benchmarks/ before it moves
+sys.path[:0] = [str(_BENCH)]  # bench_common.py
 from bench_common import ensure_example_dataset, finish, use_work_folder  # noqa: E402
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-# bench_predict.py: beside this file in benchmarks/speed/, or in benchmarks/ before it moves
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+# bench_predict.py: beside this file
+sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 
 def main() -> int:

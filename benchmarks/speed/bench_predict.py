@@ -8,8 +8,8 @@ script reports wall time, peak RSS of the whole process tree (polled from /proc 
 the voxel agreement of the two label maps. ``--repeats N`` runs both tools N times, alternating
 which goes first, and reports every ratio and their median.
 
-    python benchmarks/bench_predict.py                # two real CT volumes from shared/data
-    python benchmarks/bench_predict.py --disable_tta  # without mirroring (both tools)
+    python benchmarks/speed/bench_predict.py                # two real CT volumes from shared/data
+    python benchmarks/speed/bench_predict.py --disable_tta  # without mirroring (both tools)
 
 With ``--model`` a *trained* autosam unet model folder is used instead (its plans become an
 equivalent nnU-Net plans file, its fold-0 weights the nnU-Net checkpoint), on the images of
@@ -18,7 +18,7 @@ Dice is reported too. ``--variants`` picks the runs: ``autosam`` and ``nnunet`` 
 mirroring on), ``autosam_fast`` (``--fast``: no mirroring, step 0.75) and ``nnunet_notta``
 (``--disable_tta``) - the fast CPU path's runtime table:
 
-    python benchmarks/bench_predict.py --model RESULTS/Dataset004_Hippocampus/unet__autosamPlans__3d \
+    python benchmarks/speed/bench_predict.py --model RESULTS/Dataset004_Hippocampus/unet__autosamPlans__3d \
         --images VAL/imagesTr --reference VAL/labelsTr --variants autosam autosam_fast nnunet nnunet_notta
 
 Needs nnunetv2 (``pip install -e .[bench]``) and the unet method plugin.
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "totalsegmentator"
 DATASET = "Dataset997_PredictBench"
 LABELS = {"background": 0, **{f"organ{i}": i for i in range(1, 14)}}  # 14 classes
 INTENSITY = {"max": 3000.0, "mean": 60.0, "median": 50.0, "min": -1024.0, "percentile_00_5": -1000.0,
@@ -152,7 +152,6 @@ def save_random_unet(folder: Path, plans, dataset_json: dict, configuration: str
 def brats_sized_model(work: Path, cases: int, env: dict) -> tuple[Path, Path, Path]:
     """Synthetic BraTS-sized cases (2 channels, 155 x 240 x 240; benchmarks/speed/bench_plan_and_preprocess.py),
     autosam's CPU plans for them and a random-weight unet: (model folder, images, labels)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "speed"))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_plan_and_preprocess import DATASET_ID, make_dataset
 
