@@ -81,6 +81,20 @@ def test_image_resampling_is_cubic_bspline():
         np.testing.assert_allclose(out[c][inner], ref[inner], atol=5e-3 * np.abs(ref).max())
 
 
+def test_image_resampling_stays_in_each_channels_input_range():
+    """A cubic spline overshoots at a sharp edge (up to ~1 z-score unit on clipped CT); nnU-Net's
+    skimage resize clips to the input range (clip=True), and autosam must give the same data."""
+    data = np.zeros((2, 8, 16, 16), np.float32)
+    data[0, :, 5:11, 5:11] = 3.0  # a bright block at the clip maximum
+    data[1] = -data[0]
+    out = resample_image(data, (11, 23, 29))
+    for c in range(2):
+        assert out[c].min() >= data[c].min() and out[c].max() <= data[c].max()
+        assert out[c].max() - out[c].min() > 2.9  # clipped, not flattened
+    raw = ndimage.zoom(data[0], [11 / 8, 23 / 16, 29 / 16], order=3, mode="nearest", grid_mode=True)
+    assert raw.max() > 3.05  # the overshoot the clip removes is real
+
+
 # ---------------------------------------------------------------------------------------- normalisation
 def test_ct_normalisation_clips_and_standardises_with_dataset_statistics():
     x = np.array([-2000, 0, 100, 5000], np.float32)

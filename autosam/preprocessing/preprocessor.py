@@ -170,6 +170,7 @@ def preprocessing_signature(plans: Plans, configuration_name: str) -> dict:
         "use_mask_for_norm": conf.use_mask_for_norm,
         "zscore_clip_percentiles": ZSCORE_CLIP_PERCENTILES,
         "resampling": vars(conf.resampling),
+        "image_resampling_clipped": True,  # resample_image clips each channel to its input range
         "intensity": plans.foreground_intensity_properties_per_channel,
         "class_locations_per_class": CLASS_LOCATIONS_PER_CLASS,
     }
