@@ -387,3 +387,18 @@ def test_ddp_trainer_on_two_kinds_of_gpu(autosam_dirs, tmp_path):
     assert ranks[0]["after_training_error"] == "ValueError: after_training failed on purpose"
     assert ranks[1]["after_training_error"] == ("RuntimeError: rank 0 failed during after_training: ValueError: "
                                                 "after_training failed on purpose")
+
+
+def test_leaving_the_process_group_waits_for_the_others_only_after_a_normal_end(monkeypatch):
+    """After a normal end every rank meets at a barrier before the group is destroyed (no rank tears
+    its connections down while another still uses them); a rank leaving on an error must not wait
+    for ranks that may never arrive."""
+    calls = []
+    monkeypatch.setattr(distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.destroy_process_group()
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    distributed.destroy_process_group(wait_for_others=False)
+    assert calls == ["destroy"]

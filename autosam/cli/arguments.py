@@ -68,10 +68,10 @@ def add_prediction_options(p: argparse.ArgumentParser) -> None:
 
 def apply_fast_path(args) -> None:
     """Resolve ``--fast`` and the default ``-step_size`` of a parsed prediction command line."""
-    if getattr(args, "fast", False):
+    if args.fast:
         args.disable_tta = True
     if args.step_size is None:
-        args.step_size = FAST_STEP if getattr(args, "fast", False) else DEFAULT_STEP
+        args.step_size = FAST_STEP if args.fast else DEFAULT_STEP
 
 
 def add_max_voxels(p: argparse.ArgumentParser) -> None:

@@ -246,8 +246,9 @@ def trained_model(model: Path, work: Path):
     dataset_json = read_json(model / "dataset.json")
     state = load_checkpoint(model / "fold_0" / "checkpoint_final.pth", map_location="cpu")["network"]
     state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
-    build_nnunet_model(work / "nnunet_model", plans, state, dataset_json, model.name.split("__")[-1])
-    return plans, dataset_json
+    configuration = model.name.split("__")[-1]
+    build_nnunet_model(work / "nnunet_model", plans, state, dataset_json, configuration)
+    return plans, dataset_json, configuration
 
 
 VARIANTS = ("autosam", "nnunet", "autosam_fast", "nnunet_notta")
@@ -289,7 +290,7 @@ def main() -> int:
             p.error("--model needs --images")
         model = args.model.resolve()
         images = args.images.resolve()
-        plans, dj = trained_model(model, work)
+        plans, dj, configuration = trained_model(model, work)
         cases = sorted({f.name[: -len("_0000.nii.gz")] for f in images.glob("*_0000.nii.gz")})
         labels = [int(v) for k, v in dj["labels"].items() if k != "background" and not isinstance(v, list)]
         autosam_cmd = [str(bindir / "autosam_predict_from_modelfolder"), "-m", str(model)]
@@ -298,6 +299,7 @@ def main() -> int:
         cases = make_inputs(images, tuple(args.cases))
         labels = list(range(1, 14))
         plans, state, dj = build_autosam_model(work / "results", args.spacing, args.patch)
+        configuration = "3d"
         build_nnunet_model(work / "nnunet_model", plans, state, dj)
         autosam_cmd = [str(bindir / "autosam_predict"), "-d", DATASET, "-c", "3d", "-m", "unet"]
     tta = ["--disable_tta"] if args.disable_tta else []
@@ -341,7 +343,7 @@ def main() -> int:
             results[f"ratio_wall_runs{key}"] = [round(x, 3) for x in ratios]
     seconds_per_case = {name: round(float(np.median([x["wall_s"] for x in v])) / len(cases), 2) for name, v in runs.items()}
     print(json.dumps({"cases": len(cases), "model": str(args.model) if args.model else None,
-                      "patch": list(plans.configurations["3d"].patch_size), "tta": not args.disable_tta,
+                      "patch": list(plans.configurations[configuration].patch_size), "tta": not args.disable_tta,
                       "seconds_per_case": seconds_per_case, "cpu_count": os.cpu_count(),
                       "loadavg_at_end": os.getloadavg(), **results}))
     return 0

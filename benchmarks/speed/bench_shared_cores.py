@@ -33,20 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from autosam.utils.threads import affinity_cores
+
 MODES = ("alone", "beside_default", "beside_oversubscribed")
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _env(mode: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "AUTOSAM_NUM_THREADS", "MKL_NUM_THREADS")}
     if mode == "beside_oversubscribed":
-        env["OMP_NUM_THREADS"] = str(_cores())
+        env["OMP_NUM_THREADS"] = str(affinity_cores())
     return env
 
 
@@ -93,7 +88,7 @@ def main() -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_shared_cores_"))
     work.mkdir(parents=True, exist_ok=True)
     n_cases = len(list(args.images.glob("*_0000.nii.gz")))
-    results: dict = {"cores": _cores(), "cases": n_cases, "train_args": args.train_args}
+    results: dict = {"cores": affinity_cores(), "cases": n_cases, "train_args": args.train_args}
     for mode in args.modes:
         env = _env(mode)
         training = None
