@@ -29,16 +29,19 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-DATA = Path(os.environ.get("AUTOSAM_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "totalsegmentator"
+_BESIDE = Path(__file__).resolve().parents[3] / "shared"  # the shared data beside the checkout
+DATA = Path(os.environ.get("AUTOSAM_SHARED_DATA") or (_BESIDE if _BESIDE.is_dir() else "/work/shared")) / "data" / "totalsegmentator"
 #: TotalSegmentator ``total`` class id -> (name, new value)
 ORGANS = {5: ("liver", 1), 1: ("spleen", 2), 2: ("kidney_right", 3), 3: ("kidney_left", 4)}
 
 
-def build_raw(raw_root: Path, dataset_id: int, slab: int, first: int) -> tuple[Path, list[str]]:
-    image = sitk.ReadImage(str(DATA / "example_ct.nii.gz"))
-    label = sitk.ReadImage(str(DATA / "example_seg_fast_force_split.nii.gz"))
+def build_raw(raw_root: Path, dataset_id: int, slab: int, first: int, data: Path = DATA) -> tuple[Path, list[str]]:
+    """Write ``Dataset<ID>_OrganSlabsCT`` (imagesTr, labelsTr, dataset.json) under ``raw_root``; return
+    its folder and the case ids, one per slab, in z order."""
+    image = sitk.ReadImage(str(data / "example_ct.nii.gz"))
+    label = sitk.ReadImage(str(data / "example_seg_fast_force_split.nii.gz"))
     if image.GetSize() != label.GetSize():
-        raise SystemExit(f"{DATA}: image and label sizes differ")
+        raise SystemExit(f"{data}: image and label sizes differ")
     img, lab = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(label)
     new = np.zeros_like(lab, dtype=np.uint8)
     for old, (_name, value) in ORGANS.items():
