@@ -219,8 +219,12 @@ def test_compare_methods_trains_each_candidate_for_the_budget_and_ranks_them(aut
     best = read_json(autosam_dirs["results"] / NAME / "find_best_configuration.json")
     assert report["winner"] == best["ranking"][0]["name"]
     capsys.readouterr()
+    assert all(r["minutes_with_validation"] is not None for r in report["runs"])
     assert main(argv) == 0
     assert capsys.readouterr().out.count("already trained with this budget, reused") == 2
+    again = read_json(autosam_dirs["results"] / NAME / "compare_methods.json")
+    assert [r["dice"] for r in again["runs"]] == [r["dice"] for r in report["runs"]]
+    assert all(r["minutes_with_validation"] is None for r in again["runs"])  # not timed by the call that reused them
 
 
 def test_resume_with_more_epochs_continues_the_schedule_not_at_zero(autosam_dirs):

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         for fold in args.folds:
             fold_dir = model_folder(dataset, method, args.plans, args.configuration) / f"fold_{fold}"
             start = time.monotonic()
-            if not args.retrain and _reusable(fold_dir, args.budget):
+            reused = not args.retrain and _reusable(fold_dir, args.budget)
+            if reused:
                 print(f"{method} fold {fold}: already trained with this budget, reused ({fold_dir})")
             else:
                 run_training(args.dataset, args.configuration, method, fold, epochs=args.epochs,
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = read_json(fold_dir / "validation" / "summary.json")
             runs.append({"method": method, "fold": fold, "budget_minutes": args.budget,
                          "iterations": (meta.get("time_budget") or {}).get("iterations_done"),
-                         "minutes_with_validation": round((time.monotonic() - start) / 60, 2),
+                         # a reused fold was timed when it was trained, not here
+                         "minutes_with_validation": None if reused else round((time.monotonic() - start) / 60, 2),
                          "dice": summary["foreground_mean"]["Dice"]})
     result = find_best_configuration(args.dataset, methods, [args.configuration], args.folds, args.plans,
                                      allow_ensembling=False, num_processes=args.num_processes)
