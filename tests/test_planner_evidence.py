@@ -47,11 +47,13 @@ def _system(name, score):
 def test_cpu_target_defaults_to_unet_where_sautomed_wins_only_at_equal_iterations():
     gpu = plan(organs(), _dj(3), system=_system("sautomed", 0.7))
     assert gpu.default_method == "sautomed"
-    assert "0.559" in gpu.default_method_rationale and "not measured" in gpu.default_method_rationale
+    # the GPU keeps the equal-iteration winner, and its rationale also says what equal time showed
+    assert "0.559" in gpu.default_method_rationale and "0.751" in gpu.default_method_rationale
     cpu = plan(organs(), _dj(3), system=_system("sautomed", 0.7), target="cpu")
     assert cpu.default_method == "unet"
     why = cpu.default_method_rationale
     assert "only at equal iterations" in why and "equal CPU time" in why and "autosam_compare_methods" in why
+    assert "below unet" in why and "0.564" in why and "0.751" in why  # the equal-time measurement, named
 
 
 def test_a_method_measured_below_unet_never_wins_on_such_data():
