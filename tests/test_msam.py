@@ -119,3 +119,20 @@ def test_one_training_step_reduces_loss_on_same_batch():
         opt.step()
         losses.append(float(r.loss))
     assert losses[-1] < losses[0]
+
+
+def test_zero_decoder_steps_are_refused_not_an_empty_prediction():
+    """auto_iterations 0 used to return the all-zero initial mask (every voxel background, Dice 0 on
+    real data) without a word; 1 is one decoder step without mask feedback, the real ablation."""
+    import pytest
+
+    for name in ("auto_iterations", "train_iterations"):
+        with pytest.raises(ValueError, match=f"--{name.replace('_', '-')} must be at least 1"):
+            _net(**{name: "0"})
+    torch.manual_seed(0)
+    m, ctx, net = _net(auto_iterations="1")
+    with torch.no_grad():
+        out = m.predict_logits(net.eval(), torch.randn(1, 1, 32, 32, 32), ctx)
+        assert out[:, 1:].abs().sum() > 0  # the decoder ran: not the constant initial mask
+        with pytest.raises(ValueError, match="at least one mask-decoder step"):
+            net(torch.randn(1, 1, 32, 32, 32), iterations=0)

@@ -87,6 +87,8 @@ class MSamNetwork(nn.Module):
     def forward(self, x: torch.Tensor, iterations: int = 3) -> torch.Tensor:
         """Automatic mode (no clicks, no label): ``iterations`` mask-feedback refinements; returns
         class logits B x (K+1) x S^3 with a fixed 0 background logit."""
+        if iterations < 1:
+            raise ValueError(f"msam: at least one mask-decoder step is needed, got iterations={iterations}")
         emb = self.encode(x)
         logits = self.initial_mask(x.shape[0], x.device)
         for _ in range(iterations):

@@ -48,6 +48,10 @@ class MSam(Method):
         from autosam.sam.backbones import build_backbone
 
         o = ctx.options
+        for name in ("train_iterations", "auto_iterations"):  # 0 steps would return the empty initial mask
+            if int(getattr(o, name)) < 1:
+                raise ValueError(f"msam: --{name.replace('_', '-')} must be at least 1 (one mask-decoder step; "
+                                 f"1 = no mask-feedback refinement), got {getattr(o, name)}")
         backbone = build_backbone(o.backbone, input_size=self.input_size(ctx), checkpoint=o.sam_checkpoint,
                                   allow_random_init=o.allow_random_init)
         if backbone.dims != 3:
