@@ -196,11 +196,9 @@ def resample_image(data: np.ndarray, new_shape: Sequence[int], separate: int | N
         ch = np.asarray(data[c], dtype=np.float32)
         if separate is not None and ch.shape[separate] != new_shape[separate]:
             ch = _spline_resize_axis(ch, separate, new_shape[separate], order_z)
-        # no spline overshoot beyond the input's range (as nnU-Net); on the separate-z path nnU-Net
-        # resizes (and clips) each slice of the separate axis on its own
-        others = None if separate is None else tuple(a for a in range(ch.ndim) if a != separate)
-        low, high = (ch.min(axis=others, keepdims=True), ch.max(axis=others, keepdims=True)) if order > 0 else (None, None)
-        out[c] = _spline_resize(ch, new_shape, order, skip_axis=separate)
-        if order > 0:
-            np.clip(out[c], low, high, out=out[c])
+        out[c] = _spline_resize(ch, new_shape, order, skip_axis=separate)  # leaves ch as it was
+        if order > 0:  # no spline overshoot beyond the input's range (as nnU-Net); on the separate-z
+            # path nnU-Net resizes (and clips) each slice of the separate axis on its own
+            others = None if separate is None else tuple(a for a in range(ch.ndim) if a != separate)
+            np.clip(out[c], ch.min(axis=others, keepdims=True), ch.max(axis=others, keepdims=True), out=out[c])
     return out
