@@ -19,8 +19,9 @@ def test_slabs_are_the_scans_organ_region_in_place(tmp_path):
     spec = importlib.util.spec_from_file_location("organ_slabs", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    folder, ids = mod.build_raw(tmp_path, 5, 8, 64, data=TOTALSEG)
+    folder, ids, with_organs = mod.build_raw(tmp_path, 5, 8, 64, data=TOTALSEG)
     assert ids == [f"slab_{k}" for k in range(6)]  # z 64-111 in 8-slice slabs
+    assert with_organs == ids  # every slab of the organ region holds one
     scan = sitk.ReadImage(str(TOTALSEG / "example_ct.nii.gz"))
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(TOTALSEG / "example_seg_fast_force_split.nii.gz")))
     pieces, labels = [], []

@@ -29,15 +29,19 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from autosam.paths import preprocessed_dir, raw_dir
+from autosam.utils.files import write_json
+
 _BESIDE = Path(__file__).resolve().parents[3] / "shared"  # the shared data beside the checkout
 DATA = Path(os.environ.get("AUTOSAM_SHARED_DATA") or (_BESIDE if _BESIDE.is_dir() else "/work/shared")) / "data" / "totalsegmentator"
 #: TotalSegmentator ``total`` class id -> (name, new value)
 ORGANS = {5: ("liver", 1), 1: ("spleen", 2), 2: ("kidney_right", 3), 3: ("kidney_left", 4)}
 
 
-def build_raw(raw_root: Path, dataset_id: int, slab: int, first: int, data: Path = DATA) -> tuple[Path, list[str]]:
+def build_raw(raw_root: Path, dataset_id: int, slab: int, first: int,
+              data: Path = DATA) -> tuple[Path, list[str], list[str]]:
     """Write ``Dataset<ID>_OrganSlabsCT`` (imagesTr, labelsTr, dataset.json) under ``raw_root``; return
-    its folder and the case ids, one per slab, in z order."""
+    its folder, the case ids (one per slab, in z order) and those of the slabs that hold an organ."""
     image = sitk.ReadImage(str(data / "example_ct.nii.gz"))
     label = sitk.ReadImage(str(data / "example_seg_fast_force_split.nii.gz"))
     if image.GetSize() != label.GetSize():
@@ -49,7 +53,7 @@ def build_raw(raw_root: Path, dataset_id: int, slab: int, first: int, data: Path
     folder = raw_root / f"Dataset{dataset_id:03d}_OrganSlabsCT"
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(exist_ok=True)
-    ids = []
+    ids, with_organs = [], []
     for k in range((img.shape[0] - first) // slab):
         z0 = first + k * slab
         case = f"slab_{k}"
@@ -61,13 +65,13 @@ def build_raw(raw_root: Path, dataset_id: int, slab: int, first: int, data: Path
             name = f"{case}_0000.nii.gz" if sub == "imagesTr" else f"{case}.nii.gz"
             sitk.WriteImage(out, str(folder / sub / name), useCompression=True)
         ids.append(case)
+        if new[z0:z0 + slab].any():
+            with_organs.append(case)
     labels = {"background": 0, **{name: value for name, value in ORGANS.values()}}
-    from autosam.utils.files import write_json
-
     write_json(folder / "dataset.json", {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": len(ids),
                                          "file_ending": ".nii.gz",
                                          "description": f"{slab}-slice slabs of TotalSegmentator's example CT from z {first}"})
-    return folder, ids
+    return folder, ids, with_organs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,25 +81,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--first", type=int, default=64, help="first slice of the organ region (default 64)")
     p.add_argument("-np", type=int, default=2, help="preprocessing processes")
     args = p.parse_args(argv)
-    from autosam.paths import raw_dir, preprocessed_dir
-
-    folder, ids = build_raw(Path(raw_dir()), args.id, args.slab, args.first)
+    folder, ids, with_organs = build_raw(Path(raw_dir()), args.id, args.slab, args.first)
     print(f"wrote {len(ids)} slabs to {folder}")
     subprocess.run(["autosam_plan_and_preprocess", "-d", str(args.id), "-c", "3d", "-np", str(args.np)], check=True)
-    with_organs = [c for c in ids if _has_organs(folder / "labelsTr" / f"{c}.nii.gz")]
     if len(with_organs) < 4:
         raise SystemExit(f"only {len(with_organs)} slabs hold an organ: {with_organs}")
     folds = [with_organs[1::2], with_organs[0::2]]  # fold 0 validates on the 2nd, 4th, ... slab
     splits = [{"train": [c for c in ids if c not in val], "val": val} for val in folds]
-    from autosam.utils.files import write_json
-
     target = Path(preprocessed_dir()) / folder.name / "splits_final.json"
     write_json(target, splits)
     print(f"wrote {target}: fold 0 validates on {folds[0]}, fold 1 on {folds[1]}")
-
-
-def _has_organs(path: Path) -> bool:
-    return bool(sitk.GetArrayFromImage(sitk.ReadImage(str(path))).any())
 
 
 if __name__ == "__main__":
