@@ -54,17 +54,38 @@ def test_uncropping_restores_exact_geometry_and_labels(tmp_path):
 def test_resampled_probabilities_go_back_to_the_cropped_shape(tmp_path):
     geometry = ImageGeometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), ROTATED, (9, 20, 24))
     bbox = [[0, 9], [2, 18], [4, 24]]  # crop 9 x 16 x 20
-    probs = torch.softmax(torch.randn(4, 18, 8, 10) * 3, 0)  # preprocessed at spacing (1, 2, 2)
+    logits = torch.randn(4, 18, 8, 10) * 3
+    probs = torch.softmax(logits, 0)  # preprocessed at spacing (1, 2, 2)
     props = properties_for(geometry, bbox, preprocessed_spacing=(1.0, 2.0, 2.0))
     seg, full = probabilities_to_segmentation(probs, props, ResamplingPlan(), return_probabilities=True)
-    expected = F.interpolate(probs[None], size=(9, 16, 20), mode="trilinear", align_corners=False)[0]
+    # as nnU-Net: the logits are interpolated, then the softmax and argmax taken
+    expected = torch.softmax(F.interpolate(logits[None], size=(9, 16, 20), mode="trilinear", align_corners=False)[0], 0)
     assert np.array_equal(seg[0:9, 2:18, 4:24], expected.argmax(0).numpy())
+    # interpolating the probabilities themselves gives another label map at class borders
+    naive = F.interpolate(probs[None], size=(9, 16, 20), mode="trilinear", align_corners=False)[0].argmax(0)
+    assert not np.array_equal(naive.numpy(), expected.argmax(0).numpy())
     assert full.shape == (4, 9, 20, 24)
     np.testing.assert_allclose(full[:, 0:9, 2:18, 4:24], expected.numpy(), atol=1e-5)
     assert np.all(full[0, :, :2] == 1) and np.all(full[1:, :, :2] == 0)
     # chunked (label only) and full paths agree
     chunked = probabilities_to_segmentation(probs, props, ResamplingPlan(), chunk_voxels=500)
     assert np.array_equal(chunked, seg)
+
+
+def test_resampled_region_probabilities_follow_the_interpolated_logits():
+    """Sigmoid regions: nnU-Net interpolates each region's logit, then thresholds its sigmoid at 0.5."""
+    from autosam.io.labels import LabelManager
+
+    lm = LabelManager({"background": 0, "whole": [1, 2], "core": 2}, [1, 2])
+    geometry = ImageGeometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), ROTATED, (7, 12, 10))
+    props = properties_for(geometry, [[0, 7], [0, 12], [0, 10]], preprocessed_spacing=(1.0, 2.0, 2.0))
+    logits = torch.randn(2, 7, 6, 5) * 4
+    seg, full = probabilities_to_segmentation(torch.sigmoid(logits), props, ResamplingPlan(), return_probabilities=True,
+                                              label_manager=lm)
+    expected = torch.sigmoid(F.interpolate(logits[None], size=(7, 12, 10), mode="trilinear", align_corners=False)[0])
+    # float32 sigmoid probabilities near 0 or 1 hold their logit to ~1e-3 only; the 0.5 threshold is exact
+    np.testing.assert_allclose(full, expected.numpy(), atol=2e-3)
+    assert np.array_equal(seg, lm.convert_probabilities_to_segmentation(expected).numpy())
 
 
 def test_anisotropic_axis_resampled_separately_with_nearest():
