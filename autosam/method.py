@@ -81,6 +81,10 @@ class MethodContext:
     # Sliding-window step as a fraction of the patch (``-step_size``; 0.5 = nnU-Net's default). Methods
     # that predict with overlapping windows or tiles use it; smaller is slower and smoother.
     step_size: float = 0.5
+    # Prediction on the CPU under bfloat16 autocast (``--bf16``; ``--fast`` on a CPU with native bf16).
+    # Methods with a float32 CPU path of their own (unet's frozen TorchScript graph) use the eager
+    # network then.
+    cpu_bf16: bool = False
     # Distributed training (torch.distributed, one process per GPU): this process's rank among
     # ``world_size`` processes. A single-process run is rank 0 of 1.
     rank: int = 0

@@ -78,3 +78,31 @@ def test_unet_rejects_unknown_cpu_inference_mode():
     method, net, ctx = _unet_and_ctx(cpu_inference="fast")
     with pytest.raises(ValueError, match="cpu_inference"):
         method.predict_volume(net, torch.zeros(1, 8, 16, 16), ctx)
+
+
+def test_unet_predicts_in_bf16_through_the_case_predictor_when_asked(monkeypatch):
+    """``ctx.cpu_bf16``: the fold ensemble runs under CPU bf16 autocast, unet leaves its float32
+    TorchScript graph for the eager network (which autocast reaches), and the probabilities stay
+    close to float32's."""
+    from autosam.inference import cpu_inference
+    from autosam.inference.case_prediction import predict_preprocessed_case
+
+    method, net, ctx = _unet_and_ctx()
+    net.eval()
+    data = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 12, 20, 24)).astype(np.float32))
+    fp32 = predict_preprocessed_case(method, [net], data, None, ctx)
+    conv_dtypes = []
+    hook = net.encoder.stages[0].register_forward_hook(lambda m, i, o: conv_dtypes.append(o.dtype))
+    traced = []
+    real_frozen = cpu_inference.frozen_cpu_forward
+    monkeypatch.setattr(cpu_inference, "frozen_cpu_forward", lambda *a, **k: traced.append(1) or real_frozen(*a, **k))
+    ctx.cpu_bf16 = True
+    try:
+        bf16 = predict_preprocessed_case(method, [net], data, None, ctx)
+    finally:
+        hook.remove()
+    assert not traced and conv_dtypes and set(conv_dtypes) == {torch.bfloat16}
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    assert torch.allclose(bf16.sum(0), torch.ones(12, 20, 24), atol=1e-4)
+    assert (bf16 - fp32).abs().max() < 0.05
+    assert (bf16.argmax(0) == fp32.argmax(0)).float().mean() > 0.98

@@ -354,3 +354,29 @@ def test_fast_prediction_path(model_folder, tmp_path, monkeypatch):  # noqa: F81
         assert {bool(c[1]) for c in calls} == {args["use_mirroring"]}
         runs[name] = (args["step_size"], args["use_mirroring"])
     assert runs == {"default": (0.5, True), "fast": (0.75, False), "fast_step": (0.6, False)}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_follows_fast_where_the_cpu_has_native_bf16(model_folder, tmp_path, monkeypatch, native):  # noqa: F811
+    """--fast turns on CPU bf16 autocast where the CPU computes bf16 natively; --bf16 / --no-bf16
+    decide explicitly; the network really runs under autocast exactly when predict_args.json says so."""
+    from autosam.inference import sliding_window
+    from autosam.utils import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: native)
+    seen = []
+    real = sliding_window.sliding_window_predict
+    monkeypatch.setattr(sliding_window, "sliding_window_predict",
+                        lambda *a, **kw: seen.append(torch.is_autocast_enabled("cpu")) or real(*a, **kw))
+    _write_inputs(tmp_path / "in", 1)
+    base = ["-i", str(tmp_path / "in"), "-d", "998", "-c", "3d", "-m", TinyMethod.name, "-f", "0", "-device", "cpu",
+            "-npp", "1", "--disable_progress_bar"]
+    runs = {"default": [], "fast": ["--fast"], "fast_fp32": ["--fast", "--no-bf16"], "bf16": ["--bf16"]}
+    result = {}
+    for name, extra in runs.items():
+        seen.clear()
+        assert predict.main(base + ["-o", str(tmp_path / name), *extra]) == 0
+        recorded = json.loads((tmp_path / name / "predict_args.json").read_text())["cpu_bf16"]
+        assert seen and set(seen) == {recorded}
+        result[name] = recorded
+    assert result == {"default": False, "fast": native, "fast_fp32": False, "bf16": True}

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                                  use_mirroring=not args.disable_tta, save_probabilities=args.save_probabilities,
                                  device=device, num_processes=args.num_processes, plans_name=args.plans,
                                  method_overrides=overrides, progress=progress, patch_progress=not args.quiet,
-                                 boxes_json=args.boxes_json, step_size=args.step_size,
+                                 boxes_json=args.boxes_json, step_size=args.step_size, cpu_bf16=args.bf16,
                                  num_export_workers=args.num_export_workers, num_parts=num_parts, part_id=part_id,
                                  continue_prediction=args.continue_prediction, prompts_json=args.prompts_json)
     finally:

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.m.is_dir():
             raise FileNotFoundError(f"{args.m}: model folder does not exist")
         device, num_parts, part_id = prediction_share(args)
-        predictor = Predictor(use_mirroring=not args.disable_tta, device=device, step_size=args.step_size)
+        predictor = Predictor(use_mirroring=not args.disable_tta, device=device, step_size=args.step_size,
+                              cpu_bf16=args.bf16)
         predictor.initialize_from_trained_model_folder(args.m, folds, args.checkpoint, overrides)
         written = predict_folder_with_model(predictor.model, args.i, args.o, use_mirroring=not args.disable_tta,
                                             save_probabilities=args.save_probabilities,
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                                             patch_progress=not args.quiet, step_size=args.step_size,
                                             num_export_workers=args.num_export_workers, num_parts=num_parts,
                                             part_id=part_id, continue_prediction=args.continue_prediction,
-                                            prompts_json=args.prompts_json)
+                                            prompts_json=args.prompts_json, cpu_bf16=args.bf16)
     finally:
         progress.close()
     print(f"{len(written)} prediction(s) written to {args.o} in {time.perf_counter() - start:.1f} s")

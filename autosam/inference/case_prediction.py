@@ -53,7 +53,9 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
             if isinstance(item, FoldModel):
                 method.load_extra_state(item.method_state)
             network.eval()
-            with precision.autocast(ctx.device):  # the training precision (bf16 or fp16 on CUDA), for every method
+            # the training precision (bf16 or fp16 on CUDA), for every method; bf16 on the CPU when asked
+            cpu_dtype = torch.bfloat16 if ctx.cpu_bf16 and ctx.device.type == "cpu" else None
+            with precision.autocast(ctx.device, cpu_dtype):
                 if predict is not None:
                     probs = predict(network, tensor, i)
                 else:

@@ -34,7 +34,8 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
                    progress: Callable[[str, int, int], None] | None = None,
                    patch_progress: bool | Callable = False, boxes_json: str | Path | None = None,
                    step_size: float = 0.5, num_export_workers: int = 1, num_parts: int = 1, part_id: int = 0,
-                   continue_prediction: bool = False, prompts_json: str | Path | None = None) -> list[Path]:
+                   continue_prediction: bool = False, prompts_json: str | Path | None = None,
+                   cpu_bf16: bool = False) -> list[Path]:
     """Predict every case of ``input_folder`` (``<case>_0000<ending>``...) into ``output_folder``.
 
     ``method="auto"``: see :func:`resolve_auto_method`. ``folds=None``: every fold that has the
@@ -46,6 +47,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
     ``prompts_json``: prompts per case (3D boxes, 2D boxes, clicks; :mod:`autosam.inference.prompted`)
     for :meth:`Method.predict_with_prompts`, checked and recorded the same way.
     ``num_parts``/``part_id`` and ``continue_prediction``: see :func:`select_cases`.
+    ``cpu_bf16``: on the CPU, predict under bfloat16 autocast (:attr:`MethodContext.cpu_bf16`).
     Returns the written label files.
     """
     input_folder = Path(input_folder)
@@ -65,7 +67,7 @@ def predict_folder(input_folder: str | Path, output_folder: str | Path, dataset_
                                      progress=progress, patch_progress=patch_progress, boxes_json=boxes_json,
                                      step_size=step_size, num_export_workers=num_export_workers, num_parts=num_parts,
                                      part_id=part_id, continue_prediction=continue_prediction,
-                                     prompts_json=prompts_json)
+                                     prompts_json=prompts_json, cpu_bf16=cpu_bf16)
 
 
 def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, output_folder: str | Path,
@@ -74,7 +76,7 @@ def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, out
                               patch_progress: bool | Callable = False, boxes_json: str | Path | None = None,
                               step_size: float = 0.5, num_export_workers: int = 1, num_parts: int = 1,
                               part_id: int = 0, continue_prediction: bool = False,
-                              prompts_json: str | Path | None = None) -> list[Path]:
+                              prompts_json: str | Path | None = None, cpu_bf16: bool = False) -> list[Path]:
     """:func:`predict_folder` with a model already loaded (:func:`load_trained_model`), for example
     from a model folder outside ``AUTOSAM_RESULTS`` (``autosam_predict_from_modelfolder``)."""
     input_folder, output_folder = Path(input_folder), Path(output_folder)
@@ -83,6 +85,7 @@ def predict_folder_with_model(model: TrainedModel, input_folder: str | Path, out
     if not 0 < step_size <= 1:
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
     model.ctx.step_size = step_size
+    model.ctx.cpu_bf16 = bool(cpu_bf16)
     all_cases = list_prediction_inputs(input_folder, model.dataset_json)
     if not all_cases:
         raise FileNotFoundError(f"{input_folder}: no images named <case>_0000{model.dataset_json['file_ending']}")
@@ -118,6 +121,7 @@ def _predict_cases(model: TrainedModel, cases: list, input_folder: Path, output_
         "input_folder": str(input_folder), "model_folder": str(model.model_folder), "method": model.method.name,
         "configuration": configuration, "folds": [str(f) for f in folds], "checkpoint": checkpoint,
         "use_mirroring": use_mirroring, "step_size": step_size, "save_probabilities": save_probabilities,
+        "cpu_bf16": model.ctx.cpu_bf16 and model.ctx.device.type == "cpu",
         "device": str(model.ctx.device), "num_parts": num_parts,
         "options": _options_dict(model.ctx.options),
         "checkpoint_epochs": {str(f.fold): f.epoch for f in model.folds},

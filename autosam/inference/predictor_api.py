@@ -29,16 +29,18 @@ class Predictor:
     ``spacing`` is (z, y, x) in mm, as :func:`autosam.io.image.read_image` returns them. The array
     goes through exactly the steps a file goes through in :func:`predict_folder` (same
     preprocessing, fold ensemble and export), so the same image gives the same mask either way.
+    ``cpu_bf16=True`` predicts on the CPU under bfloat16 autocast (as ``--bf16``).
     """
 
     def __init__(self, use_mirroring: bool = True, device: str | torch.device = "cpu", progress: bool = False,
-                 step_size: float = 0.5):
+                 step_size: float = 0.5, cpu_bf16: bool = False):
         if not 0 < step_size <= 1:
             raise ValueError(f"step_size must be in (0, 1], got {step_size}")
         self.use_mirroring = use_mirroring
         self.device = device
         self.progress = progress
         self.step_size = step_size
+        self.cpu_bf16 = cpu_bf16
         self.model: TrainedModel | None = None
 
     def initialize_from_trained_model_folder(self, model_folder: str | Path, use_folds: Sequence[int | str] | None = None,
@@ -52,6 +54,7 @@ class Predictor:
                         ", ".join(map(str, folds)))
         self.model = load_trained_model(model_folder, folds, checkpoint_name, self.device, method_overrides)
         self.model.ctx.step_size = self.step_size
+        self.model.ctx.cpu_bf16 = self.cpu_bf16
         return self
 
     def _require_model(self) -> TrainedModel:
@@ -119,4 +122,4 @@ class Predictor:
         """Every case of ``input_folder`` into ``output_folder`` (as ``autosam_predict``)."""
         return predict_folder_with_model(self._require_model(), input_folder, output_folder, self.use_mirroring,
                                          save_probabilities, num_processes, patch_progress=self.progress,
-                                         step_size=self.step_size)
+                                         step_size=self.step_size, cpu_bf16=self.cpu_bf16)

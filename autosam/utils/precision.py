@@ -7,7 +7,8 @@ so that a network predicts in the precision it was trained in:
 - CUDA without native bf16 (Volta, Turing): fp16 with a :class:`torch.amp.GradScaler`. This torch's
   ``torch.cuda.is_bf16_supported()`` also answers ``True`` when bf16 is only emulated (slowly), hence
   ``including_emulation=False``;
-- CPU and MPS: no autocast (float32).
+- CPU and MPS: no autocast (float32); prediction on the CPU runs in bf16 when asked (``--bf16``, or
+  ``--fast`` on a CPU with native bf16, :func:`cpu_bf16_native`): the precision a GPU predicts in.
 """
 from __future__ import annotations
 
@@ -64,6 +65,16 @@ def bf16_native(device: torch.device | str) -> bool:
             return bool(torch.cuda.is_bf16_supported(including_emulation=False))
         except TypeError:  # torch without the argument: compute capability >= 8.0 is native bf16
             return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): oneDNN's bf16 convolutions then
+    cost a fraction of float32's (benchmarks.md, the fast CPU path); without it bf16 is emulated."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(bool(check()) for check in checks if check is not None)
+    except RuntimeError:  # an unusual build: treat as not native
+        return False
 
 
 def amp_dtype(device: torch.device | str) -> torch.dtype | None:

@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     folder, ids, with_organs = build_raw(Path(raw_dir()), args.id, args.slab, args.first)
     print(f"wrote {len(ids)} slabs to {folder}")
-    subprocess.run(["autosam_plan_and_preprocess", "-d", str(args.id), "-c", "3d", "-np", str(args.np)], check=True)
+    # the console script next to this interpreter: works without an activated virtual environment
+    tool = Path(sys.executable).parent / "autosam_plan_and_preprocess"
+    subprocess.run([str(tool) if tool.exists() else tool.name, "-d", str(args.id), "-c", "3d", "-np", str(args.np)], check=True)
     if len(with_organs) < 4:
         raise SystemExit(f"only {len(with_organs)} slabs hold an organ: {with_organs}")
     folds = [with_organs[1::2], with_organs[0::2]]  # fold 0 validates on the 2nd, 4th, ... slab

@@ -109,7 +109,8 @@ class UNetMethod(Method):
         """Sliding window over the whole volume, as nnU-Net: the deep-supervision heads are switched
         off while predicting (only the full-resolution output is used), and on the CPU the network
         runs as a frozen TorchScript graph (``cpu_inference="jit"``) with one mirrored copy per call
-        (the graph is traced for batch 1; benchmarks/speed/bench_predict_stages.py)."""
+        (the graph is traced for batch 1; benchmarks/speed/bench_predict_stages.py), or eagerly under
+        the caller's bf16 autocast with ``ctx.cpu_bf16``."""
         from autosam.inference.cpu_inference import frozen_cpu_forward
         from autosam.inference.sliding_window import sliding_window_predict
 
@@ -122,7 +123,7 @@ class UNetMethod(Method):
             decoder.deep_supervision = False
         try:
             forward = None
-            if ctx.device.type == "cpu" and ctx.options.cpu_inference == "jit":
+            if ctx.device.type == "cpu" and ctx.options.cpu_inference == "jit" and not ctx.cpu_bf16:
                 forward = frozen_cpu_forward(network, (1, ctx.num_input_channels, *patch))
             if forward is None:
                 forward = lambda x: self.predict_logits(network, x, ctx)  # noqa: E731
