@@ -15,8 +15,9 @@ With ``--model`` a *trained* autosam unet model folder is used instead (its plan
 equivalent nnU-Net plans file, its fold-0 weights the nnU-Net checkpoint), on the images of
 ``--images``; with ``--reference`` (label files named like the cases) each run's mean foreground
 Dice is reported too. ``--variants`` picks the runs: ``autosam`` and ``nnunet`` (default settings,
-mirroring on), ``autosam_fast`` (``--fast``: no mirroring, step 0.75) and ``nnunet_notta``
-(``--disable_tta``) - the fast CPU path's runtime table:
+mirroring on), ``autosam_fast`` (``--fast``: no mirroring, step 0.75, bf16 where the CPU has it
+natively), ``autosam_fast_fp32`` (``--fast --no-bf16``), ``autosam_bf16`` (the defaults with ``--bf16``)
+and ``nnunet_notta`` (``--disable_tta``) - the fast CPU path's runtime table:
 
     python benchmarks/speed/bench_predict.py --model RESULTS/Dataset004_Hippocampus/unet__autosamPlans__3d \
         --images VAL/imagesTr --reference VAL/labelsTr --variants autosam autosam_fast nnunet nnunet_notta
@@ -251,7 +252,7 @@ def trained_model(model: Path, work: Path):
     return plans, dataset_json, configuration
 
 
-VARIANTS = ("autosam", "nnunet", "autosam_fast", "nnunet_notta")
+VARIANTS = ("autosam", "nnunet", "autosam_fast", "nnunet_notta", "autosam_bf16", "autosam_fast_fp32")
 
 
 def main() -> int:
@@ -308,6 +309,8 @@ def main() -> int:
     commands = {
         "autosam": autosam_cmd + ["-i", str(images), "-f", "0", "--device", "cpu", "--quiet", *tta],
         "autosam_fast": autosam_cmd + ["-i", str(images), "-f", "0", "--device", "cpu", "--quiet", "--fast"],
+        "autosam_fast_fp32": autosam_cmd + ["-i", str(images), "-f", "0", "--device", "cpu", "--quiet", "--fast", "--no-bf16"],
+        "autosam_bf16": autosam_cmd + ["-i", str(images), "-f", "0", "--device", "cpu", "--quiet", "--bf16", *tta],
         "nnunet": nnunet_cmd + tta,
         "nnunet_notta": nnunet_cmd + ["--disable_tta"],
     }
@@ -326,7 +329,8 @@ def main() -> int:
     if args.reference is not None:
         results["dice"] = {name: round(mean_dice(work / f"pred_{name}", args.reference, cases, labels), 4) for name in runs}
         print("mean foreground Dice: " + ", ".join(f"{k} {v:.4f}" for k, v in results["dice"].items()))
-    for a, b in (("autosam", "nnunet"), ("autosam_fast", "nnunet_notta")):
+    for a, b in (("autosam", "nnunet"), ("autosam_fast", "nnunet_notta"), ("autosam_bf16", "nnunet"),
+                 ("autosam_fast_fp32", "nnunet_notta")):
         if a not in runs or b not in runs:
             continue
         ratios = [x["wall_s"] / y["wall_s"] for x, y in zip(runs[a], runs[b])]
@@ -336,7 +340,7 @@ def main() -> int:
         ratio, cpu_ratio = float(np.median(ratios)), float(np.median(cpu_ratios))
         print(f"{a} / {b}: wall time {ratio:.2f}x (runs: {', '.join(f'{x:.3f}' for x in ratios)}), "
               f"CPU time {cpu_ratio:.2f}x, peak memory {mem:.2f}x; label agreement {agree * 100:.2f}% of voxels")
-        key = "" if a == "autosam" else "_fast"
+        key = "" if a == "autosam" else a[len("autosam"):]
         results.update({f"ratio_wall{key}": round(ratio, 3), f"ratio_cpu{key}": round(cpu_ratio, 3),
                         f"ratio_memory{key}": round(mem, 3), f"label_agreement{key}": round(agree, 5)})
         if len(ratios) > 1:
