@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     print("| configuration | seeds | " + " | ".join(f"{i} it.: per seed | mean (sd)" for i in a.iters) + " |")
     print("|---|---|" + "---|---|" * len(a.iters))
     for group in a.groups:
-        label, _, spec = group.partition("=")
+        label, _, spec = group.rpartition("=")  # the label may hold "=" (an option), a path seldom does
         files = sorted({f for pattern in spec.split() for f in glob.glob(pattern)})
         if not files:
             raise SystemExit(f"{label}: no file matches {spec!r}")
