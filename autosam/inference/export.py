@@ -56,8 +56,8 @@ def _source_index(out_size: int, in_size: int, start: int, stop: int, linear: bo
     return i0, i1, (src - i0.double()).float()
 
 
-# probabilities are clamped to [TINY, 1 - TINY] before the log: float32 softmax underflows to 0
-# (log: -inf) for logit gaps beyond ~100, far past any gap that decides an argmax
+# p (and 1 - p for a region) is clamped to at least TINY before the log: a float32 softmax
+# underflows to 0 (log: -inf) for logit gaps beyond ~100, far past any gap that decides an argmax
 _TINY = 1e-30
 
 
