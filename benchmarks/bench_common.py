@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 from pathlib import Path
+
+
+def bin_of(name: str) -> str:
+    """The console script ``name`` next to this interpreter (works without an activated virtual
+    environment), else the one on PATH, else the bare name."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
 
 
 def use_work_folder(work: Path) -> Path:

@@ -32,6 +32,9 @@ import SimpleITK as sitk
 from autosam.paths import preprocessed_dir, raw_dir
 from autosam.utils.files import write_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench_common
+from bench_common import bin_of  # noqa: E402
+
 _BESIDE = Path(__file__).resolve().parents[3] / "shared"  # the shared data beside the checkout
 DATA = Path(os.environ.get("AUTOSAM_SHARED_DATA") or (_BESIDE if _BESIDE.is_dir() else "/work/shared")) / "data" / "totalsegmentator"
 #: TotalSegmentator ``total`` class id -> (name, new value)
@@ -83,9 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     folder, ids, with_organs = build_raw(Path(raw_dir()), args.id, args.slab, args.first)
     print(f"wrote {len(ids)} slabs to {folder}")
-    # the console script next to this interpreter: works without an activated virtual environment
-    tool = Path(sys.executable).parent / "autosam_plan_and_preprocess"
-    subprocess.run([str(tool) if tool.exists() else tool.name, "-d", str(args.id), "-c", "3d", "-np", str(args.np)], check=True)
+    subprocess.run([bin_of("autosam_plan_and_preprocess"), "-d", str(args.id), "-c", "3d", "-np", str(args.np)], check=True)
     if len(with_organs) < 4:
         raise SystemExit(f"only {len(with_organs)} slabs hold an organ: {with_organs}")
     folds = [with_organs[1::2], with_organs[0::2]]  # fold 0 validates on the 2nd, 4th, ... slab

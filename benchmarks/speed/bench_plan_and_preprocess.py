@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench_common
+from bench_common import bin_of  # noqa: E402
+
 DATASET_ID = 900
 DATASET_NAME = f"Dataset{DATASET_ID}_BenchMR"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -132,11 +135,6 @@ def run_measured(cmd: list[str], env: dict, log: Path) -> tuple[float, float, fl
         stop.set()
         t.join()
     return wall, peak[0] / 1e9, peak[1] / 1e9, rc
-
-
-def bin_of(name: str) -> str:
-    path = Path(sys.executable).parent / name
-    return str(path) if path.exists() else (shutil.which(name) or name)
 
 
 # ---------------------------------------------------------------------------------------- main
