@@ -21,8 +21,10 @@ import torch
 
 
 def dice_per_class(seg: np.ndarray, ref: np.ndarray, labels: list[int]) -> list[float]:
-    return [round(float(2 * ((seg == k) & (ref == k)).sum() / max(1, (seg == k).sum() + (ref == k).sum())), 4)
-            for k in labels]
+    """Dice of each label as ``autosam_evaluate`` computes it (NaN where both masks are empty)."""
+    from autosam.evaluation.metrics import label_metrics
+
+    return [round(label_metrics(ref == k, seg == k, compute_hd95=False)["Dice"], 4) for k in labels]
 
 
 def main(argv=None) -> int:

@@ -306,11 +306,12 @@ def main() -> int:
     tta = ["--disable_tta"] if args.disable_tta else []
     nnunet_cmd = [str(bindir / "nnUNetv2_predict_from_modelfolder"), "-m", str(work / "nnunet_model"), "-f", "0",
                   "-device", "cpu", "-i", str(images)]
+    autosam_run = autosam_cmd + ["-i", str(images), "-f", "0", "--device", "cpu", "--quiet"]
     commands = {
-        "autosam": autosam_cmd + ["-i", str(images), "-f", "0", "--device", "cpu", "--quiet", *tta],
-        "autosam_fast": autosam_cmd + ["-i", str(images), "-f", "0", "--device", "cpu", "--quiet", "--fast"],
-        "autosam_fast_fp32": autosam_cmd + ["-i", str(images), "-f", "0", "--device", "cpu", "--quiet", "--fast", "--no-bf16"],
-        "autosam_bf16": autosam_cmd + ["-i", str(images), "-f", "0", "--device", "cpu", "--quiet", "--bf16", *tta],
+        "autosam": autosam_run + tta,
+        "autosam_fast": autosam_run + ["--fast"],
+        "autosam_fast_fp32": autosam_run + ["--fast", "--no-bf16"],
+        "autosam_bf16": autosam_run + ["--bf16", *tta],
         "nnunet": nnunet_cmd + tta,
         "nnunet_notta": nnunet_cmd + ["--disable_tta"],
     }
