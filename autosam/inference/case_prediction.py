@@ -54,8 +54,7 @@ def predict_preprocessed_case(method: Method, networks: Sequence[nn.Module | Fol
                 method.load_extra_state(item.method_state)
             network.eval()
             # the training precision (bf16 or fp16 on CUDA), for every method; bf16 on the CPU when asked
-            cpu_dtype = torch.bfloat16 if ctx.cpu_bf16 and ctx.device.type == "cpu" else None
-            with precision.autocast(ctx.device, cpu_dtype):
+            with precision.autocast(ctx.device, precision.amp_dtype(ctx.device, cpu_bf16=ctx.cpu_bf16)):
                 if predict is not None:
                     probs = predict(network, tensor, i)
                 else:

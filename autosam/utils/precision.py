@@ -77,9 +77,12 @@ def cpu_bf16_native() -> bool:
         return False
 
 
-def amp_dtype(device: torch.device | str) -> torch.dtype | None:
-    """The autocast dtype on ``device``: bf16 where native, fp16 on other CUDA cards, ``None`` (fp32) elsewhere."""
+def amp_dtype(device: torch.device | str, cpu_bf16: bool = False) -> torch.dtype | None:
+    """The autocast dtype on ``device``: bf16 where native, fp16 on other CUDA cards, bf16 on the CPU
+    with ``cpu_bf16`` (prediction with ``--bf16``), ``None`` (fp32) elsewhere."""
     device = torch.device(device)
+    if device.type == "cpu" and cpu_bf16:
+        return torch.bfloat16
     if device.type != "cuda":
         return None
     return torch.bfloat16 if bf16_native(device) else torch.float16
