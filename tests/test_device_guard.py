@@ -62,7 +62,7 @@ def test_every_method_trains_and_predicts_without_host_tensors(method, autosam_d
     from autosam.training.trainer import run_training
     from autosam.utils import precision
 
-    monkeypatch.setattr(precision, "amp_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(precision, "amp_dtype", lambda device, cpu_bf16=False: torch.float16)
     caplog.set_level(logging.INFO, logger="autosam.training.trainer")
 
     make_tiny_preprocessed(autosam_dirs["preprocessed"], autosam_dirs["raw"], num_cases=4)

@@ -28,6 +28,9 @@ def test_bf16_only_where_native_else_fp16_with_grad_scaler(native, expected, sca
 
 def test_no_autocast_off_cuda():
     assert precision.amp_dtype("cpu") is None and precision.amp_dtype("mps") is None
+    # prediction with --bf16: bf16 on the CPU only when asked, never on MPS
+    assert precision.amp_dtype("cpu", cpu_bf16=True) is torch.bfloat16
+    assert precision.amp_dtype("mps", cpu_bf16=True) is None
     assert precision.grad_scaler(None) is None
     with precision.autocast("cpu"):
         assert not torch.is_autocast_enabled("cpu")
